@@ -1,0 +1,28 @@
+"""segbench architectures: the registry and every built-in family (nothing about measuring)."""
+
+from archs.base import (
+    ArchSpec,
+    Published,
+    UnknownArchError,
+    Weights,
+    build,
+    get_spec,
+    import_models,
+    list_archs,
+    register,
+)
+
+list = list_archs  # noqa: A001 - `archs.list()` mirrors timm.list_models()
+
+__all__ = [
+    "ArchSpec",
+    "Published",
+    "UnknownArchError",
+    "Weights",
+    "build",
+    "get_spec",
+    "import_models",
+    "list",
+    "list_archs",
+    "register",
+]

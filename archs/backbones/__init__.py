@@ -1,0 +1,1 @@
+"""Backbones (encoders) shared by the segmentation heads."""

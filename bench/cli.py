@@ -1,0 +1,48 @@
+"""`bench`: the command line. Each subcommand lives in its own module under `bench.commands`.
+
+A command module exposes ``register(subparsers)``, which adds its parser and sets
+``handler=<function(args) -> int>``. Errors a user can fix are raised as `BenchError` (or
+`archs.UnknownArchError`) and printed as one line, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from archs import UnknownArchError
+from bench import __version__
+from bench.errors import BenchError
+
+COMMANDS = ("run", "eval", "table", "plot", "list", "env", "data", "weights")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="segbench: params, FLOPs, GPU speed and mIoU of semantic-segmentation architectures.",
+    )
+    parser.add_argument("--version", action="version", version=f"segbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"bench.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bench.commands.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (BenchError, UnknownArchError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("bench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

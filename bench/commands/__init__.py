@@ -1,0 +1,1 @@
+"""`bench` subcommands, one module each (see bench.cli)."""

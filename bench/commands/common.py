@@ -1,0 +1,62 @@
+"""Argument helpers shared by the `bench` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import archs
+from bench.errors import BenchError
+
+PLUGIN_ENV = "SEGBENCH_PLUGINS"
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=f"import MODULE to register extra models (also ${PLUGIN_ENV}, comma-separated)",
+    )
+
+
+def load_plugins(args: argparse.Namespace) -> list[str]:
+    """Import the --plugin modules (and $SEGBENCH_PLUGINS); returns them for child processes."""
+    modules = csv_list(args.plugin) + csv_list([os.environ.get(PLUGIN_ENV, "")])
+    for module in modules:
+        archs.import_models(module)
+    return modules
+
+
+def csv_list(values: list[str] | None) -> list[str]:
+    """Flatten repeated and comma-separated options, dropping empty items, keeping order."""
+    out: list[str] = []
+    for value in values or []:
+        for item in value.split(","):
+            item = item.strip()
+            if item and item not in out:
+                out.append(item)
+    return out
+
+
+def resolve_device(requested: str | None) -> str:
+    """``cuda``/``cuda:N``/``cpu``; default cuda when available. A `BenchError` without a GPU."""
+    import torch
+
+    if requested is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise BenchError(f"--device {requested!r}: expected cuda, cuda:N or cpu") from None
+    if device.type == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise BenchError(f"--device {requested!r}: expected cuda, cuda:N or cpu")
+    if not torch.cuda.is_available():
+        raise BenchError(f"--device {requested}: no CUDA GPU is visible to PyTorch; use --device cpu or run on a GPU machine")
+    index = device.index or 0
+    if index >= torch.cuda.device_count():
+        raise BenchError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return f"cuda:{index}"

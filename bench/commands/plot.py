@@ -1,0 +1,18 @@
+"""`bench plot`: regenerate the accuracy-vs-speed plots (and tables) from the stored records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import protocol as proto
+from bench.commands import table
+from bench.commands.common import add_plugin_argument
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="regenerate the mIoU-vs-FPS plots (PNG and SVG) from the records")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--device", default=None, help="only this device folder (default: every folder with records)")
+    p.add_argument("--protocol", default=proto.PROTOCOL_VERSION, help="protocol version to plot")
+    add_plugin_argument(p)
+    p.set_defaults(handler=table.run, plots=True, format="md,csv")

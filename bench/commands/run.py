@@ -1,0 +1,147 @@
+"""`bench run`: measure a suite, append records, regenerate the tables and plots."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import archs
+from bench import jobs as jobs_mod
+from bench import protocol as proto
+from bench.commands.common import add_plugin_argument, csv_list, load_plugins, resolve_device
+from bench.errors import BenchError
+from bench.provenance import device_slug
+from bench.records import OK, RecordStore
+from bench.suites import SUITES, get_suite
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="measure a suite (params, FLOPs, speed[, mIoU]) and regenerate tables and plots",
+        description="Measure every architecture of a suite under the fixed protocol. Each measurement runs "
+        "in its own child process with a time limit; a rerun skips what is already recorded.",
+    )
+    p.add_argument("--suite", default="realtime", help=f"one of {', '.join(SUITES)} (default: realtime)")
+    p.add_argument("--arch", action="append", default=[], help="only these architectures (repeat or comma-separate)")
+    p.add_argument("--dataset", default="ade20k,cityscapes", help="comma-separated protocol datasets")
+    p.add_argument("--modes", default="eager,graph", help="speed modes: eager (fp32), graph (fp16 CUDA graph)")
+    p.add_argument(
+        "--measure", default="params,flops,latency", help="measurements: params, flops, latency (mIoU: --data-root)"
+    )
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--force", action="store_true", help="measure again what is already recorded")
+    p.add_argument("--job-timeout", type=float, default=None, help="seconds per job (default: per measurement)")
+    p.add_argument("--shard", default=None, help="i/n: run the i-th of n deterministic shards of the job list")
+    p.add_argument("--data-root", default=None, help="dataset root: adds mIoU jobs (needs official weights)")
+    p.add_argument("--weights", default=None, help="checkpoint for the mIoU jobs: official (default) or PATH")
+    p.add_argument("--no-report", action="store_true", help="do not regenerate tables and plots")
+    add_plugin_argument(p)
+    p.set_defaults(handler=run)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise BenchError(f"--shard {text!r}: expected i/n with 1 <= i <= n, e.g. --shard 1/2")
+    return int(match[1]), int(match[2])
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    plugins = load_plugins(args)
+    names = csv_list(args.arch) or get_suite(args.suite).names()
+    for name in names:
+        archs.get_spec(name)
+    datasets = csv_list([args.dataset])
+    for d in datasets:
+        try:
+            proto.dataset(d)
+        except ValueError as exc:
+            raise BenchError(f"--dataset: {exc}") from None
+    modes = csv_list([args.modes])
+    for m in modes:
+        if m not in proto.MODES:
+            raise BenchError(f"--modes: unknown mode {m!r}; choose from {', '.join(proto.MODES)}")
+    device = resolve_device(args.device)
+    cpu_skips = [m for m in modes if device == "cpu" and proto.MODES[m]["cuda_graph"]]
+    modes = [m for m in modes if m not in cpu_skips]
+    kinds = csv_list([args.measure])
+    for k in kinds:
+        if k not in ("params", "flops", "latency"):
+            raise BenchError(f"--measure: unknown measurement {k!r}; choose from params, flops, latency")
+    shard = parse_shard(args.shard)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise BenchError(f"--data-root {args.data_root}: no such folder; pass the dataset's root folder")
+
+    slug = device_slug(device)
+    store = RecordStore(args.results, slug)
+    store.ensure_writable()
+    planned = jobs_mod.plan(names, datasets, modes, kinds=kinds, miou=args.data_root is not None)
+    if shard:
+        planned = jobs_mod.shard(planned, *shard)
+    done = set() if args.force else store.done()
+    options = jobs_mod.RunOptions(
+        device=device, device_slug=slug, plugins=tuple(plugins), data_root=args.data_root, weights=args.weights
+    )
+    if cpu_skips and "latency" in kinds:
+        console.print(f"[yellow]note:[/] mode {', '.join(cpu_skips)} needs a CUDA GPU; on the CPU only eager speed is measured")
+    console.print(
+        f"segbench run: {len(names)} architectures x {len(datasets)} datasets, {len(planned)} jobs on "
+        f"{device} ({slug}); records in {store.path}"
+    )
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("measuring", total=len(planned))
+        for job in planned:
+            if job.key(slug) in done:
+                counts["skipped"] += 1
+                progress.advance(task)
+                continue
+            progress.update(task, description=job.label)
+            timeout = args.job_timeout or jobs_mod.DEFAULT_TIMEOUT_S[job.kind]
+            record = jobs_mod.run_job(job, options, timeout)
+            store.append([record], replace_ok=args.force)
+            if record["status"] == OK:
+                counts["ok"] += 1
+                console.print(f"  [green]ok[/]      {job.label}: {summarise(record)}")
+            else:
+                counts["failed"] += 1
+                console.print(f"  [red]{record['status']:<7}[/] {job.label}: {record['error']}")
+            progress.advance(task)
+    console.print(f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped (already recorded)")
+    if not args.no_report:
+        from bench.report import write_reports
+
+        for path in write_reports(args.results, slug):
+            console.print(f"  wrote {path}")
+    return 1 if counts["failed"] else 0
+
+
+def summarise(record: dict) -> str:
+    value = record["value"] or {}
+    kind = record["kind"]
+    if kind == "params":
+        return f"{value['params_m']:.2f} M params"
+    if kind == "flops":
+        extra = f", uncounted: {', '.join(value['uncounted'])}" if value.get("uncounted") else ""
+        return f"{value['gflops']:.1f} GFLOPs at {value['input_size'][0]}x{value['input_size'][1]}{extra}"
+    if kind == "latency":
+        return f"{value['median_ms']:.2f} ms median, {value['fps']:.1f} FPS ({record['device']})"
+    if kind == "miou":
+        return f"mIoU {value.get('mIoU', float('nan')):.2f}"
+    return ""

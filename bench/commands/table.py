@@ -1,0 +1,57 @@
+"""`bench table`: regenerate the comparison tables from the stored records."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench import protocol as proto
+from bench.commands.common import add_plugin_argument, csv_list, load_plugins
+from bench.errors import BenchError
+from bench.records import iter_record_files
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("table", help="regenerate table.md / table.csv from the records")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--device", default=None, help="only this device folder (default: every folder with records)")
+    p.add_argument("--format", default="md,csv", help="md, csv or both (default: md,csv); md is also printed")
+    p.add_argument("--protocol", default=proto.PROTOCOL_VERSION, help="protocol version to tabulate")
+    add_plugin_argument(p)
+    p.set_defaults(handler=run, plots=False)
+
+
+def device_folders(results: Path, device: str | None) -> list[str]:
+    """Device folders holding records, or a `BenchError` naming the folder and the fix."""
+    slugs = [path.parent.name for path in iter_record_files(results)]
+    if device:
+        if device not in slugs:
+            raise BenchError(f"no records for device {device!r} under {results}; found: {', '.join(slugs) or 'none'}")
+        return [device]
+    if not slugs:
+        raise BenchError(f"no records under {results}; run `bench run` first or pass --results DIR")
+    return slugs
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.report import build_frame, write_reports
+    from bench.report.table import to_markdown
+    from bench.records import RecordStore
+
+    load_plugins(args)
+    formats = csv_list([args.format])
+    unknown = set(formats) - {"md", "csv"}
+    if unknown:
+        raise BenchError(f"--format: unknown {', '.join(sorted(unknown))}; use md, csv or md,csv")
+    for slug in device_folders(args.results, args.device):
+        paths = write_reports(args.results, slug, args.protocol, plots=args.plots)
+        for path in paths:
+            if path.suffix.lstrip(".") in formats or path.suffix in (".png", ".svg"):
+                print(f"wrote {path}")
+        if "md" in formats and not args.plots:
+            records = RecordStore(args.results, slug).read()
+            ok = [r for r in records if r.get("status") == "ok"]
+            device = ok[-1]["device"] if ok else "cpu"
+            print(f"\n## {slug}\n")
+            print(to_markdown(build_frame(records, args.protocol), device=device, provenance=ok[-1]["provenance"] if ok else None))
+    return 0

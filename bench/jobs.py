@@ -1,0 +1,222 @@
+"""Jobs: one (arch, dataset, measurement[, mode]) each, run in a child process with a time limit.
+
+An exception, a CUDA out-of-memory, a crash of the child (a signal) or a timeout becomes a record
+with its ``status`` and the error's first line; the suite goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+import traceback
+from dataclasses import asdict, dataclass
+
+import archs
+from bench import protocol as proto
+from bench.provenance import provenance
+from bench.records import new_record
+
+KINDS = ("params", "flops", "latency", "miou")
+# Default time limits per measurement, seconds (a CPU counting FLOPs of a 1024x2048 forward of
+# a ResNet-101 needs minutes; an mIoU pass over a validation set needs hours on a slow GPU).
+DEFAULT_TIMEOUT_S = {"params": 600, "flops": 1800, "latency": 1800, "miou": 6 * 3600}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement of one architecture on one dataset protocol."""
+
+    arch: str
+    dataset: str
+    kind: str
+    mode: str | None = None
+
+    @property
+    def label(self) -> str:
+        return " ".join(p for p in (self.arch, self.dataset, self.kind, self.mode) if p)
+
+    def key(self, device_slug: str) -> tuple:
+        return (self.arch, self.dataset, self.kind, self.mode, proto.PROTOCOL_VERSION, device_slug)
+
+
+def plan(
+    names: list[str],
+    datasets: list[str],
+    modes: list[str],
+    *,
+    kinds: tuple[str, ...] | list[str] = ("params", "flops", "latency"),
+    miou: bool = False,
+) -> list[Job]:
+    """Every job of a run, in a fixed order (the order `--shard` splits)."""
+    jobs = []
+    for arch in names:
+        for dataset in datasets:
+            jobs.extend(Job(arch, dataset, kind) for kind in ("params", "flops") if kind in kinds)
+            if "latency" in kinds:
+                jobs.extend(Job(arch, dataset, "latency", mode) for mode in modes)
+            if miou:
+                jobs.append(Job(arch, dataset, "miou", "eager"))
+    return jobs
+
+
+def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """Jobs of shard ``index`` (1-based) of ``count``: every count-th job, deterministically."""
+    return jobs[index - 1 :: count]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a child needs besides the job."""
+
+    device: str
+    device_slug: str
+    plugins: tuple[str, ...] = ()
+    data_root: str | None = None
+    weights: str | None = None
+
+
+def measure(job: Job, options: RunOptions) -> dict:
+    """Run one measurement in this process and return its value (the child's work)."""
+    import torch
+
+    from bench.measure.flops import count_flops
+    from bench.measure.params import count_params
+    from bench.measure.speed import measure_latency
+    from bench.provenance import gpu_handle
+
+    spec = archs.get_spec(job.arch)
+    ds = proto.dataset(job.dataset)
+    size = proto.input_size(spec, job.dataset)
+    device = torch.device(options.device)
+    model = archs.build(job.arch, num_classes=ds.num_classes)
+    if job.kind == "params":
+        n = count_params(model)
+        return {"params": n, "params_m": n / 1e6}
+    if job.kind == "flops":
+        count = count_flops(model.to(device), size, device=device)
+        return {
+            "flops": count.total,
+            "gflops": count.gflops,
+            "input_size": list(size),
+            "by_operator": count.by_operator,
+            "uncounted": count.uncounted,
+            "convention": "fvcore; one fused multiply-add = one FLOP; model forward only",
+        }
+    if job.kind == "latency":
+        handle = gpu_handle(options.device) if device.type == "cuda" else None
+        result = measure_latency(
+            model, size, device=device, mode=job.mode, protocol=proto.SPEED[device.type], nvml_handle=handle
+        )
+        return {**result.as_dict(), **proto.MODES[job.mode]}
+    if job.kind == "miou":
+        from bench.evaluate import evaluate  # noqa: PLC0415 - evaluation is optional per run
+        from bench.weights import load_weights
+
+        load_weights(model, spec, job.dataset, options.weights or "official")
+        result = evaluate(model, spec, job.dataset, options.data_root, device=options.device, progress=False)
+        return result.as_dict() if hasattr(result, "as_dict") else asdict(result)
+    raise ValueError(f"unknown measurement kind {job.kind!r}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this child when the parent dies (a killed `bench run` leaves no orphan)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(job: Job, options: RunOptions, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends its children
+    _die_with_parent()
+    try:
+        for module in options.plugins:
+            archs.import_models(module)
+        value = measure(job, options)
+        message = {"status": "ok", "value": value, "provenance": provenance(options.device)}
+    except BaseException as exc:  # every failure becomes a record
+        status = "error"
+        name = type(exc).__name__
+        if name in ("OutOfMemoryError", "MemoryError") or any(m in str(exc).lower() for m in OOM_MARKERS):
+            status = "oom"
+        message = {
+            "status": status,
+            "error": _first_line(exc),
+            "traceback": traceback.format_exc(limit=-8)[-4000:],
+        }
+    conn.send(message)
+    conn.close()
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "no exit code"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
+    """Run ``job`` in a spawned child process and return its record (never raises for the job's faults)."""
+    ctx = mp.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(job, options, sender), daemon=True, name=f"bench {job.label}")
+    started = time.monotonic()
+    child.start()
+    sender.close()
+    message = None
+    try:
+        if receiver.poll(timeout_s):
+            try:
+                message = receiver.recv()
+            except EOFError:
+                message = None
+            child.join(30)
+        if message is None:
+            if child.is_alive():
+                child.kill()
+                child.join()
+                message = {"status": "timeout", "error": f"no result within {timeout_s:g} s (--job-timeout)"}
+            else:
+                child.join()
+                message = {"status": "crashed", "error": f"child process ended without a result ({_signal_name(child.exitcode)})"}
+    finally:
+        if child.is_alive():  # Ctrl-C or any error in the parent: never leave a child behind
+            child.kill()
+            child.join()
+        receiver.close()
+    settings = {
+        "input_size": list(proto.input_size(archs.get_spec(job.arch), job.dataset)),
+        "num_classes": proto.dataset(job.dataset).num_classes,
+        **(proto.MODES[job.mode] if job.mode else {}),
+    }
+    return new_record(
+        arch=job.arch,
+        dataset=job.dataset,
+        kind=job.kind,
+        mode=job.mode,
+        settings=settings,
+        protocol=proto.PROTOCOL_VERSION,
+        device=options.device.split(":")[0],
+        device_slug=options.device_slug,
+        status=message["status"],
+        error=message.get("error"),
+        traceback=message.get("traceback"),
+        value=message.get("value"),
+        duration_s=round(time.monotonic() - started, 3),
+        provenance=message.get("provenance") or provenance(options.device),
+    )

@@ -1,0 +1,1 @@
+"""Measurements: parameters, FLOPs (fvcore), speed (CUDA events / CPU clock), NVML telemetry."""

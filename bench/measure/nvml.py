@@ -1,0 +1,136 @@
+"""NVML telemetry (nvidia-ml-py): GPU identity, clocks, power limit and energy.
+
+Every function degrades to ``None``/empty where NVML is missing (no driver, a CPU machine) or a
+query is not supported by the GPU: telemetry never fails a measurement.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+try:
+    import pynvml
+except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
+    pynvml = None
+
+_initialised: bool | None = None
+
+
+def available() -> bool:
+    """True when the NVML library loads and initialises (a GPU driver is present)."""
+    global _initialised
+    if _initialised is None:
+        try:
+            pynvml.nvmlInit()
+            _initialised = True
+        except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded on CPU machines
+            _initialised = False
+    return _initialised
+
+
+def _query(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # NVMLError_NotSupported and friends
+        return None
+
+
+def handle(cuda_index: int = 0, uuid: str | None = None):
+    """The NVML handle of a CUDA device (by UUID when given, which respects CUDA_VISIBLE_DEVICES)."""
+    if not available():
+        return None
+    if uuid:
+        found = _query(pynvml.nvmlDeviceGetHandleByUUID, uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        if found is not None:
+            return found
+    return _query(pynvml.nvmlDeviceGetHandleByIndex, cuda_index)
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def gpu_info(h) -> dict:
+    """Name, driver, clocks, power limit and temperature of NVML handle ``h`` (empty without one)."""
+    if h is None:
+        return {}
+    limit = _query(pynvml.nvmlDeviceGetEnforcedPowerLimit, h)
+    return {
+        "gpu_name": _text(_query(pynvml.nvmlDeviceGetName, h)),
+        "driver": _text(_query(pynvml.nvmlSystemGetDriverVersion)),
+        "sm_clock_mhz": _query(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
+        "sm_clock_max_mhz": _query(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
+        "power_limit_w": None if limit is None else limit / 1000.0,
+        "temperature_c": _query(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+    }
+
+
+def clocks(h) -> dict:
+    """SM clock and temperature now (for before/after a timed loop)."""
+    if h is None:
+        return {}
+    return {
+        "sm_clock_mhz": _query(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
+        "temperature_c": _query(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+    }
+
+
+@dataclass
+class Energy:
+    joules: float
+    seconds: float
+
+    @property
+    def watts(self) -> float:
+        return self.joules / self.seconds if self.seconds > 0 else float("nan")
+
+
+class EnergyMeter:
+    """Energy drawn by one GPU between ``start()`` and ``stop()``.
+
+    Uses the GPU's cumulative energy counter (Volta and newer); where that is not supported,
+    samples the power every 10 ms in a thread and integrates.
+    """
+
+    def __init__(self, h) -> None:
+        self._h = h
+        self._start_mj = None
+        self._t0 = 0.0
+        self._samples: list[tuple[float, float]] = []
+        self._thread: threading.Thread | None = None
+        self._running = False
+
+    def start(self) -> EnergyMeter:
+        self._t0 = time.perf_counter()
+        if self._h is None:
+            return self
+        self._start_mj = _query(pynvml.nvmlDeviceGetTotalEnergyConsumption, self._h)
+        if self._start_mj is None:
+            self._running = True
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            mw = _query(pynvml.nvmlDeviceGetPowerUsage, self._h)
+            if mw is not None:
+                self._samples.append((time.perf_counter(), mw / 1000.0))
+            time.sleep(0.01)
+
+    def stop(self) -> Energy | None:
+        seconds = time.perf_counter() - self._t0
+        if self._h is None:
+            return None
+        if self._start_mj is not None:
+            end = _query(pynvml.nvmlDeviceGetTotalEnergyConsumption, self._h)
+            return None if end is None else Energy((end - self._start_mj) / 1000.0, seconds)
+        self._running = False
+        if self._thread is not None:
+            self._thread.join()
+        if not self._samples:
+            return None
+        mean_w = sum(w for _, w in self._samples) / len(self._samples)
+        return Energy(mean_w * seconds, seconds)

@@ -1,0 +1,86 @@
+"""The fixed measurement protocol, versioned: every record names the version it was taken under.
+
+Change any number here and bump `PROTOCOL_VERSION`: records of different versions are kept but
+never share a table cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from archs import ArchSpec
+
+PROTOCOL_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class DatasetProtocol:
+    """Input size and label space of one dataset.
+
+    Args:
+        name: protocol name used on the command line and in records.
+        title: as the tables print it.
+        num_classes: classes the model predicts.
+        input_size: (H, W) for FLOPs and speed (the published test size).
+        ignore_index: label value excluded from every metric.
+    """
+
+    name: str
+    title: str
+    num_classes: int
+    input_size: tuple[int, int]
+    ignore_index: int = 255
+
+
+DATASETS: dict[str, DatasetProtocol] = {
+    "ade20k": DatasetProtocol("ade20k", "ADE20K", 150, (512, 512)),
+    "cityscapes": DatasetProtocol("cityscapes", "Cityscapes", 19, (1024, 2048)),
+}
+
+
+@dataclass(frozen=True)
+class SpeedProtocol:
+    """How latency is timed: batch 1, random non-zero input, warm-up, then timed repeats.
+
+    Args:
+        batch: images per step.
+        warmup_steps: untimed steps before timing (cudnn.benchmark autotuning happens here).
+        repeats: timed repeats; the spread between repeats is recorded.
+        min_steps: steps per repeat at least.
+        min_repeat_s: a repeat runs at least this long (more steps for fast models).
+        max_repeat_s: a repeat stops adding steps after this long (slow models on a CPU).
+    """
+
+    batch: int = 1
+    warmup_steps: int = 10
+    repeats: int = 5
+    min_steps: int = 10
+    min_repeat_s: float = 0.5
+    max_repeat_s: float = 30.0
+
+
+# On a CPU a 1024x2048 forward takes seconds: fewer steps, same statistics.
+SPEED = {
+    "cuda": SpeedProtocol(),
+    "cpu": SpeedProtocol(warmup_steps=1, repeats=3, min_steps=1, min_repeat_s=1.0, max_repeat_s=5.0),
+}
+
+# Inference modes. `eager` is what the papers timed; `graph` is what the GPU can do without
+# Python launch overhead: fp16 autocast, channels_last, one CUDA graph replayed per step.
+MODES = {
+    "eager": {"precision": "fp32", "channels_last": False, "cuda_graph": False},
+    "graph": {"precision": "fp16", "channels_last": True, "cuda_graph": True},
+}
+
+
+def dataset(name: str) -> DatasetProtocol:
+    """The protocol of dataset ``name``; ValueError naming the choices otherwise."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}") from None
+
+
+def input_size(spec: ArchSpec, dataset_name: str) -> tuple[int, int]:
+    """(H, W) for ``spec`` on ``dataset_name``: the spec's published size, else the protocol's."""
+    return tuple(spec.input_size.get(dataset_name, dataset(dataset_name).input_size))

@@ -1,0 +1,118 @@
+"""Where a measurement was taken: software versions, git commit, device, host, time."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import importlib.metadata
+import platform
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+from bench import __version__
+from bench.measure import nvml
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def cuda_index(device: str) -> int:
+    return torch.device(device).index or 0
+
+
+def gpu_handle(device: str):
+    """NVML handle of the CUDA device ``device`` (matched by UUID), or None."""
+    index = cuda_index(device)
+    uuid = None
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:
+        pass
+    return nvml.handle(index, uuid)
+
+
+def gpu_name(device: str) -> str:
+    name = nvml.gpu_info(gpu_handle(device)).get("gpu_name")
+    return name or torch.cuda.get_device_name(cuda_index(device))
+
+
+def device_slug(device: str) -> str:
+    """Folder name under results/: the GPU model, or ``cpu-<processor model>``."""
+    if torch.device(device).type == "cuda":
+        return slugify(gpu_name(device))
+    return "cpu-" + slugify(cpu_model())
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> dict:
+    """Commit of the segbench checkout (None when installed from a wheel) and whether it is dirty."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return {"commit": None, "dirty": None}
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        commit = head.stdout.strip() if head.returncode == 0 else ""
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return {"commit": commit or None, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def software() -> dict:
+    return {
+        "segbench": __version__,
+        **{f"git_{k}": v for k, v in git_commit().items()},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "fvcore": _version("fvcore"),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+
+
+def provenance(device: str) -> dict:
+    """Everything a record carries about where and how it was measured."""
+    info = {
+        **software(),
+        "device": torch.device(device).type,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if info["device"] == "cuda":
+        info.update(nvml.gpu_info(gpu_handle(device)))
+        info.setdefault("gpu_name", torch.cuda.get_device_name(cuda_index(device)))
+        info["gpu_name"] = info["gpu_name"] or torch.cuda.get_device_name(cuda_index(device))
+    return info

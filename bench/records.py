@@ -1,0 +1,161 @@
+"""Records: one JSON line per measurement, the single source of every table and plot.
+
+``results/<device-slug>/records.jsonl`` is append-only. An append is one ``write`` of whole
+lines to a file opened with O_APPEND, under an exclusive ``flock`` on a sidecar lock file, then
+``fsync``: concurrent `bench run` processes (one per GPU, or shards on machines sharing the
+folder) never interleave or lose lines. A line torn by a crash of an older writer is skipped by
+the reader with a warning, and the next append starts on a fresh line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from bench.errors import BenchError
+
+SCHEMA = 1
+RECORDS_FILE = "records.jsonl"
+OK = "ok"
+FAILED_STATUSES = ("error", "oom", "timeout", "crashed")
+
+
+def record_key(record: dict) -> tuple:
+    """What makes two records measure the same thing (a rerun skips an ``ok`` one)."""
+    return (
+        record["arch"],
+        record["dataset"],
+        record["kind"],
+        record.get("mode"),
+        record["protocol"],
+        record["device_slug"],
+    )
+
+
+def new_record(**fields) -> dict:
+    return {"schema": SCHEMA, "id": uuid.uuid4().hex, **fields}
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every parsable record of ``path``; a torn or corrupt line is skipped with a warning."""
+    records = []
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return records
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "arch" not in record:
+                raise ValueError("not a record")
+        except ValueError:
+            warnings.warn(f"{path}:{number}: skipping a torn or corrupt line ({len(line)} bytes)", stacklevel=2)
+            continue
+        records.append(record)
+    return records
+
+
+def iter_record_files(results: Path) -> Iterator[Path]:
+    """records.jsonl of every device folder under ``results``."""
+    if results.is_dir():
+        yield from sorted(results.glob(f"*/{RECORDS_FILE}"))
+
+
+class RecordStore:
+    """The records file of one device folder.
+
+    Args:
+        results: the results root (``results/``).
+        device_slug: the device folder name.
+    """
+
+    def __init__(self, results: Path, device_slug: str) -> None:
+        self.folder = Path(results) / device_slug
+        self.path = self.folder / RECORDS_FILE
+        self._lock_path = self.folder / (RECORDS_FILE + ".lock")
+
+    def ensure_writable(self) -> None:
+        """Create the folder and lock file, or a `BenchError` naming the folder and the fix."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self._lock_path, "a"):
+                pass
+            if self.path.exists() and not os.access(self.path, os.W_OK):
+                raise PermissionError(f"{self.path} is read-only")
+        except OSError as exc:
+            raise BenchError(
+                f"results folder {self.folder} is not writable ({exc.strerror or exc}); "
+                "pass --results DIR with a folder you can write"
+            ) from None
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> list[dict]:
+        return read_records(self.path)
+
+    def done(self) -> set[tuple]:
+        """Keys of the measurements already recorded ``ok``."""
+        return {record_key(r) for r in self.read() if r.get("status") == OK}
+
+    def append(self, records: Iterable[dict], *, replace_ok: bool = False) -> list[dict]:
+        """Append ``records`` atomically; an ``ok`` record whose key is already ``ok`` is dropped.
+
+        Args:
+            records: the records to write.
+            replace_ok: write ``ok`` records even when their key is recorded (``--force``);
+                the tables use the newest.
+
+        Returns the records written.
+        """
+        records = list(records)
+        with self._locked():
+            done = self.done()
+            fresh = []
+            for record in records:
+                key = record_key(record)
+                if record.get("status") == OK:
+                    if key in done and not replace_ok:
+                        continue
+                    done.add(key)
+                fresh.append(record)
+            if not fresh:
+                return []
+            payload = b"".join(json.dumps(r, sort_keys=True, default=str).encode() + b"\n" for r in fresh)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size and not _ends_with_newline(self.path):
+                    payload = b"\n" + payload  # a torn tail stays one bad line, not a glued record
+                written = os.write(fd, payload)
+                if written != len(payload):
+                    raise OSError(f"short write to {self.path}: {written} of {len(payload)} bytes")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return fresh
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def load_all(results: Path) -> list[dict]:
+    """Records of every device folder under ``results``."""
+    return [r for path in iter_record_files(Path(results)) for r in read_records(path)]

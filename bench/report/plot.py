@@ -1,0 +1,103 @@
+"""Accuracy-versus-speed plots (matplotlib): mIoU against FPS on a log axis, one per dataset.
+
+Published points are hollow; measured-speed points are filled (a circle when the mIoU was
+measured too, a diamond when it is the published mIoU). Marker area is proportional to the
+parameter count; the line is the Pareto front of the measured points.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench import protocol as proto  # noqa: E402
+
+SPEED_COLUMNS = {"eager": "fps_eager", "graph": "fps_graph"}
+
+
+def _ok(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten on both speed and accuracy, sorted by speed (higher is better on both)."""
+    front, best = [], -math.inf
+    for fps, miou in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if miou > best:
+            front.append((fps, miou))
+            best = miou
+    return sorted(front)
+
+
+def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out_stem: Path) -> list[Path]:
+    """Write ``<out_stem>.png`` and ``.svg``; returns the paths (none when nothing can be plotted)."""
+    title = proto.DATASETS[dataset].title
+    fps_col = f"{dataset}_{SPEED_COLUMNS[speed]}"
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    measured, plotted = [], False
+    for _, row in frame.iterrows():
+        size = 30 + 6 * (row["params_m"] if _ok(row["params_m"]) else row["params_m_published"] or 10)
+        label = f"{row['method']} {row['encoder']}"
+        pub_fps, pub_miou = row.get(f"{dataset}_fps_published"), row.get(f"{dataset}_miou_published")
+        if _ok(pub_fps) and _ok(pub_miou):
+            ax.scatter(pub_fps, pub_miou, s=size, facecolors="none", edgecolors="0.45", linewidths=1.2)
+            ax.annotate(label, (pub_fps, pub_miou), fontsize=7, color="0.45", xytext=(4, -8), textcoords="offset points")
+            plotted = True
+        fps, miou = row.get(fps_col), row.get(f"{dataset}_miou")
+        marker = "o"
+        if not _ok(miou):
+            miou, marker = pub_miou, "D"
+        if _ok(fps) and _ok(miou):
+            ax.scatter(fps, miou, s=size, marker=marker, color="tab:blue", alpha=0.8, edgecolors="k", linewidths=0.6)
+            ax.annotate(label, (fps, miou), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            measured.append((fps, miou))
+            plotted = True
+    if not plotted:
+        plt.close(fig)
+        return []
+    front = pareto_front(measured)
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="tab:blue", linestyle="--", linewidth=1, label="Pareto front (measured)")
+    ax.set_xscale("log")
+    where = "CPU" if device == "cpu" else "GPU"
+    precision = proto.MODES[speed]["precision"]
+    ax.set_xlabel(f"FPS, log scale (measured: {where}, {speed} {precision}, batch 1)")
+    ax.set_ylabel(f"{title} mIoU (%)")
+    ax.set_title(f"{title}: accuracy vs speed (protocol v{proto.PROTOCOL_VERSION})")
+    legend = [
+        plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.45", label="published FPS and mIoU"),
+        plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="measured FPS, measured mIoU"),
+        plt.Line2D([], [], marker="D", linestyle="", color="tab:blue", label="measured FPS, published mIoU"),
+    ]
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=legend + handles, fontsize=7, loc="lower right", title="marker area ∝ params", title_fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        path = out_stem.with_suffix(f".{ext}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=ext)
+        tmp.replace(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def write_plots(frame: pd.DataFrame, folder: Path, *, device: str, speeds=("eager", "graph")) -> list[Path]:
+    """One plot per dataset and per speed mode that has measurements (eager at least)."""
+    paths = []
+    for dataset in proto.DATASETS:
+        for speed in speeds:
+            column = f"{dataset}_{SPEED_COLUMNS[speed]}"
+            measured = column in frame and frame[column].notna().any()
+            if measured or speed == "eager":
+                paths += plot_dataset(frame, dataset, speed, device, folder / "plots" / f"{dataset}_{speed}")
+    return paths

@@ -1,0 +1,114 @@
+"""`bench` end to end on the CPU with the test models, and its one-line errors on bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_bench
+
+PLUGIN = ("--plugin", "tests.toy_models")
+
+
+def records(results):
+    return [json.loads(line) for path in results.glob("*/records.jsonl") for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    proc = run_bench("run", *PLUGIN, "--arch", "toy-w4,toy-w8", "--results", str(results))
+    return results, proc
+
+
+def test_run_records_every_measurement_and_writes_table_and_plots(finished_run):
+    results, proc = finished_run
+    assert proc.returncode == 0, proc.stderr
+    recs = records(results)
+    # 2 archs x 2 datasets x (params, flops, latency eager); graph needs CUDA and is not planned on a CPU
+    assert sorted((r["arch"], r["dataset"], r["kind"]) for r in recs) == sorted(
+        (a, d, k) for a in ("toy-w4", "toy-w8") for d in ("ade20k", "cityscapes") for k in ("params", "flops", "latency")
+    )
+    assert all(r["status"] == "ok" and r["device"] == "cpu" for r in recs)
+    latency = next(r for r in recs if r["kind"] == "latency")
+    assert latency["provenance"]["device"] == "cpu" and latency["provenance"]["torch"]
+    assert latency["settings"] == {"input_size": [64, 64], "num_classes": 150, "precision": "fp32",
+                                   "channels_last": False, "cuda_graph": False} or latency["dataset"] == "cityscapes"
+    flops = next(r for r in recs if r["kind"] == "flops")
+    assert flops["value"]["uncounted"] == {}
+    (folder,) = [p.parent for p in results.glob("*/records.jsonl")]
+    assert folder.name.startswith("cpu-")
+    table = (folder / "table.md").read_text()
+    assert "CPU" in table and "not a GPU number" in table and "graph" not in table.split("\n")[0]
+    frame = pd.read_csv(folder / "table.csv")
+    assert list(frame["arch"]) == ["toy-w4", "toy-w8"]
+    # measured beside published, delta computed from both
+    row = frame.set_index("arch").loc["toy-w8"]
+    assert row["params_m_published"] == 0.001
+    assert row["params_delta_pct"] == pytest.approx(100 * (row["params_m"] - 0.001) / 0.001, rel=1e-3)
+    assert pd.isna(row["ade20k_miou"]) and row["ade20k_miou_published"] == 18.0
+    assert (folder / "plots" / "ade20k_eager.png").stat().st_size > 1000
+    assert (folder / "plots" / "ade20k_eager.svg").exists()
+    assert not (folder / "plots" / "ade20k_graph.png").exists()
+
+
+def test_rerun_skips_recorded_and_force_redoes(finished_run):
+    results, _ = finished_run
+    before = len(records(results))
+    again = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "params")
+    assert again.returncode == 0, again.stderr
+    assert "0 ok, 0 failed, 2 skipped" in again.stderr
+    assert len(records(results)) == before
+    forced = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "params", "--force")
+    assert "2 ok" in forced.stderr and len(records(results)) == before + 2
+
+
+def test_table_and_plot_commands_regenerate_from_records(finished_run):
+    results, _ = finished_run
+    (folder,) = [p.parent for p in results.glob("*/records.jsonl")]
+    (folder / "table.md").unlink()
+    proc = run_bench("table", *PLUGIN, "--results", str(results))
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "table.md").exists() and "| Toy" in proc.stdout
+    (folder / "plots" / "ade20k_eager.png").unlink()
+    assert run_bench("plot", *PLUGIN, "--results", str(results)).returncode == 0
+    assert (folder / "plots" / "ade20k_eager.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("run", "--arch", "toy-w5"), "unknown architecture 'toy-w5'; did you mean"),
+        (("run", "--suite", "fastest"), "unknown suite 'fastest'; choose from"),
+        (("run", "--arch", "toy-w4", "--device", "cuda"), "no CUDA GPU is visible"),
+        (("run", "--arch", "toy-w4", "--dataset", "pascal"), "unknown dataset 'pascal'"),
+        (("run", "--arch", "toy-w4", "--shard", "3/2"), "--shard '3/2'"),
+        (("run", "--arch", "toy-w4", "--plugin", "no_such_module"), "cannot import model module 'no_such_module'"),
+        (("table", "--device", "nowhere"), "no records for device 'nowhere'"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args, message):
+    results, _ = finished_run
+    paths = list(results.rglob("records.jsonl"))
+    before = {p: p.read_bytes() for p in paths}
+    proc = run_bench(*args, *PLUGIN, "--results", str(results))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in paths} == before
+
+
+def test_unwritable_results_folder(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    proc = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--results", str(blocker))
+    assert proc.returncode == 2
+    assert "not writable" in proc.stderr and "--results DIR" in proc.stderr
+    assert blocker.read_text() == "a file where the results folder should be"
+
+
+def test_list_shows_suites_and_plugin_models():
+    proc = run_bench("list", *PLUGIN)
+    assert proc.returncode == 0, proc.stderr
+    assert "toy-w4" in proc.stdout and "realtime" in proc.stdout

@@ -1,0 +1,75 @@
+"""The one interface: registration, lookup with suggestions, entry-point plugins."""
+
+import sys
+import textwrap
+
+import pytest
+
+import archs
+from archs import base
+from tests import toy_models  # noqa: F401 - registers toy-* and fault-*
+
+
+def test_build_returns_eval_model_with_requested_classes():
+    model = archs.build("toy-w8", num_classes=7)
+    assert not model.training
+    assert model.classifier.out_channels == 7
+
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(archs.UnknownArchError, match=r"toy-w8"):
+        archs.get_spec("toy-w9")
+
+
+def test_duplicate_registration_is_refused():
+    spec = archs.get_spec("toy-w4")
+    with pytest.raises(ValueError, match="registered twice"):
+        archs.register(spec)(lambda *, num_classes: None)
+
+
+def test_bad_scale_is_refused():
+    with pytest.raises(ValueError, match="scale"):
+        archs.ArchSpec(name="x", family="X", encoder="X", scale="fast", paper="", year=2020, output_stride=8)
+
+
+def test_list_filters_by_scale():
+    assert "toy-w4" in archs.list_archs("realtime")
+    assert "toy-w4" not in archs.list_archs("non-realtime")
+    assert archs.list() == archs.list_archs()
+
+
+@pytest.fixture
+def plugin_distribution(tmp_path, monkeypatch):
+    """An installed distribution (dist-info on sys.path) exposing a `segbench.archs` entry point."""
+    (tmp_path / "segbench_demo_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+            from archs import ArchSpec, register
+
+            @register(ArchSpec(name="demo-plugin-net", family="Demo", encoder="none", scale="realtime",
+                               paper="demo", year=2026, output_stride=1))
+            def demo(*, num_classes):
+                return nn.Conv2d(3, num_classes, 1)
+            """
+        )
+    )
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('broken on import')\n")
+    info = tmp_path / "segbench_demo_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: segbench-demo-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[segbench.archs]\ndemo = segbench_demo_plugin\nbroken = broken_plugin\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(base, "_loaded", False)
+    yield
+    base._REGISTRY.pop("demo-plugin-net", None)
+    sys.modules.pop("segbench_demo_plugin", None)
+
+
+def test_entry_point_plugins_register_and_a_broken_one_only_warns(plugin_distribution):
+    with pytest.warns(UserWarning, match="broken"):
+        names = archs.list_archs()
+    assert "demo-plugin-net" in names
+    assert archs.build("demo-plugin-net", num_classes=3).out_channels == 3
