@@ -19,8 +19,8 @@ import importlib
 import importlib.metadata
 import pkgutil
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from torch import nn
 

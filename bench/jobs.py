@@ -170,9 +170,21 @@ def _signal_name(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+_context = None
+
+
+def _job_context():
+    """Children come from a fork server that preloads torch and the registry (see bench.warm_imports)."""
+    global _context
+    if _context is None:
+        _context = mp.get_context("forkserver")
+        _context.set_forkserver_preload(["bench.warm_imports"])
+    return _context
+
+
 def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
-    """Run ``job`` in a spawned child process and return its record (never raises for the job's faults)."""
-    ctx = mp.get_context("spawn")
+    """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
+    ctx = _job_context()
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(job, options, sender), daemon=True, name=f"bench {job.label}")
     started = time.monotonic()
@@ -193,7 +205,10 @@ def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
                 message = {"status": "timeout", "error": f"no result within {timeout_s:g} s (--job-timeout)"}
             else:
                 child.join()
-                message = {"status": "crashed", "error": f"child process ended without a result ({_signal_name(child.exitcode)})"}
+                message = {
+                    "status": "crashed",
+                    "error": f"child process ended without a result ({_signal_name(child.exitcode)})",
+                }
     finally:
         if child.is_alive():  # Ctrl-C or any error in the parent: never leave a child behind
             child.kill()

@@ -27,13 +27,25 @@ def test_run_records_every_measurement_and_writes_table_and_plots(finished_run):
     recs = records(results)
     # 2 archs x 2 datasets x (params, flops, latency eager); graph needs CUDA and is not planned on a CPU
     assert sorted((r["arch"], r["dataset"], r["kind"]) for r in recs) == sorted(
-        (a, d, k) for a in ("toy-w4", "toy-w8") for d in ("ade20k", "cityscapes") for k in ("params", "flops", "latency")
+        (a, d, k)
+        for a in ("toy-w4", "toy-w8")
+        for d in ("ade20k", "cityscapes")
+        for k in ("params", "flops", "latency")
     )
     assert all(r["status"] == "ok" and r["device"] == "cpu" for r in recs)
     latency = next(r for r in recs if r["kind"] == "latency")
     assert latency["provenance"]["device"] == "cpu" and latency["provenance"]["torch"]
-    assert latency["settings"] == {"input_size": [64, 64], "num_classes": 150, "precision": "fp32",
-                                   "channels_last": False, "cuda_graph": False} or latency["dataset"] == "cityscapes"
+    assert (
+        latency["settings"]
+        == {
+            "input_size": [64, 64],
+            "num_classes": 150,
+            "precision": "fp32",
+            "channels_last": False,
+            "cuda_graph": False,
+        }
+        or latency["dataset"] == "cityscapes"
+    )
     flops = next(r for r in recs if r["kind"] == "flops")
     assert flops["value"]["uncounted"] == {}
     (folder,) = [p.parent for p in results.glob("*/records.jsonl")]

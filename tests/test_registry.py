@@ -58,9 +58,7 @@ def plugin_distribution(tmp_path, monkeypatch):
     info = tmp_path / "segbench_demo_plugin-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: segbench-demo-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[segbench.archs]\ndemo = segbench_demo_plugin\nbroken = broken_plugin\n"
-    )
+    (info / "entry_points.txt").write_text("[segbench.archs]\ndemo = segbench_demo_plugin\nbroken = broken_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(base, "_loaded", False)
     yield

@@ -55,7 +55,9 @@ def resolve_device(requested: str | None) -> str:
     if device.type != "cuda":
         raise BenchError(f"--device {requested!r}: expected cuda, cuda:N or cpu")
     if not torch.cuda.is_available():
-        raise BenchError(f"--device {requested}: no CUDA GPU is visible to PyTorch; use --device cpu or run on a GPU machine")
+        raise BenchError(
+            f"--device {requested}: no CUDA GPU is visible to PyTorch; use --device cpu or run on a GPU machine"
+        )
     index = device.index or 0
     if index >= torch.cuda.device_count():
         raise BenchError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")

@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append([name, spec.family, spec.encoder, spec.scale, f"{spec.paper}", sizes])
     print(tabulate(rows, headers=["name", "method", "encoder", "scale", "paper", "input"]))
     if not suite:
-        print("\nsuites: " + "; ".join(f"{s.name} ({len(s.archs) or 'every model'}: {s.description})" for s in SUITES.values()))
+        print(
+            "\nsuites: "
+            + "; ".join(f"{s.name} ({len(s.archs) or 'every model'}: {s.description})" for s in SUITES.values())
+        )
     elif args.verbose:
         from bench.jobs import plan
 

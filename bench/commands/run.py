@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         device=device, device_slug=slug, plugins=tuple(plugins), data_root=args.data_root, weights=args.weights
     )
     if cpu_skips and "latency" in kinds:
-        console.print(f"[yellow]note:[/] mode {', '.join(cpu_skips)} needs a CUDA GPU; on the CPU only eager speed is measured")
+        console.print(
+            f"[yellow]note:[/] mode {', '.join(cpu_skips)} needs a CUDA GPU; on the CPU only eager speed is measured"
+        )
     console.print(
         f"segbench run: {len(names)} architectures x {len(datasets)} datasets, {len(planned)} jobs on "
         f"{device} ({slug}); records in {store.path}"

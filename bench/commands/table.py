@@ -34,9 +34,9 @@ def device_folders(results: Path, device: str | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.records import RecordStore
     from bench.report import build_frame, write_reports
     from bench.report.table import to_markdown
-    from bench.records import RecordStore
 
     load_plugins(args)
     formats = csv_list([args.format])
@@ -53,5 +53,9 @@ def run(args: argparse.Namespace) -> int:
             ok = [r for r in records if r.get("status") == "ok"]
             device = ok[-1]["device"] if ok else "cpu"
             print(f"\n## {slug}\n")
-            print(to_markdown(build_frame(records, args.protocol), device=device, provenance=ok[-1]["provenance"] if ok else None))
+            print(
+                to_markdown(
+                    build_frame(records, args.protocol), device=device, provenance=ok[-1]["provenance"] if ok else None
+                )
+            )
     return 0

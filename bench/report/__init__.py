@@ -10,7 +10,9 @@ from bench.report.plot import write_plots
 from bench.report.table import build_frame, published_frame, write_table
 
 
-def write_reports(results: Path, device_slug: str, protocol: str = proto.PROTOCOL_VERSION, plots: bool = True) -> list[Path]:
+def write_reports(
+    results: Path, device_slug: str, protocol: str = proto.PROTOCOL_VERSION, plots: bool = True
+) -> list[Path]:
     """Regenerate table.md, table.csv and the plots of one device folder; returns the paths."""
     store = RecordStore(Path(results), device_slug)
     records = store.read()

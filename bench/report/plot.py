@@ -47,7 +47,9 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
         pub_fps, pub_miou = row.get(f"{dataset}_fps_published"), row.get(f"{dataset}_miou_published")
         if _ok(pub_fps) and _ok(pub_miou):
             ax.scatter(pub_fps, pub_miou, s=size, facecolors="none", edgecolors="0.45", linewidths=1.2)
-            ax.annotate(label, (pub_fps, pub_miou), fontsize=7, color="0.45", xytext=(4, -8), textcoords="offset points")
+            ax.annotate(
+                label, (pub_fps, pub_miou), fontsize=7, color="0.45", xytext=(4, -8), textcoords="offset points"
+            )
             plotted = True
         fps, miou = row.get(fps_col), row.get(f"{dataset}_miou")
         marker = "o"
@@ -71,7 +73,15 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     ax.set_ylabel(f"{title} mIoU (%)")
     ax.set_title(f"{title}: accuracy vs speed (protocol v{proto.PROTOCOL_VERSION})")
     legend = [
-        plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.45", label="published FPS and mIoU"),
+        plt.Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markerfacecolor="none",
+            markeredgecolor="0.45",
+            label="published FPS and mIoU",
+        ),
         plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="measured FPS, measured mIoU"),
         plt.Line2D([], [], marker="D", linestyle="", color="tab:blue", label="measured FPS, published mIoU"),
     ]

@@ -137,22 +137,28 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
         previous_group = row["group"]
         cells.append(_pair(_n(row["params_m"]), _n(row["params_m_published"]), 2, _n(row["params_delta_pct"])))
         for ds in proto.DATASETS:
-            gflops = _pair(_n(row[f"{ds}_gflops"]), _n(row[f"{ds}_gflops_published"]), 1, _n(row[f"{ds}_gflops_delta_pct"]))
+            gflops = _pair(
+                _n(row[f"{ds}_gflops"]), _n(row[f"{ds}_gflops_published"]), 1, _n(row[f"{ds}_gflops_delta_pct"])
+            )
             size = row[f"{ds}_input"]
             if size and tuple(map(int, size.split("x"))) != proto.DATASETS[ds].input_size:
                 gflops += f" @{size}"
             cells += [gflops] + [_num(_n(row[f"{ds}_fps_{m}"]), 1) for m in modes]
-            cells += [_num(_n(row[f"{ds}_fps_published"]), 1), _pair(_n(row[f"{ds}_miou"]), _n(row[f"{ds}_miou_published"]), 2)]
+            cells += [
+                _num(_n(row[f"{ds}_fps_published"]), 1),
+                _pair(_n(row[f"{ds}_miou"]), _n(row[f"{ds}_miou_published"]), 2),
+            ]
         lines.append(cells)
         spec = _spec(row["arch"])
-        for ds, pub in (spec.published.items() if spec else []):
+        for ds, pub in spec.published.items() if spec else []:
             if pub.note:
                 notes.append(f"{row['method']} {row['encoder']} ({ds}): {pub.note}")
     table = pd.DataFrame(lines, columns=headers).to_markdown(index=False)
     footer = [
         "",
-        f"Protocol v{proto.PROTOCOL_VERSION}: batch 1; ADE20K 512x512 (150 classes), Cityscapes 1024x2048 (19 classes), "
-        "or the published size where marked @HxW. Speed: forward + bilinear resize of the logits + argmax, "
+        f"Protocol v{proto.PROTOCOL_VERSION}: batch 1; ADE20K 512x512 (150 classes), "
+        "Cityscapes 1024x2048 (19 classes), or the published size where marked @HxW. "
+        "Speed: forward + bilinear resize of the logits + argmax, "
         "median of timed steps; eager = fp32, graph = fp16 autocast + channels_last + CUDA-graph replay.",
         f"Measured on: {_device_line(device, provenance)}. Published FPS come from the papers' own GPUs "
         "(SegFormer: V100) and are not comparable with ours.",

@@ -1,0 +1,84 @@
+"""The common contract, parametrised over every built-in registered model (no per-model test code).
+
+Each model: a complete spec; forward on a small non-square input gives finite float logits of the
+right shape at the spec's output stride; the FLOP count leaves no operator uncounted; on a GPU
+the whole inference step captures into a CUDA graph and replays the eager prediction.
+"""
+
+import math
+
+import pytest
+import torch
+
+import archs
+from archs import base
+from bench.measure.flops import count_flops
+from bench.measure.speed import inference_step
+from bench.protocol import DATASETS
+
+SMALL = (128, 192)
+
+
+def builtin_names() -> list[str]:
+    return [n for n in archs.list_archs() if base._entry(n).builder.__module__.startswith("archs.")]
+
+
+NAMES = builtin_names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_is_complete(name):
+    spec = archs.get_spec(name)
+    assert spec.name == name and spec.family and spec.encoder and spec.paper and spec.year > 1990
+    assert spec.output_stride >= 1 and len(spec.mean) == len(spec.std) == 3
+    for dataset, published in spec.published.items():
+        assert dataset in DATASETS
+        if any(v is not None for v in (published.params_m, published.gflops, published.fps, published.miou)):
+            assert published.source, f"{name}/{dataset}: published numbers need their source"
+    for weights in spec.weights:
+        assert weights.dataset in DATASETS and weights.format in ("hf", "mmseg", "torchvision", "segbench")
+        assert weights.uri.startswith(("hf://", "https://", "http://"))
+        assert weights.converter is None or callable(weights.converter)
+    for dataset, size in spec.input_size.items():
+        assert dataset in DATASETS and len(size) == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_shape_and_flop_coverage(name):
+    spec = archs.get_spec(name)
+    model = archs.build(name, num_classes=19)
+    assert not model.training
+    x = torch.randn(1, 3, *SMALL)
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.dtype == torch.float32 and logits.shape[:2] == (1, 19)
+    for got, size in zip(logits.shape[-2:], SMALL):
+        assert abs(got - size / spec.output_stride) <= 1, (
+            f"{name}: logits {tuple(logits.shape)} at stride {spec.output_stride}"
+        )
+    assert torch.isfinite(logits).all()
+    count = count_flops(model, SMALL)
+    assert count.uncounted == {}, f"{name}: operators without a FLOP handle: {count.uncounted}"
+    assert count.total > 0 and math.isfinite(count.gflops)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_step_captures_into_a_cuda_graph(name):
+    model = archs.build(name, num_classes=19).cuda()
+    x = torch.randn(1, 3, 256, 512, device="cuda")
+    with torch.no_grad():
+        step = inference_step(model, x, "fp32")
+        eager = step()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        graph.replay()
+        torch.cuda.synchronize()
+    assert (out == eager).float().mean() > 0.999

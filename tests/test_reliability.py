@@ -1,0 +1,92 @@
+"""A long suite survives its jobs: faults become records, kills resume, concurrent writers agree."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, run_bench
+
+PLUGIN = ("--plugin", "tests.toy_models")
+TOYS = "toy-w4,toy-w8,toy-w12,toy-w16,toy-w20"
+
+
+def lines(results):
+    return [line for path in sorted(results.glob("*/records.jsonl")) for line in path.read_text().splitlines() if line]
+
+
+def test_faulty_models_become_failure_records_and_the_suite_goes_on(tmp_path):
+    proc = run_bench(
+        "run", *PLUGIN, "--arch", "fault-raise,toy-w4,fault-oom,fault-hang,fault-kill,toy-w8",
+        "--dataset", "ade20k", "--measure", "latency", "--job-timeout", "20", "--results", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # something failed: the exit status says so
+    records = {r["arch"]: r for r in map(json.loads, lines(tmp_path))}
+    assert set(records) == {"fault-raise", "toy-w4", "fault-oom", "fault-hang", "fault-kill", "toy-w8"}
+    assert records["fault-raise"]["status"] == "error"
+    assert records["fault-raise"]["error"] == "RuntimeError: injected fault in forward"
+    assert records["fault-oom"]["status"] == "oom"
+    assert records["fault-hang"]["status"] == "timeout" and "20 s" in records["fault-hang"]["error"]
+    assert records["fault-kill"]["status"] == "crashed" and "SIGKILL" in records["fault-kill"]["error"]
+    assert records["toy-w4"]["status"] == records["toy-w8"]["status"] == "ok"
+    assert "2 ok, 4 failed, 0 skipped" in proc.stderr
+    # a rerun retries the failures only
+    again = run_bench(
+        "run", *PLUGIN, "--arch", "toy-w4,fault-raise", "--dataset", "ade20k", "--measure", "latency",
+        "--results", str(tmp_path),
+    )  # fmt: skip
+    assert "0 ok, 1 failed, 1 skipped" in again.stderr
+
+
+def _start(results, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", *PLUGIN, "--arch", TOYS, "--measure", "params,flops",
+         "--results", str(results), "--no-report", *extra],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_measures_each_job_exactly_once(tmp_path):
+    rng = random.Random(20261124)
+    for _ in range(10):
+        proc = _start(tmp_path)
+        time.sleep(rng.uniform(0.3, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = run_bench("run", *PLUGIN, "--arch", TOYS, "--measure", "params,flops", "--results", str(tmp_path))
+    assert final.returncode == 0, final.stderr
+    records = [json.loads(line) for line in lines(tmp_path)]  # every line parses
+    ok = Counter((r["arch"], r["dataset"], r["kind"]) for r in records if r["status"] == "ok")
+    assert len(ok) == 20  # 5 archs x 2 datasets x (params, flops)
+    assert set(ok.values()) == {1}  # nothing measured twice
+
+
+def _table(results) -> pd.DataFrame:
+    assert run_bench("table", *PLUGIN, "--results", str(results)).returncode == 0
+    (csv,) = results.glob("*/table.csv")
+    return pd.read_csv(csv)
+
+
+@pytest.mark.slow
+def test_concurrent_runs_and_shards_give_the_single_run_table(tmp_path):
+    single, concurrent, sharded = tmp_path / "single", tmp_path / "concurrent", tmp_path / "sharded"
+    procs = [_start(single), _start(concurrent), _start(concurrent), _start(sharded, "--shard", "1/2"),
+             _start(sharded, "--shard", "2/2")]  # fmt: skip
+    for proc in procs:
+        assert proc.wait(timeout=900) == 0
+    for results in (concurrent, sharded):
+        records = [json.loads(line) for line in lines(results)]
+        assert len(records) == 20 and all(r["status"] == "ok" for r in records)
+    expected = _table(single)
+    assert len(expected) == 5
+    pd.testing.assert_frame_equal(_table(concurrent), expected)
+    pd.testing.assert_frame_equal(_table(sharded), expected)
