@@ -62,7 +62,7 @@ class SpeedProtocol:
 # On a CPU a 1024x2048 forward takes seconds: fewer steps, same statistics.
 SPEED = {
     "cuda": SpeedProtocol(),
-    "cpu": SpeedProtocol(warmup_steps=1, repeats=3, min_steps=1, min_repeat_s=1.0, max_repeat_s=5.0),
+    "cpu": SpeedProtocol(warmup_steps=1, repeats=2, min_steps=1, min_repeat_s=1.0, max_repeat_s=5.0),
 }
 
 # Inference modes. `eager` is what the papers timed; `graph` is what the GPU can do without

@@ -40,6 +40,10 @@ SUITES: dict[str, Suite] = {
             "realtime",
             "the seed table's Real-Time rows",
             (
+                "fcn-mobilenetv2",
+                "icnet",
+                "pspnet-mobilenetv2",
+                "deeplabv3plus-mobilenetv2",
                 "segformer-b0",
             ),
         ),
@@ -47,6 +51,9 @@ SUITES: dict[str, Suite] = {
             "non-realtime",
             "the seed table's Non Real-Time rows",
             (
+                "fcn-r101",
+                "pspnet-r101",
+                "deeplabv3plus-r101",
                 "segformer-b4",
                 "segformer-b5",
             ),

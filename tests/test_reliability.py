@@ -54,7 +54,6 @@ def _start(results, *extra):
     )  # fmt: skip
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_measures_each_job_exactly_once(tmp_path):
     rng = random.Random(20261124)
     for _ in range(10):
@@ -76,7 +75,6 @@ def _table(results) -> pd.DataFrame:
     return pd.read_csv(csv)
 
 
-@pytest.mark.slow
 def test_concurrent_runs_and_shards_give_the_single_run_table(tmp_path):
     single, concurrent, sharded = tmp_path / "single", tmp_path / "concurrent", tmp_path / "sharded"
     procs = [_start(single), _start(concurrent), _start(concurrent), _start(sharded, "--shard", "1/2"),

@@ -1,0 +1,178 @@
+"""ICNet: image cascade network for real-time segmentation of high-resolution images.
+
+Zhao, Qi, Shen, Shi & Jia, "ICNet for Real-Time Semantic Segmentation on High-Resolution Images",
+ECCV 2018 (https://github.com/hszhao/ICNet). This is the network of the official deploy prototxt
+``evaluation/prototxt/icnet_cityscapes.prototxt`` (Caffe, BN merged; the paper's Cityscapes
+model), not mmsegmentation's ICNet (which uses a full-width ResNetV1c-50 and differs throughout):
+
+- input x (full resolution). ``sub2`` = x resized to 1/2 (bilinear, corner-aligned like Caffe's
+  Interp). On ``sub2``: PSPNet-50 with halved widths: stem 3x3/2 32, 3x3 32, 3x3 64, max-pool
+  3/2/1, conv2 (3 bottlenecks 32-32-128) and conv3_1 (64-64-256, stride 2 on the first 1x1,
+  Caffe style) -> 1/16 of the input;
+- ``sub4``: conv3_1's output resized to 1/2 again, then conv3_2..3_4, conv4 x6 (128-128-512,
+  dilation 2) and conv5 x3 (256-256-1024, dilation 4) -> 1/32; pyramid pooling with bins
+  1, 2, 3, 6 whose resized outputs are **summed** with the input (no convolutions), then a 1x1
+  conv-BN-ReLU to 256;
+- ``sub1`` on x: three 3x3/2 conv-BN-ReLU (32, 32, 64) -> 1/8;
+- cascade feature fusion (CFF): the low-resolution input upsampled x2, a 3x3 dilation-2 conv-BN
+  (128); the high-resolution input through a 1x1 conv-BN (128); sum, ReLU. CFF(sub4, conv3_1) at
+  1/16, then CFF(that, sub1) at 1/8; a 1x1 classifier, and a x2 bilinear upsample -> logits at
+  stride 4 (the prototxt upsamples before its 1x1 ``conv6_cls``; both are linear, so classifying
+  first gives the same logits at a quarter of the cost);
+- training only (``aux_head=True``): a 1x1 classifier on the upsampled low input of each CFF, for
+  the paper's cascade label guidance.
+
+Where sizes differ from Caffe's: the prototxt is written for 1025x2049 inputs (2^k n + 1 sizes,
+Caffe Interp's ``(in - 1) / 2 + 1`` and ceil-mode pooling); here resizes follow Caffe's size formula
+for the 1/2 shrinks and match the other branch's size for the x2 zooms, pooling floors, and the
+pyramid uses adaptive average pooling (the prototxt's fixed 33x65/17x33/13x25/8x15 windows are
+those of one input size). With BN folded into the convolutions, as in the prototxt, the parameter
+count equals the prototxt's 6,685,715 exactly (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import islice
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops.misc import Conv2dNormActivation
+
+from archs.backbones.resnet import ResNet
+from archs.base import ArchSpec, Published, register
+from archs.fcn import conv_bn_relu
+
+__all__ = ["ICNet", "CascadeFeatureFusion", "icnet"]
+
+
+def _half_size(x: Tensor) -> tuple[int, int]:
+    """Caffe Interp ``shrink_factor: 2``: (n - 1) // 2 + 1 per side."""
+    h, w = x.shape[-2:]
+    return (h - 1) // 2 + 1, (w - 1) // 2 + 1
+
+
+class CascadeFeatureFusion(nn.Module):
+    """ICNet's CFF unit: x2 upsample + 3x3 dilation-2 conv-BN on ``low``, 1x1 conv-BN on ``high``, sum, ReLU.
+
+    Args:
+        low_channels: channels of the low-resolution input.
+        high_channels: channels of the high-resolution input.
+        out_channels: output channels.
+        aux_classes: classes of the training-only classifier on the upsampled ``low`` (None: none).
+    """
+
+    def __init__(self, low_channels: int, high_channels: int, out_channels: int, aux_classes: int | None = None):
+        super().__init__()
+        self.low_conv = Conv2dNormActivation(
+            low_channels, out_channels, 3, dilation=2, norm_layer=nn.BatchNorm2d, activation_layer=None
+        )
+        self.high_proj = Conv2dNormActivation(
+            high_channels, out_channels, 1, norm_layer=nn.BatchNorm2d, activation_layer=None
+        )
+        self.aux_classifier = nn.Conv2d(low_channels, aux_classes, 1) if aux_classes else None
+
+    def forward(self, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor | None]:
+        low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=True)
+        out = F.relu(self.low_conv(low) + self.high_proj(high), inplace=True)
+        aux = self.aux_classifier(low) if self.aux_classifier is not None and self.training else None
+        return out, aux
+
+
+class ICNet(nn.Module):
+    """The three-branch ICNet of the official Cityscapes prototxt.
+
+    ``forward`` returns logits at stride 4; with ``aux_classes`` and in ``train()`` mode it returns
+    ``(logits, aux_sub24, aux_sub4)`` (the cascade-label-guidance outputs at strides 8 and 16).
+
+    Args:
+        num_classes: output classes.
+        bins: pyramid pooling bin sizes.
+        aux_classes: build the training-only CFF classifiers.
+    """
+
+    def __init__(self, num_classes: int, *, bins: Sequence[int] = (1, 2, 3, 6), aux_classes: bool = False):
+        super().__init__()
+        # PSPNet-50 at half width: stem 32-32-64, bottleneck widths 32/64/128/256, OS8 without the
+        # contracted first dilation (conv4_1 already uses dilation 2), stride on the 1x1 (Caffe).
+        self.backbone = ResNet(50, base_channels=32, output_stride=8, contract_dilation=False, style="caffe")
+        self.bins = tuple(bins)
+        self.psp_proj = conv_bn_relu(self.backbone.out_channels[-1], 256, 1)
+        self.sub1 = nn.Sequential(
+            Conv2dNormActivation(3, 32, 3, stride=2, norm_layer=nn.BatchNorm2d),
+            Conv2dNormActivation(32, 32, 3, stride=2, norm_layer=nn.BatchNorm2d),
+            Conv2dNormActivation(32, 64, 3, stride=2, norm_layer=nn.BatchNorm2d),
+        )
+        aux = num_classes if aux_classes else None
+        self.cff_sub24 = CascadeFeatureFusion(256, self.backbone.out_channels[1], 128, aux)
+        self.cff_sub12 = CascadeFeatureFusion(128, 64, 128, aux)
+        self.classifier = nn.Conv2d(128, num_classes, 1)
+
+    def _pyramid_sum(self, x: Tensor) -> Tensor:
+        out = x
+        size = x.shape[-2:]
+        for b in self.bins:
+            pooled = F.adaptive_avg_pool2d(x, b)
+            if b == 1:  # a resize of a 1x1 map is a broadcast
+                out = out + pooled
+            else:
+                out = out + F.interpolate(pooled, size=size, mode="bilinear", align_corners=True)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        backbone = self.backbone
+        # sub2: 1/2 input -> conv3_1 at 1/16.
+        sub2 = F.interpolate(x, size=_half_size(x), mode="bilinear", align_corners=True)
+        c = backbone.layer1(backbone.maxpool(backbone.stem(sub2)))
+        conv3_1 = backbone.layer2[0](c)
+        # sub4: conv3_1 shrunk to 1/32, the rest of the (shared-weight) network.
+        c = F.interpolate(conv3_1, size=_half_size(conv3_1), mode="bilinear", align_corners=True)
+        for block in islice(backbone.layer2, 1, None):
+            c = block(c)
+        c = backbone.layer4(backbone.layer3(c))
+        sub4 = self.psp_proj(self._pyramid_sum(c))
+        # sub1: full input -> 1/8.
+        sub1 = self.sub1(x)
+        sub24, aux_sub4 = self.cff_sub24(sub4, conv3_1)
+        sub12, aux_sub24 = self.cff_sub12(sub24, sub1)
+        logits = self.classifier(sub12)
+        h, w = logits.shape[-2:]
+        logits = F.interpolate(logits, size=(2 * h, 2 * w), mode="bilinear", align_corners=True)
+        if aux_sub4 is not None:
+            return logits, aux_sub24, aux_sub4
+        return logits
+
+
+@register(
+    ArchSpec(
+        name="icnet",
+        family="ICNet",
+        encoder="PSPNet-50 (half width)",
+        scale="realtime",
+        paper="Zhao et al., ECCV 2018",
+        year=2018,
+        output_stride=4,
+        published={
+            "cityscapes": Published(
+                fps=30.3,
+                miou=67.7,
+                source="ICNet paper (Zhao et al., ECCV 2018) and hszhao/ICNet README: Cityscapes val mIoU 67.7 "
+                "(trained on train, 30k iterations), 33 ms per 1024x2048 image on a TitanX (Maxwell); the SegFormer "
+                "Table 4 row gives no params/GFLOPs",
+                note="no params or GFLOPs published in the table; the official deploy prototxt "
+                "(evaluation/prototxt/icnet_cityscapes.prototxt) has 6,685,715 parameters with BN folded",
+            )
+        },
+        notes="Official weights are Caffe caffemodels on Google Drive (hszhao/ICNet README: "
+        "icnet_cityscapes_train_30k.caffemodel, md5 c7038630c4b6c869afaaadd811bdb539); there is no converter. "
+        "The original takes mean-subtracted BGR input; segbench feeds the spec's RGB normalisation.",
+    )
+)
+def icnet(*, num_classes: int, aux_head: bool = False) -> ICNet:
+    """ICNet as in the official Cityscapes prototxt.
+
+    Args:
+        num_classes: output classes.
+        aux_head: add the training-only cascade-label-guidance classifiers.
+    """
+    return ICNet(num_classes, aux_classes=aux_head)

@@ -1,0 +1,152 @@
+"""PSPNet: pyramid scene parsing, as mmsegmentation's model zoo configures it.
+
+Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017 (https://github.com/hszhao/PSPNet).
+The registered rows are the SegFormer paper's baselines (Xie et al., NeurIPS 2021, Table 4), i.e.
+mmsegmentation's ``pspnet_r101-d8`` and ``pspnet_m-v2-d8`` configurations
+(https://github.com/open-mmlab/mmsegmentation, Apache-2.0):
+
+- backbone: ResNetV1c-101 or MobileNetV2, dilated to output stride 8;
+- ``PSPHead(channels=512, pool_scales=(1, 2, 3, 6))``: for each bin size, adaptive average
+  pooling and a 1x1 conv-BN-ReLU to 512 channels, bilinearly resized back (align_corners=False)
+  and concatenated with the input; a 3x3 conv-BN-ReLU bottleneck to 512; Dropout2d(0.1); 1x1
+  classifier. Logits at stride 8;
+- the training-only auxiliary FCN head on stage 3 is counted in the published parameters (see
+  `archs.fcn`), built only with ``aux_head=True``.
+
+mmseg checkpoints load through `archs.fcn.convert_mmseg_state_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from archs.backbones.mobilenetv2 import MobileNetV2
+from archs.backbones.resnet import resnet101_v1c
+from archs.base import ArchSpec, register
+from archs.fcn import (
+    SEGFORMER_TABLE,
+    SegmentationModel,
+    conv_bn_relu,
+    mmseg_aux_head,
+    mmseg_published,
+    mmseg_weights,
+)
+
+__all__ = ["PSPHead", "pspnet_mobilenetv2", "pspnet_r101"]
+
+
+class PSPHead(nn.Module):
+    """mmseg's ``PSPHead``: pyramid pooling, 3x3 bottleneck, Dropout2d, 1x1 classifier.
+
+    Pyramid pooling: per bin size, adaptive average pooling and a 1x1 conv-BN-ReLU, resized back
+    bilinearly (align_corners=False) and concatenated with the input.
+
+    Args:
+        in_channels: channels of the last backbone stage.
+        channels: width of the pooling branches and of the bottleneck.
+        num_classes: output classes.
+        bins: pyramid bin sizes.
+        dropout: Dropout2d probability before the classifier (training only).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        *,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.psp_modules = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_bn_relu(in_channels, channels, 1)) for b in bins
+        )
+        self.bottleneck = conv_bn_relu(in_channels + len(bins) * channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        x = features[-1]
+        size = x.shape[-2:]
+        branches = [x]
+        for stage in self.psp_modules:
+            branches.append(F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False))
+        out = self.bottleneck(torch.cat(branches, dim=1))
+        return self.classifier(self.dropout(out))
+
+
+@register(
+    ArchSpec(
+        name="pspnet-mobilenetv2",
+        family="PSPNet",
+        encoder="MobileNetV2",
+        scale="realtime",
+        paper="Zhao et al., CVPR 2017",
+        year=2017,
+        output_stride=8,
+        published=mmseg_published(
+            13.7,
+            (52.9, 57.7, 29.6),
+            (423.4, 11.2, 70.2),
+            f"{SEGFORMER_TABLE}; FPS/mIoU = mmseg configs/mobilenet_v2 README (V100; ADE 512x512 160k, "
+            "Cityscapes 512x1024 80k, whole 1024x2048 inference)",
+        ),
+        weights=mmseg_weights(
+            "mobilenet_v2",
+            "pspnet_m-v2-d8_512x512_160k_ade20k_20200825_214953-f5942f7a",
+            "pspnet_m-v2-d8_512x1024_80k_cityscapes_20200825_124817-19e81d51",
+        ),
+        notes="mmseg pspnet_m-v2-d8: MobileNetV2 (OS8) + PSPHead(320->512, bins 1/2/3/6).",
+    )
+)
+def pspnet_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
+    """PSPNet on MobileNetV2 (OS8), mmseg's ``pspnet_m-v2-d8``.
+
+    Args:
+        num_classes: output classes.
+        aux_head: add the training-only auxiliary FCN head on the 96-channel stage.
+    """
+    backbone = MobileNetV2()
+    head = PSPHead(backbone.out_channels[-1], 512, num_classes)
+    return SegmentationModel(backbone, head, mmseg_aux_head(backbone, num_classes) if aux_head else None)
+
+
+@register(
+    ArchSpec(
+        name="pspnet-r101",
+        family="PSPNet",
+        encoder="ResNet-101",
+        scale="non-realtime",
+        paper="Zhao et al., CVPR 2017",
+        year=2017,
+        output_stride=8,
+        published=mmseg_published(
+            68.1,
+            (256.4, 15.3, 44.4),
+            (2048.9, 1.2, 78.5),
+            f"{SEGFORMER_TABLE}; ADE FPS/mIoU = mmseg configs/pspnet README (V100, 512x512 160k single scale); "
+            "Cityscapes FPS = mmseg 769x769 slide row, Cityscapes mIoU 78.5 has no mmseg README match",
+        ),
+        weights=mmseg_weights(
+            "pspnet",
+            "pspnet_r101-d8_512x512_160k_ade20k_20200615_100650-967c316f",
+            "pspnet_r101-d8_512x1024_80k_cityscapes_20200606_112211-e1e1100f",
+        ),
+        notes="mmseg pspnet_r101-d8: ResNetV1c-101 (OS8) + PSPHead(2048->512, bins 1/2/3/6).",
+    )
+)
+def pspnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
+    """PSPNet on ResNetV1c-101 (OS8), mmseg's ``pspnet_r101-d8``.
+
+    Args:
+        num_classes: output classes.
+        aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
+    """
+    backbone = resnet101_v1c()
+    head = PSPHead(backbone.out_channels[-1], 512, num_classes)
+    return SegmentationModel(backbone, head, mmseg_aux_head(backbone, num_classes) if aux_head else None)
