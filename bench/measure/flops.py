@@ -69,7 +69,7 @@ ZERO_COST_OPS = frozenset(
         "sigmoid sigmoid_ silu silu_ softmax sqrt sub sub_ sum tanh where clamp_min clamp_min_ "
         "sort topk repeat unflatten pad reflection_pad2d replicate_pad2d pixel_shuffle "
         "pixel_unshuffle im2col col2im linalg_vector_norm norm dropout_ feature_dropout "
-        "expand_as one_hot erf div_ minimum maximum mish sign eye round"
+        "expand_as one_hot erf div_ minimum maximum mish sign eye round ones_like"
     ).split()
 )
 

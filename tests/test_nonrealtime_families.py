@@ -1,0 +1,464 @@
+"""The rest of the non-real-time row: OCRNet, SETR, EncNet, CCNet, GSCNN, Auto-DeepLab, Axial-DeepLab,
+Dynamic Routing.
+
+What is proven here (the shape/FLOP-coverage/CUDA-graph contract of every model is in
+test_contract.py):
+
+- equal outputs to mmsegmentation's OCRNet-HRNetW48, SETR (naive, PUP, MLA), EncNet-R101 and
+  CCNet-R101 with the same random weights, through the mmseg-layout converters;
+- the published parameter counts, reproduced with what they include (auxiliary heads, SETR's
+  Cityscapes positional grid), and the published FLOPs at the protocol sizes (slow);
+- for the models without a runnable reference, their building blocks against the papers'
+  equations on small inputs: criss-cross attention, the encoding layer, the GSCNN gated conv and
+  in-model Canny (against OpenCV), pre-activation residual blocks, position-sensitive axial
+  attention, the Auto-DeepLab cell path, the Dynamic Routing gates and its input-dependent FLOPs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+import archs
+from archs.autodeeplab import BACKBONE_PATH, AutoDeepLab
+from archs.backbones.axial_resnet import AxialAttention
+from archs.backbones.hrnet import HRNet
+from archs.backbones.vit import VisionTransformer
+from archs.backbones.wider_resnet import IdentityResidualBlock
+from archs.ccnet import CrissCrossAttention, convert_mmseg_ccnet
+from archs.dynamic_routing import DynamicCell, DynamicRoutingNet
+from archs.encnet import Encoding, convert_mmseg_encnet
+from archs.gscnn import CannyEdges, GatedSpatialConv2d
+from archs.ocrnet import convert_mmseg_ocrnet
+from archs.setr import convert_mmseg_setr
+from bench.compare import agrees
+from bench.measure.flops import count_flops
+from bench.measure.params import count_params
+from bench.protocol import dataset as protocol_dataset
+
+TOL = 1e-4
+NAMES = (
+    "ocrnet-hr48",
+    "setr-pup-vit-l",
+    "setr-naive-vit-l",
+    "setr-mla-vit-l",
+    "encnet-r101",
+    "ccnet-r101",
+    "gscnn-wrn38",
+    "auto-deeplab-f48",
+    "axial-deeplab-xl",
+    "dynamic-routing-l33-psp",
+)
+
+
+def randomize_norms(model: nn.Module, seed: int = 1) -> None:
+    """Non-trivial BN/LN statistics and affines (fresh ones would hide a swapped mean/var or scale)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)) and m.weight is not None:
+            n = m.weight.shape[0]
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+def test_registered_names_are_in_the_non_realtime_scale():
+    registered = set(archs.list_archs("non-realtime"))
+    assert set(NAMES) <= registered
+
+
+# --- oracles: mmsegmentation -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mmseg():
+    pytest.importorskip("mmseg", reason="test extra: mmsegmentation==1.2.2 mmengine mmcv-lite==2.1.0 ftfy")
+    from tests.mmseg_stub import build_mmseg_model, install, mmseg_logits
+
+    install()
+    return build_mmseg_model, mmseg_logits
+
+
+def test_ocrnet_equals_mmseg(mmseg):
+    build_mmseg_model, _ = mmseg
+    reference = build_mmseg_model("ocrnet/ocrnet_hr48_4xb2-160k_cityscapes-512x1024.py", num_classes=19)
+    randomize_norms(reference)
+    ours = archs.build("ocrnet-hr48", 19)
+    assert count_params(ours) == count_params(reference)
+    ours.load_state_dict(convert_mmseg_ocrnet(reference.state_dict()))
+    for size in ((64, 64), (72, 100)):  # 72x100: HRNet's upsample-then-resize on non-divisible sizes
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            feats = reference.extract_feat(x)
+            expected = reference.decode_head[1](feats, reference.decode_head[0](feats))
+            assert max_diff(expected, ours(x)) <= TOL
+
+
+@pytest.mark.parametrize("variant", ["naive", "pup", "mla"])
+def test_setr_equals_mmseg(variant, mmseg):
+    build_mmseg_model, mmseg_logits = mmseg
+    config = f"setr/setr_vit-l_{variant}_8xb2-160k_ade20k-512x512.py"
+    reference = build_mmseg_model(config, num_classes=150, aux_head=True)
+    randomize_norms(reference)
+    checkpoint = {"meta": {}, "state_dict": reference.state_dict()}  # the layout of an mmseg .pth
+    ours = archs.build(f"setr-{variant}-vit-l", 150, aux_head=True)
+    assert count_params(ours) == count_params(reference)
+    ours.load_state_dict(convert_mmseg_setr(checkpoint, aux_head=True))
+    x = torch.randn(1, 3, 48, 80)  # a 3x5 token grid: the 32x32 positional grid is interpolated
+    with torch.no_grad():
+        assert max_diff(mmseg_logits(reference, x), ours(x)) <= TOL
+        feats = reference.extract_feat(x)
+        ours_feats = ours.backbone(x) if ours.neck is None else ours.neck(ours.backbone(x))
+        for ref_head, head, feat in zip(reference.auxiliary_head, ours.aux_heads, ours_feats, strict=False):
+            assert max_diff(ref_head(feats), head(feat)) <= TOL
+    del ours
+    inference = archs.build(f"setr-{variant}-vit-l", 150)  # auxiliary heads dropped by the converter
+    inference.load_state_dict(convert_mmseg_setr(checkpoint))
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "converter"),
+    [
+        ("encnet-r101", "encnet/encnet_r101-d8_4xb2-80k_cityscapes-512x1024.py", convert_mmseg_encnet),
+        ("ccnet-r101", "ccnet/ccnet_r101-d8_4xb2-80k_cityscapes-512x1024.py", convert_mmseg_ccnet),
+    ],
+)
+def test_resnet_heads_equal_mmseg(name, config, converter, mmseg):
+    build_mmseg_model, mmseg_logits = mmseg
+    reference = build_mmseg_model(config, num_classes=19, aux_head=True)
+    randomize_norms(reference)
+    for m in reference.modules():  # mmcv initialises the criss-cross residual scale to 0
+        if type(m).__name__ == "CrissCrossAttention":
+            m.gamma.scale.data.fill_(0.7)
+    checkpoint = {"meta": {}, "state_dict": reference.state_dict()}
+    with_aux = archs.build(name, 19, aux_head=True)
+    assert count_params(with_aux) == count_params(reference)
+    with_aux.load_state_dict(converter(checkpoint, aux_head=True))
+    ours = archs.build(name, 19)  # the inference model: training-only parts dropped by the converter
+    ours.load_state_dict(converter(checkpoint))
+    x = torch.randn(1, 3, 65, 97)
+    with torch.no_grad():
+        expected = mmseg_logits(reference, x)
+        expected = expected[0] if isinstance(expected, tuple) else expected  # EncHead: (logits, se_logits)
+        assert max_diff(expected, ours(x)) <= TOL
+
+
+# --- published parameter counts ----------------------------------------------------------------
+
+# What the published figure counts: builder keywords and classes that reproduce it.
+PUBLISHED_PARAMS = {
+    "ocrnet-hr48": ("ade20k", {}, 150),  # the soft-region head is part of inference; no aux head
+    "encnet-r101": ("ade20k", {"aux_head": True}, 150),  # + SE layer and auxiliary FCN head
+    "ccnet-r101": ("ade20k", {"aux_head": True}, 150),  # + auxiliary FCN head
+    "setr-pup-vit-l": ("cityscapes", {"aux_head": True, "img_size": 768}, 19),  # + 3 aux heads, 48x48 grid
+    "auto-deeplab-f48": ("cityscapes", {}, 19),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_params_agree_with_published(name):
+    dataset, kwargs, num_classes = PUBLISHED_PARAMS[name]
+    published = archs.get_spec(name).published[dataset].params_m
+    measured = count_params(archs.build(name, num_classes, **kwargs)) / 1e6
+    assert agrees(measured, published, 0.01), (measured, published)
+    if kwargs.get("aux_head"):  # the inference model is smaller than the published count
+        assert count_params(archs.build(name, num_classes)) / 1e6 < published * 0.99
+
+
+@pytest.mark.parametrize("name", ["encnet-r101", "ccnet-r101"])
+def test_training_only_parts_run_only_in_training(name):
+    model = archs.build(name, 5, aux_head=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert isinstance(model(x), torch.Tensor)
+        out = model.train()(x)
+    assert isinstance(out, tuple) and len(out) == 2
+
+
+# --- published FLOPs (full-size counts: slow) --------------------------------------------------
+
+PUBLISHED_FLOPS = [
+    ("ocrnet-hr48", "ade20k"),
+    ("ocrnet-hr48", "cityscapes"),
+    ("encnet-r101", "ade20k"),
+    ("encnet-r101", "cityscapes"),
+    ("ccnet-r101", "ade20k"),
+    ("ccnet-r101", "cityscapes"),
+    ("auto-deeplab-f48", "cityscapes"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "dataset"), PUBLISHED_FLOPS)
+def test_flops_agree_with_published(name, dataset):
+    protocol = protocol_dataset(dataset)
+    published = archs.get_spec(name).published[dataset]
+    count = count_flops(archs.build(name, protocol.num_classes), published.input_size or protocol.input_size)
+    assert count.uncounted == {}
+    assert agrees(count.gflops, published.gflops, 0.05), (count.gflops, published.gflops)
+
+
+@pytest.mark.slow
+def test_dynamic_routing_maximum_flops_agree_with_published():
+    """The module runs every route, so its count is the maximum over inputs; the paper's 270.0 G is the
+    per-image count of trained gates (with its own counting of norms and activations)."""
+    published = archs.get_spec("dynamic-routing-l33-psp").published["cityscapes"].gflops
+    count = count_flops(archs.build("dynamic-routing-l33-psp", 19), protocol_dataset("cityscapes").input_size)
+    assert count.uncounted == {}
+    assert agrees(count.gflops, published, 0.05), (count.gflops, published)
+
+
+# --- building blocks against the papers' equations ---------------------------------------------
+
+
+def test_hrnet_branches_have_the_v2_widths_and_strides():
+    net = HRNet(18).eval()
+    with torch.no_grad():
+        outs = net(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape[1:]) for o in outs] == [(18, 16, 24), (36, 8, 12), (72, 4, 6), (144, 2, 3)]
+
+
+def test_vit_interpolates_positions_and_adopts_a_checkpoint_grid():
+    vit = VisionTransformer(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, out_indices=(0,)).eval()
+    assert vit.pos_embed.shape == (1, 1 + 16, 32)
+    same = vit._pos_embed(4, 4)
+    assert same is vit.pos_embed
+    grid = vit._pos_embed(2, 6)[:, 1:].reshape(1, 2, 6, 32).permute(0, 3, 1, 2)
+    expected = F.interpolate(
+        vit.pos_embed[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2), size=(2, 6), mode="bilinear"
+    )
+    assert max_diff(grid, expected) == 0
+    state = vit.state_dict()
+    state["pos_embed"] = torch.randn(1, 1 + 36, 32)  # a checkpoint trained on a 6x6 grid
+    vit.load_state_dict(state)
+    assert vit.grid == 6 and vit.pos_embed.shape == (1, 37, 32)
+    with torch.no_grad():
+        assert vit(torch.randn(1, 3, 40, 72))[0].shape == (1, 32, 3, 5)  # padded to 48x80
+
+
+def test_criss_cross_attention_follows_the_equation():
+    torch.manual_seed(0)
+    cca = CrissCrossAttention(16).eval()
+    cca.gamma.data.fill_(0.5)
+    x = torch.randn(2, 16, 5, 7)
+    with torch.no_grad():
+        out = cca(x)
+        q, k, v = cca.query_conv(x), cca.key_conv(x), cca.value_conv(x)
+    expected = torch.empty_like(x)
+    for n in range(2):
+        for h in range(5):
+            for w in range(7):
+                # Column without the pixel itself, then the whole row (the pixel counted once).
+                keys = [(i, w) for i in range(5) if i != h] + [(h, j) for j in range(7)]
+                e = torch.stack([q[n, :, h, w] @ k[n, :, i, j] for i, j in keys])
+                a = e.softmax(0)
+                agg = sum(a[t] * v[n, :, i, j] for t, (i, j) in enumerate(keys))
+                expected[n, :, h, w] = 0.5 * agg + x[n, :, h, w]
+    assert max_diff(out, expected) <= 1e-5
+
+
+def test_encoding_layer_follows_the_equation():
+    torch.manual_seed(0)
+    enc = Encoding(8, 4)
+    x = torch.randn(2, 8, 3, 5)
+    flat = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+    residual = flat[:, :, None, :] - enc.codewords[None, None]  # x_i - d_k
+    assign = (enc.scale * residual.pow(2).sum(-1)).softmax(dim=2)  # softmax_k(s_k ||x_i - d_k||^2)
+    expected = (assign[..., None] * residual).sum(1)  # e_k = sum_i a_ik (x_i - d_k)
+    with torch.no_grad():
+        assert max_diff(enc(x), expected) <= 1e-5
+
+
+def test_gated_spatial_conv_follows_the_equation():
+    torch.manual_seed(0)
+    gate = GatedSpatialConv2d(4, 3).eval()
+    randomize_norms(gate)
+    s, r = torch.randn(1, 4, 6, 6), torch.randn(1, 1, 6, 6)
+    bn_in, conv1, _, conv2, bn_out, _ = gate._gate_conv
+    with torch.no_grad():
+        alpha = torch.sigmoid(bn_out(conv2(F.relu(conv1(bn_in(torch.cat([s, r], 1)))))))
+        expected = torch.einsum("oc,nchw->nohw", gate.weight[:, :, 0, 0], s * (1 + alpha))
+        assert max_diff(gate(s, r), expected) <= 1e-5
+
+
+def test_identity_residual_block_is_pre_activation():
+    block = IdentityResidualBlock(8, (8, 8)).eval()
+    proj = IdentityResidualBlock(8, (16, 16), stride=2).eval()
+    randomize_norms(block)
+    randomize_norms(proj)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        a = block.bn1(x)
+        assert max_diff(block(x), x + block.convs.conv2(block.convs.bn2(block.convs.conv1(a)))) <= 1e-5
+        a = proj.bn1(x)
+        expected = proj.proj_conv(a) + proj.convs.conv2(proj.convs.bn2(proj.convs.conv1(a)))
+        assert max_diff(proj(x), expected) <= 1e-5 and expected.shape == (1, 16, 4, 4)
+
+
+def _canny_test_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Discs of random colours with mild noise, lightly blurred: edges of natural-image lengths."""
+    img = np.zeros((h, w, 3))
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(5, h / 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img = img + rng.normal(0, 4, img.shape)
+    img = (img + np.roll(img, 1, 0) + np.roll(img, 1, 1) + np.roll(img, (1, 1), (0, 1))) / 4
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["shapes", "noise"])
+def test_in_model_canny_equals_opencv(kind):
+    cv2 = pytest.importorskip("cv2", reason="test extra: opencv-python-headless")
+    rng = np.random.default_rng(0)
+    canny = CannyEdges(10, 100)
+    for h, w in ((64, 96), (37, 53)):
+        if kind == "shapes":
+            img = _canny_test_image(rng, h, w)
+        else:
+            img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        expected = cv2.Canny(img, 10, 100)
+        got = canny(torch.from_numpy(img).permute(2, 0, 1)[None].float())[0, 0].numpy()
+        assert expected.sum() > 0
+        assert np.array_equal(got, expected.astype(np.float32))
+
+
+def _axial_attention_reference(layer: AxialAttention, x: torch.Tensor) -> torch.Tensor:
+    """Position-sensitive axial attention (paper eq. 4) along the width, one position at a time."""
+    n, _, h, w = x.shape
+    qkv = layer.bn_qkv(layer.qkv(x))
+    d, heads = layer.d, layer.heads
+    rel = layer.relative  # (2d, 2*span-1): offsets p - o at index o - p + span - 1
+    bn_s, bn_o = layer.bn_similarity, layer.bn_output
+
+    def bn(norm, c, value):
+        return (value - norm.running_mean[c]) / torch.sqrt(norm.running_var[c] + norm.eps) * norm.weight[c] + norm.bias[
+            c
+        ]
+
+    out = torch.zeros(n, heads * d, h, w)
+    for b in range(n):
+        for row in range(h):
+            for g in range(heads):
+                chans = qkv[b, g * 2 * d : (g + 1) * 2 * d, row]  # (2d, W)
+                q, k, v = chans[: d // 2], chans[d // 2 : d], chans[d:]
+                for o in range(w):
+                    logits = []
+                    for p in range(w):
+                        idx = o - p + layer.span - 1
+                        qk = q[:, o] @ k[:, p]
+                        qr = q[:, o] @ rel[: d // 2, idx]
+                        kr = k[:, p] @ rel[d // 2 : d, p - o + layer.span - 1]
+                        logits.append(bn(bn_s, g, qk) + bn(bn_s, heads + g, qr) + bn(bn_s, 2 * heads + g, kr))
+                    a = torch.stack(logits).softmax(0)
+                    for c in range(d):
+                        oc = g * d + c
+                        content = sum(a[p] * v[c, p] for p in range(w))
+                        positional = sum(a[p] * rel[d + c, o - p + layer.span - 1] for p in range(w))
+                        out[b, oc, row, o] = bn(bn_o, 2 * oc, content) + bn(bn_o, 2 * oc + 1, positional)
+    return out
+
+
+def test_axial_attention_follows_the_equation():
+    torch.manual_seed(0)
+    layer = AxialAttention(8, 8, heads=2, span=6, axis=3).eval()
+    randomize_norms(layer)
+    x = torch.randn(1, 8, 2, 5)
+    with torch.no_grad():
+        expected = _axial_attention_reference(layer, x)
+        assert max_diff(layer(x), expected) <= 1e-4
+        height = AxialAttention(8, 8, heads=2, span=6, axis=2).eval()
+        height.load_state_dict(layer.state_dict())
+        assert max_diff(height(x.transpose(2, 3)), expected.transpose(2, 3)) <= 1e-4
+
+
+def test_axial_attention_chunking_and_training_path_agree(monkeypatch):
+    from archs.backbones import axial_resnet
+
+    torch.manual_seed(0)
+    layer = AxialAttention(16, 16, heads=4, span=9, axis=2).eval()
+    randomize_norms(layer)
+    x = torch.randn(2, 16, 9, 7)
+    with torch.no_grad():
+        whole = layer(x)
+        monkeypatch.setattr(axial_resnet, "MAX_ATTENTION_ELEMENTS", 4 * 9 * 9 * 3)  # 3 sequences per chunk
+        assert max_diff(layer(x), whole) <= 1e-6
+        layer.training = True  # the unfolded path (batch norms still in inference mode)
+        for bn in (layer.bn_qkv, layer.bn_similarity, layer.bn_output):
+            bn.training = False
+        assert max_diff(layer(x), whole) <= 1e-5
+
+
+def test_auto_deeplab_follows_the_searched_path():
+    model = AutoDeepLab(19, filter_multiplier=8).eval()
+    sizes = []
+    for cell in model.cells:
+        cell.register_forward_hook(lambda m, i, o: sizes.append((o.shape[1], o.shape[-1])))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 128)).shape == (1, 19, 16, 32)
+    # Level l: stride 4 * 2**l (width 128 / stride) and 5 * F * 2**l channels.
+    assert sizes == [(5 * 8 * 2**level, 128 // (4 * 2**level)) for level in BACKBONE_PATH]
+
+
+def test_dynamic_cell_gates_route_and_a_closed_cell_passes_its_input():
+    torch.manual_seed(0)
+    cell = DynamicCell(8, allow_up=True, allow_down=True).eval()
+    randomize_norms(cell)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        up, keep, down, gates = cell(x)
+        expected_gates = F.relu(torch.tanh(cell.gate(x)))
+        assert max_diff(gates, expected_gates) == 0 and gates.shape == (1, 3, 1, 1)
+        h = cell.ops(x) + x
+        assert max_diff(keep, gates[:, :1] * F.relu(h)) <= 1e-6
+        assert up.shape == (1, 4, 16, 16) and down.shape == (1, 16, 4, 4)
+        cell.gate[2].bias.data.fill_(-10.0)  # every gate closed: the cell is dropped
+        cell.gate[2].weight.data.zero_()
+        up, keep, down, _ = cell(x)
+    assert max_diff(keep, x) == 0 and up.abs().max() == 0 and down.abs().max() == 0
+
+
+def _dynamic_flops(model: DynamicRoutingNet, x: torch.Tensor) -> tuple[float, float]:
+    """(per-image FLOPs the official code executes, static maximum), one fvcore trace."""
+    analysis = FlopCountAnalysis(model, (x,))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    by_module = analysis.by_module()
+    skipped = sum(by_module[name] for name in model.inactive_modules(x))
+    return by_module[""] - skipped, by_module[""]
+
+
+def _set_gates(cells, bias: float) -> None:
+    for cell in cells:
+        cell.gate[2].bias.data.fill_(bias)
+        cell.gate[2].weight.data.zero_()
+
+
+def test_dynamic_routing_flops_depend_on_the_input():
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(19, num_layers=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    cells = [model.init_cell] + [cell for layer in model.layers for cell in layer]
+    with torch.no_grad():
+        _set_gates(cells, 10.0)  # every route open: what the module always computes
+        dynamic, static = _dynamic_flops(model, x)
+        assert model.inactive_modules(x) == [] and dynamic == static
+        _set_gates(model.layers[-1], -10.0)  # the last layer's cells closed: they pass their input on
+        assert model.inactive_modules(x) == [f"layers.3.{i}.ops" for i in range(4)]
+        dynamic, static = _dynamic_flops(model, x)
+    skipped = 0
+    for i, cell in enumerate(model.layers[-1]):  # at stride 4 * 2**i: 16 / 2**i pixels a side
+        side = 16 // 2**i
+        skipped += FlopCountAnalysis(cell.ops, (torch.randn(1, 64 * 2**i, side, side),)).total()
+    assert static - dynamic == skipped > 0
