@@ -186,7 +186,8 @@ def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
     """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
     ctx = _job_context()
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(job, options, sender), daemon=True, name=f"bench {job.label}")
+    # Not daemonic: an evaluation job starts DataLoader workers; PR_SET_PDEATHSIG ends it with the parent.
+    child = ctx.Process(target=_child, args=(job, options, sender), daemon=False, name=f"bench {job.label}")
     started = time.monotonic()
     child.start()
     sender.close()

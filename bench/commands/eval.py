@@ -1,0 +1,159 @@
+"""`bench eval`: mIoU of one architecture on a validation set under its published test protocol.
+
+Prints aAcc, mAcc, mIoU and fwIoU beside the published mIoU and writes, under
+``<results>/<device>/eval/``, the per-class IoU and accuracy (CSV) and the whole result with its
+confusion matrix (JSON), in new files named after the run (an existing file is never touched).
+Under ``torchrun --nproc-per-node N -m bench eval ...`` the set is sharded over the processes
+and only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as dt
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import archs
+from bench import protocol as proto
+from bench.commands.common import add_plugin_argument, load_plugins, resolve_device
+from bench.errors import BenchError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="mIoU of one model on ADE20K or Cityscapes val (published test protocol)",
+        description="Evaluate one architecture on a validation set: whole or sliding-window inference as its "
+        "published configuration runs it, optional multi-scale + flip test, metrics from one confusion matrix.",
+    )
+    p.add_argument("arch", help="registered architecture (`bench list`)")
+    p.add_argument("--dataset", required=True, choices=list(proto.DATASETS), help="protocol dataset")
+    p.add_argument("--data-root", required=True, help="ADEChallengeData2016, or the folder holding leftImg8bit+gtFine")
+    p.add_argument(
+        "--weights",
+        default="official",
+        help="official (default: the cached official checkpoint, fetched when missing), a checkpoint PATH, "
+        "or none (random weights, for smoke tests and --benchmark)",
+    )
+    p.add_argument("--mode", choices=("whole", "slide"), default=None, help="override the published inference mode")
+    p.add_argument("--aug-test", action="store_true", help="multi-scale (0.5-1.75) + flip test")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: up to 8)")
+    p.add_argument("--split", default=None, help="dataset split (default: the validation split)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
+    p.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="also time the model alone on device-resident images and print both throughputs",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_plugin_argument(p)
+    p.set_defaults(handler=run)
+
+
+def _fmt(value: float | None) -> str:
+    return "  n/a" if value is None or math.isnan(value) else f"{value:5.2f}"
+
+
+def _exclusive_path(folder: Path, stem: str, suffix: str) -> Path:
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to the new file ``path`` via a temporary file (an existing file is never replaced)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)  # fails instead of replacing a file that appeared meanwhile
+    finally:
+        tmp.unlink()
+
+
+def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
+    """Per-class CSV and full JSON of ``result`` in ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    mode = result.protocol["mode"] + ("+aug" if result.protocol["aug_test"] else "")
+    stem = f"{result.arch}_{result.dataset}_{mode}_{stamp}"
+    csv_path, json_path = _exclusive_path(folder, stem, ".per_class.csv"), _exclusive_path(folder, stem, ".json")
+    rows = [["class_id", "class", "iou", "acc", "gt_pixels", "pred_pixels"]]
+    for i, name in enumerate(result.class_names):
+        iou, acc = result.per_class_iou[i], result.per_class_acc[i]
+        rows.append([i, name, "" if math.isnan(iou) else f"{iou:.6f}", "" if math.isnan(acc) else f"{acc:.6f}"])
+        rows[-1] += [result.gt_pixels[i], result.pred_pixels[i]]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    _write_new(csv_path, text.getvalue())
+    _write_new(json_path, json.dumps({**result.as_dict(confusion=True), **extra}, indent=1, default=str) + "\n")
+    return csv_path, json_path
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.data import open_dataset
+    from bench.evaluate import evaluate
+    from bench.provenance import device_slug, provenance
+    from bench.weights import load_weights
+
+    load_plugins(args)
+    spec = archs.get_spec(args.arch)
+    device = resolve_device(args.device)
+    if args.limit is not None and args.limit < 1:
+        raise BenchError(f"--limit {args.limit}: pass a positive number of images")
+    open_dataset(args.dataset, args.data_root, args.split)  # a bad root fails before any download
+    folder = Path(args.results) / device_slug(device) / "eval"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        raise BenchError(f"results folder {folder} is not writable ({exc}); pass --results DIR") from None
+    num_classes = proto.dataset(args.dataset).num_classes
+    model = archs.build(spec.name, num_classes=num_classes)
+    loaded = load_weights(model, spec, args.dataset, args.weights)
+    options = dict(device=device, mode=args.mode, aug_test=args.aug_test, workers=args.workers, limit=args.limit)
+    timing = None
+    if args.benchmark:
+        from bench.evaluate.benchmark import benchmark
+
+        timing = benchmark(model, spec, args.dataset, args.data_root, **options)
+        result = timing.result
+    else:
+        result = evaluate(
+            model, spec, args.dataset, args.data_root, progress=not args.no_progress, split=args.split, **options
+        )
+    if result.rank != 0:
+        return 0
+    published = spec.published.get(args.dataset)
+    reference = f" (published {published.miou:g})" if published and published.miou is not None else ""
+    print(f"{spec.name} on {proto.dataset(args.dataset).title} {result.split}, {result.num_images} images")
+    print(f"  protocol: {result.description}")
+    if loaded.path is None:
+        print("  weights:  none (random initialisation)")
+    else:
+        origin = f"official, {loaded.uri} -> " if loaded.uri else ""
+        print(f"  weights:  {origin}{loaded.path} (sha256 {loaded.sha256[:12]})")
+    print(f"  aAcc {_fmt(result.aAcc)}   mAcc {_fmt(result.mAcc)}   mIoU {_fmt(result.mIoU)}{reference}", end="")
+    print(f"   fwIoU {_fmt(result.fwIoU)}")
+    ranks = f" x {result.world_size} processes" if result.world_size > 1 else ""
+    print(f"  {result.seconds:.1f} s, {result.images_per_s:.1f} images/s on {result.device}{ranks}")
+    extra = {"weights": dataclasses.asdict(loaded), "provenance": provenance(result.device)}
+    if timing is not None:
+        print(
+            f"  throughput: model alone {timing.model_only:.1f} images/s, whole evaluation {timing.evaluation:.1f} "
+            f"images/s ({100 * timing.ratio:.1f}% of the model alone)"
+        )
+        extra["benchmark"] = {"model_only": timing.model_only, "evaluation": timing.evaluation, "ratio": timing.ratio}
+    csv_path, json_path = write_outputs(result, folder, extra)
+    print(f"  per-class IoU: {csv_path}\n  result + confusion matrix: {json_path}")
+    return 0

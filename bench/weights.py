@@ -1,0 +1,342 @@
+"""Official checkpoints: where they live, fetching and verifying them, loading them into a model.
+
+Each `archs.ArchSpec` lists its official checkpoints (`archs.Weights`: dataset, ``hf://<hub id>``
+or URL, format, sha256, converter). `fetch` downloads one into the cache
+(``$SEGBENCH_WEIGHTS`` or ``~/.cache/segbench/weights/<arch>/<dataset>/``) and verifies it:
+against the spec's sha256, else the hash prefix in the file name (mmseg and torchvision files end
+in ``-<first hex digits of the sha256>.pth``), else the hub's ``X-Linked-Etag`` (the sha256 of an
+HF LFS file). `load_weights` reads a checkpoint only through safetensors or
+``torch.load(weights_only=True)`` (no pickled code runs), converts it with the spec's converter
+and loads it; a checkpoint that does not fit says which keys are missing and which unexpected,
+and one for another class count is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import archs
+from archs import ArchSpec, Weights
+from bench import __version__
+from bench import protocol as proto
+from bench.errors import BenchError
+
+CACHE_ENV = "SEGBENCH_WEIGHTS"
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt|bin|safetensors)$")
+_SHOWN_KEYS = 4
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Which checkpoint was loaded.
+
+    Args:
+        source: ``official``, ``none`` (random weights) or the path given.
+        path: the file read (None for random weights).
+        sha256: its digest.
+        uri: where the official file comes from.
+    """
+
+    source: str
+    path: str | None = None
+    sha256: str | None = None
+    uri: str | None = None
+
+
+def cache_dir() -> Path:
+    """Root of the checkpoint cache (``$SEGBENCH_WEIGHTS`` or ``~/.cache/segbench/weights``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "segbench" / "weights"
+
+
+def official(spec: ArchSpec, dataset: str) -> Weights:
+    """The official checkpoint of ``spec`` for ``dataset``; a `BenchError` when there is none."""
+    for weights in spec.weights:
+        if weights.dataset == dataset:
+            return weights
+    have = ", ".join(w.dataset for w in spec.weights) or "none"
+    raise BenchError(
+        f"{spec.name} has no official {dataset} checkpoint (official: {have}); pass --weights PATH to a checkpoint"
+    )
+
+
+def list_official() -> list[tuple[ArchSpec, Weights]]:
+    """(spec, checkpoint) of every registered architecture, in name order."""
+    return [(spec, w) for spec in map(archs.get_spec, archs.list_archs()) for w in spec.weights]
+
+
+def download_urls(uri: str) -> list[str]:
+    """Candidate URLs of ``uri``: ``hf://org/name[@revision][/file]`` or a URL as is."""
+    if not uri.startswith("hf://"):
+        return [uri]
+    parts = uri[len("hf://") :].split("/")
+    repo, files = "/".join(parts[:2]), ["/".join(parts[2:])] if len(parts) > 2 else list(HF_FILES)
+    repo, _, revision = repo.partition("@")
+    return [f"https://huggingface.co/{repo}/resolve/{revision or 'main'}/{name}" for name in files]
+
+
+def cached_path(spec: ArchSpec, weights: Weights) -> Path | None:
+    """The cached file of ``weights``, or None when it has not been fetched."""
+    folder = cache_dir() / spec.name / weights.dataset
+    for url in download_urls(weights.uri):
+        path = folder / url.rsplit("/", 1)[-1]
+        if path.is_file():
+            return path
+    return None
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _RecordingRedirects(urllib.request.HTTPRedirectHandler):
+    """Keeps the hub's ``X-Linked-Etag`` (an LFS file's sha256) seen on the redirect to the CDN."""
+
+    linked_etag: str | None = None
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.linked_etag = self.linked_etag or headers.get("X-Linked-Etag")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _expected_digest(weights: Weights, url: str, linked_etag: str | None) -> tuple[str | None, str]:
+    """(expected sha256 or its prefix, where it comes from)."""
+    if weights.sha256:
+        return weights.sha256.lower(), "the spec"
+    match = _HASH_IN_NAME.search(url)
+    if match and not url.startswith("https://huggingface.co/"):
+        return match[1], "the file name"
+    etag = (linked_etag or "").strip('"').lower()
+    if re.fullmatch(r"[0-9a-f]{64}", etag):
+        return etag, "the hub's X-Linked-Etag"
+    return None, ""
+
+
+def _download(url: str, dest: Path, weights: Weights, progress: bool) -> str:
+    """Stream ``url`` into ``dest`` (via a temporary file), verify it, return its sha256."""
+    redirects = _RecordingRedirects()
+    opener = urllib.request.build_opener(redirects)
+    request = urllib.request.Request(url, headers={"User-Agent": f"segbench/{__version__}"})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with opener.open(request, timeout=60) as response, open(part, "wb") as out:
+            total, done = int(response.headers.get("Content-Length") or 0), 0
+            etag = redirects.linked_etag or response.headers.get("X-Linked-Etag")
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress and total:
+                    print(f"\r  {dest.name}: {done / 2**20:.0f} / {total / 2**20:.0f} MiB", end="", flush=True)
+        if progress and total:
+            print()
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    sha = digest.hexdigest()
+    expected, origin = _expected_digest(weights, url, etag)
+    if expected and not sha.startswith(expected):
+        part.unlink(missing_ok=True)
+        raise BenchError(
+            f"{url}: sha256 {sha[:16]}... does not match {expected[:16]}... from {origin}; the download is damaged "
+            "or the file changed upstream (nothing was kept; run the fetch again)"
+        )
+    os.replace(part, dest)
+    return sha
+
+
+def fetch(spec: ArchSpec | str, dataset: str, *, force: bool = False, progress: bool = True) -> Path:
+    """Download the official ``dataset`` checkpoint of ``spec`` into the cache (if not there); its path.
+
+    Args:
+        spec: the spec or registered name.
+        dataset: protocol dataset name.
+        force: download again even when cached.
+        progress: print the download progress.
+    """
+    spec = archs.get_spec(spec) if isinstance(spec, str) else spec
+    weights = official(spec, dataset)
+    if not force and (path := cached_path(spec, weights)):
+        return path
+    folder = cache_dir() / spec.name / dataset
+    errors = []
+    for url in download_urls(weights.uri):
+        dest = folder / url.rsplit("/", 1)[-1]
+        try:
+            _download(url, dest, weights, progress)
+            return dest
+        except urllib.error.HTTPError as exc:
+            errors.append(f"{url}: HTTP {exc.code}")
+            if exc.code != 404:
+                break
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+            break
+    raise BenchError(
+        f"cannot download the {spec.name} {dataset} checkpoint ({'; '.join(errors)}); on a machine without internet "
+        f"download it elsewhere and pass --weights PATH, or put it in {folder}/"
+    )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (safetensors, or a pickle read with ``weights_only=True``).
+
+    A training checkpoint's ``state_dict`` / ``model`` entry is taken, and a ``module.`` prefix
+    (DataParallel) is removed.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BenchError(f"--weights {path}: no such file; pass a checkpoint file, or `official`")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused:
+            raise BenchError(
+                f"{path}: torch.load(weights_only=True) refuses it (it pickles {refused[1]}); segbench loads tensors "
+                "only: re-save its state dict with torch.save or convert it to safetensors"
+            ) from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        reason = reason[1].strip() if reason else "unpickling failed"
+        raise BenchError(f"{path}: not a readable checkpoint ({reason}); fetch it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BenchError(
+            f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]}); fetch it again"
+        ) from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
+    if not tensors:
+        raise BenchError(f"{path}: holds no tensors; pass a model checkpoint (a state dict)")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _shown(keys: list[str]) -> str:
+    more = f", ... {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+
+def _fit(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> float:
+    return sum(k in state for k in own) / max(1, len(own))
+
+
+def convert(spec: ArchSpec, dataset: str, state: dict, own: Mapping[str, torch.Tensor]) -> dict:
+    """``state`` in the model's keys: as is when it fits, else through the spec's converters."""
+    if _fit(state, own) >= 0.5:
+        return state
+    converters = [w.converter for w in sorted(spec.weights, key=lambda w: w.dataset != dataset) if w.converter]
+    best, best_fit = state, _fit(state, own)
+    for converter in dict.fromkeys(converters):
+        try:
+            converted = converter(state)
+        except (KeyError, ValueError, IndexError, RuntimeError):
+            continue
+        if _fit(converted, own) > best_fit:
+            best, best_fit = converted, _fit(converted, own)
+    return best
+
+
+def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_classes: int, source: str) -> None:
+    """Load ``state`` into ``model`` exactly; one `BenchError` listing what does not fit.
+
+    Args:
+        model: the built model.
+        state: tensors in the model's keys.
+        num_classes: the dataset's class count (a checkpoint for another count is refused).
+        source: the file, for messages.
+    """
+    own = model.state_dict()
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is not None and mine.shape != value.shape and mine.ndim and mine.shape[0] == num_classes:
+            if value.ndim == mine.ndim and value.shape[1:] == mine.shape[1:]:
+                raise BenchError(
+                    f"{source} predicts {value.shape[0]} classes ({key}) but this dataset has {num_classes}; "
+                    "use a checkpoint trained on this dataset (`bench weights list`)"
+                )
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing ({_shown(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected ({_shown(unexpected)})"] if unexpected else []
+        parts += [f"{len(shapes)} of another shape ({_shown(shapes)})"] if shapes else []
+        raise BenchError(
+            f"{source} does not fit the model: keys {'; '.join(parts)}; pass a checkpoint of this architecture "
+            "(official format or segbench's own state dict)"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def load_weights(
+    model: nn.Module, spec: ArchSpec, dataset: str, weights: str | Path = "official", *, download: bool = True
+) -> LoadedWeights:
+    """Load a checkpoint into ``model`` (in place).
+
+    Args:
+        model: built by ``archs.build(spec.name, num_classes=<dataset's>)``.
+        spec: its spec (official checkpoints, converters).
+        dataset: protocol dataset name.
+        weights: ``official`` (the cached official file, fetched when missing), ``none`` (keep the random
+            weights) or a checkpoint path.
+        download: fetch a missing official file (False: a `BenchError` naming the fetch command).
+    """
+    num_classes = proto.dataset(dataset).num_classes
+    if str(weights) == "none":
+        return LoadedWeights("none")
+    uri = None
+    if str(weights) == "official":
+        entry = official(spec, dataset)
+        uri = entry.uri
+        path = cached_path(spec, entry)
+        if path is None:
+            if not download:
+                raise BenchError(
+                    f"the official {spec.name} {dataset} checkpoint is not in {cache_dir()}; run "
+                    f"`bench weights fetch {spec.name} --dataset {dataset}` on a connected machine, "
+                    "or pass --weights PATH"
+                )
+            path = fetch(spec, dataset)
+        if entry.sha256 and sha256sum(path) != entry.sha256.lower():
+            raise BenchError(f"{path}: sha256 differs from the spec's; delete it and fetch it again")
+    else:
+        path = Path(weights).expanduser()
+    state = read_checkpoint(path)
+    own = model.state_dict()
+    load_state_dict(model, convert(spec, dataset, state, own), num_classes=num_classes, source=str(path))
+    return LoadedWeights(str(weights), str(path), sha256sum(path), uri)

@@ -1,0 +1,167 @@
+"""Datasets: the real layouts, label mappings checked against the official tools, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.data import CLASSES, PALETTES, DataError, open_dataset, synthetic
+from bench.data import cityscapes as cs_data
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory):
+    return synthetic.write_ade20k(tmp_path_factory.mktemp("ade"), 3, sizes=((96, 128), (64, 64)))
+
+
+@pytest.fixture(scope="module")
+def city_root(tmp_path_factory):
+    return synthetic.write_cityscapes(tmp_path_factory.mktemp("city"), 4, size=(32, 64), train_ids=True)
+
+
+def test_ade20k_layout_and_reduce_zero_label_equal_mmseg(ade_root):
+    from tests import mmseg_stub
+
+    ds = open_dataset("ade20k", ade_root.parent)  # the folder holding ADEChallengeData2016 works too
+    assert len(ds) == 3 and ds.root == ade_root and ds.split == "validation"
+    assert [p[0].name for p in ds.pairs] == [f"ADE_val_{i:08d}.jpg" for i in (1, 2, 3)]
+    if not mmseg_stub.available():
+        pytest.skip("mmsegmentation is not installed (test extra)")
+    mmseg_stub.install()
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    load = LoadAnnotations(reduce_zero_label=True)
+    for i, (_, label_path) in enumerate(ds.pairs):
+        theirs = load({"seg_map_path": str(label_path), "reduce_zero_label": True, "seg_fields": []})["gt_seg_map"]
+        sample = ds[i]
+        assert sample.error is None
+        assert np.array_equal(sample.label.numpy(), theirs)
+        assert sample.image.shape[1:] == sample.label.shape and sample.image.dtype.is_floating_point is False
+
+
+def test_class_names_and_palettes_equal_mmseg():
+    from tests import mmseg_stub
+
+    if not mmseg_stub.available():
+        pytest.skip("mmsegmentation is not installed (test extra)")
+    mmseg_stub.install()
+    from mmseg.datasets import ADE20KDataset, CityscapesDataset
+
+    for name, theirs in (("ade20k", ADE20KDataset.METAINFO), ("cityscapes", CityscapesDataset.METAINFO)):
+        assert list(CLASSES[name]) == [c.strip() for c in theirs["classes"]]  # mmseg spells "bed "
+        assert [list(p) for p in PALETTES[name]] == [list(p) for p in theirs["palette"]]
+
+
+def test_cityscapes_train_ids_equal_cityscapes_scripts(city_root):
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels").labels  # test extra
+
+    table = {label.id: label.trainId for label in labels if label.id >= 0}
+    ids = np.arange(34, dtype=np.uint8)
+    assert cs_data.label_ids_to_train_ids(ids).tolist() == [table[i] if table[i] != -1 else 255 for i in range(34)]
+    assert [table[i] for i in cs_data.TRAIN_TO_LABEL_ID] == list(range(19))
+    assert CLASSES["cityscapes"] == tuple(
+        label.name for label in sorted(labels, key=lambda x: x.trainId) if 0 <= label.trainId < 19
+    )
+    ds = open_dataset("cityscapes", city_root)
+    assert len(ds) == 4 and {p[0].parent.name for p in ds.pairs} == set(synthetic.CITIES)
+    # labelTrainIds are preferred when present; they must say what the labelIds say
+    for i, (_, label_path) in enumerate(ds.pairs):
+        assert label_path.name.endswith("_gtFine_labelTrainIds.png")
+        from_ids = cs_data.label_ids_to_train_ids(np.array(Image.open(str(label_path).replace("TrainIds", "Ids"))))
+        assert np.array_equal(ds[i].label.numpy(), from_ids)
+
+
+def _copy_tree(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("missing_root", "no such folder"),
+        ("misnamed_root", "no ADE20K layout"),
+        ("no_annotations", "annotations/validation does not exist but"),
+        ("image_without_label", "have no label map (first: ADE_val_00000002.jpg"),
+        ("label_without_image", "have no image (first: "),
+        ("unreadable_image", "cannot read image"),
+        ("wrong_size_label", "is 10x10 (WxH) but its image"),
+        ("out_of_range_label", "holds value(s) 200 outside 0..150"),
+        ("colour_label", "has mode RGB"),
+    ],
+)
+def test_bad_ade20k_input_is_one_line_naming_the_file(ade_root, tmp_path, damage, expected):
+    root = _copy_tree(ade_root, tmp_path / "ADEChallengeData2016")
+    images, labels = root / "images" / "validation", root / "annotations" / "validation"
+    target = root
+    if damage == "missing_root":
+        target = tmp_path / "nowhere"
+    elif damage == "misnamed_root":
+        target = tmp_path / "empty"
+        target.mkdir()
+    elif damage == "no_annotations":
+        import shutil
+
+        shutil.rmtree(root / "annotations")
+    elif damage == "image_without_label":
+        (labels / "ADE_val_00000002.png").unlink()
+    elif damage == "label_without_image":
+        (images / "ADE_val_00000003.jpg").unlink()
+    elif damage == "unreadable_image":
+        (images / "ADE_val_00000002.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    elif damage == "wrong_size_label":
+        Image.fromarray(np.ones((10, 10), np.uint8)).save(labels / "ADE_val_00000002.png")
+    elif damage == "out_of_range_label":
+        Image.fromarray(np.full((64, 64), 200, np.uint8)).save(labels / "ADE_val_00000002.png")
+        Image.open(images / "ADE_val_00000002.jpg").resize((64, 64)).save(images / "ADE_val_00000002.jpg")
+    elif damage == "colour_label":
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(labels / "ADE_val_00000002.png")
+        Image.open(images / "ADE_val_00000002.jpg").resize((64, 64)).save(images / "ADE_val_00000002.jpg")
+    with pytest.raises(DataError) as info:
+        ds = open_dataset("ade20k", target)
+        for i in range(len(ds)):
+            if ds[i].error:
+                raise DataError(ds[i].error)
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+    if damage in ("unreadable_image", "wrong_size_label", "out_of_range_label", "colour_label", "image_without_label"):
+        assert "ADE_val_00000002" in message
+
+
+def test_bad_cityscapes_input(city_root, tmp_path):
+    root = _copy_tree(city_root, tmp_path / "cs")
+    label = next((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    Image.fromarray(np.full((32, 64), 40, np.uint8)).save(label)
+    for other in label.parent.glob(label.name.replace("labelIds", "labelTrainIds")):
+        other.unlink()
+    ds = open_dataset("cityscapes", root)
+    errors = [ds[i].error for i in range(len(ds)) if ds[i].error]
+    assert len(errors) == 1 and label.name in errors[0] and "outside 0..33" in errors[0]
+    (root / "leftImg8bit").rename(root / "images")
+    with pytest.raises(DataError, match="leftImg8bit/val does not exist but"):
+        open_dataset("cityscapes", root)
+
+
+def _bench(capsys, *args: str) -> tuple[int, str, str]:
+    from bench.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generator_cli_refuses_a_folder_with_files(tmp_path, capsys):
+    out = tmp_path / "city"
+    code, _, err = _bench(
+        capsys, "data", "synth", "--dataset", "cityscapes", "--out", str(out), "--num", "2", "--size", "16x32"
+    )
+    assert code == 0, err
+    ds = open_dataset("cityscapes", out)
+    assert len(ds) == 2 and ds[0].image.shape == (3, 16, 32)
+    before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.png"))
+    code, _, err = _bench(capsys, "data", "synth", "--dataset", "cityscapes", "--out", str(out), "--num", "2")
+    assert code == 2 and "already holds files" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == before

@@ -1,0 +1,326 @@
+"""End-to-end evaluation on generated sets in the real layouts, and the inference modes.
+
+The oracle is a 1x1 convolution that reads the generator's colour code back: on a generated set
+it predicts the ground truth, so its mIoU is exactly 100 and a known corruption of it has an
+exactly known score. Expected numbers are computed from the label files with the published
+rules (written out here, not taken from bench.data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from archs import ArchSpec
+from bench.data import synthetic
+from bench.errors import BenchError
+from bench.evaluate import evaluate
+from bench.evaluate.inference import (
+    EvalProtocol,
+    Predictor,
+    eval_protocol,
+    rescale_size,
+    resize_image,
+    slide_logits,
+    window_grid,
+)
+
+
+def _spec(name="test-oracle", family="Oracle", **kw) -> ArchSpec:
+    return ArchSpec(
+        name=name, family=family, encoder="-", scale="realtime", paper="tests", year=2026, output_stride=1, **kw
+    )
+
+
+SPEC = _spec()
+
+
+class CodeOracle(nn.Module):
+    """logit_k = -|rgb - code_k|^2 (+ a per-pixel constant), as a 1x1 conv on the normalised input."""
+
+    def __init__(self, dataset: str, mean=SPEC.mean, std=SPEC.std) -> None:
+        super().__init__()
+        codes = torch.tensor(synthetic.code_colors(dataset), dtype=torch.float64)
+        mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        self.conv = nn.Conv2d(3, len(codes), 1)
+        with torch.no_grad():
+            self.conv.weight.copy_((2 * codes * std).view(len(codes), 3, 1, 1))
+            self.conv.bias.copy_(2 * codes @ mean - (codes**2).sum(1))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Merge(nn.Module):
+    """The oracle, except that every pixel of class ``a`` is predicted as class ``b``."""
+
+    def __init__(self, oracle: nn.Module, a: int, b: int) -> None:
+        super().__init__()
+        self.oracle, self.a, self.b = oracle, a, b
+
+    def forward(self, x):
+        logits = self.oracle(x).clone()
+        logits[:, self.b] = torch.maximum(logits[:, self.a], logits[:, self.b])
+        logits[:, self.a] = -1e9
+        return logits
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sets")
+    return {
+        # short side 512: the ADE20K test resize is the identity, predictions are exact
+        "ade20k": synthetic.write_ade20k(base / "ade", 3, sizes=((512, 683), (512, 512)), seed=1),
+        "cityscapes": synthetic.write_cityscapes(base / "city", 2, seed=2),
+        "ade20k-small": synthetic.write_ade20k(base / "ade-small", 3, sizes=((64, 96), (80, 64)), seed=5),
+    }
+
+
+def _ground_truth(dataset: str, root) -> list[np.ndarray]:
+    """Train ids from the label files by the published rules (independent of bench.data)."""
+    if dataset == "ade20k":
+        out = []
+        for path in sorted((root / "annotations" / "validation").glob("*.png")):
+            raw = np.array(Image.open(path)).astype(np.int64)
+            out.append(np.where(raw == 0, 255, raw - 1))  # reduce_zero_label
+        return out
+    id2label = pytest.importorskip("cityscapesscripts.helpers.labels").id2label  # test extra
+
+    lut = np.full(256, 255)
+    for label_id, label in id2label.items():
+        if label_id >= 0 and 0 <= label.trainId < 19:
+            lut[label_id] = label.trainId
+    return [lut[np.array(Image.open(p))] for p in sorted((root / "gtFine" / "val").glob("*/*_labelIds.png"))]
+
+
+@pytest.mark.parametrize("dataset", ["ade20k", "cityscapes"])
+def test_oracle_scores_100_and_a_known_corruption_scores_exactly(roots, dataset):
+    num_classes = {"ade20k": 150, "cityscapes": 19}[dataset]
+    oracle = CodeOracle(dataset)
+    result = evaluate(oracle, SPEC, dataset, roots[dataset], device="cpu", progress=False, workers=0)
+    assert result.mIoU == 100.0 and result.aAcc == 100.0 and result.mAcc == 100.0
+    assert result.fwIoU == pytest.approx(100.0, abs=1e-9)
+
+    gts = _ground_truth(dataset, roots[dataset])
+    counts = np.bincount(np.concatenate([g[g < 255] for g in gts]), minlength=num_classes)
+    assert np.array_equal(np.diag(result.confusion), counts) and result.confusion.sum() == counts.sum()
+    a, b = np.argsort(counts)[-2:]  # the two most frequent classes: a's pixels are predicted as b
+    corrupted = evaluate(Merge(oracle, a, b), SPEC, dataset, roots[dataset], device="cpu", progress=False, workers=0)
+    expected = np.diag(counts)
+    expected[a, a], expected[a, b] = 0, counts[a]
+    assert np.array_equal(corrupted.confusion, expected)
+    present = counts > 0
+    iou = np.where(present, 1.0, np.nan)
+    iou[a], iou[b] = 0.0, counts[b] / (counts[a] + counts[b])
+    assert corrupted.mIoU == pytest.approx(100 * np.nanmean(iou), abs=1e-9)
+    assert corrupted.per_class_iou[a] == 0.0
+    assert corrupted.per_class_iou[b] == pytest.approx(100 * counts[b] / (counts[a] + counts[b]), abs=1e-9)
+    assert corrupted.aAcc == pytest.approx(100 * (1 - counts[a] / counts.sum()), abs=1e-9)
+    absent = int(np.argmin(counts))
+    assert counts[absent] == 0 and math.isnan(corrupted.per_class_iou[absent])  # excluded, not 0
+
+
+def test_whole_and_slide_agree_for_a_per_pixel_model(roots):
+    oracle = CodeOracle("cityscapes")
+    seg_spec = _spec(family="SegFormer")
+    assert eval_protocol(seg_spec, "cityscapes").mode == "slide"
+    slide = evaluate(oracle, seg_spec, "cityscapes", roots["cityscapes"], device="cpu", progress=False, workers=0)
+    whole = evaluate(
+        oracle, seg_spec, "cityscapes", roots["cityscapes"], device="cpu", mode="whole", progress=False, workers=0
+    )
+    assert slide.protocol["mode"] == "slide" and slide.protocol["crop"] == (1024, 1024)
+    assert whole.protocol["mode"] == "whole"
+    assert np.array_equal(slide.confusion, whole.confusion) and slide.mIoU == 100.0
+
+
+def test_window_grid_matches_the_published_window_counts():
+    assert len(window_grid(1024, 2048, (1024, 1024), (768, 768))) == 3  # SegFormer Cityscapes
+    assert len(window_grid(1024, 2048, (769, 769), (513, 513))) == 8  # mmseg 769x769 configs
+    for h, w, crop, stride in ((1024, 2048, (1024, 1024), (768, 768)), (512, 683, (512, 512), (341, 341))):
+        cover = np.zeros((h, w), int)
+        for y1, y2, x1, x2 in window_grid(h, w, crop, stride):
+            assert (y2 - y1, x2 - x1) == crop
+            cover[y1:y2, x1:x2] += 1
+        assert cover.min() >= 1
+    assert window_grid(300, 400, (512, 512), (341, 341)) == [(0, 300, 0, 400)]  # smaller than a window
+
+
+def test_slide_logits_equal_mmseg_slide_inference():
+    from tests import mmseg_stub
+
+    if not mmseg_stub.available():
+        pytest.skip("mmsegmentation is not installed (test extra)")
+    mmseg_stub.install()
+    from mmseg.models.segmentors import EncoderDecoder
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 5, 3, 2, 1)).eval()  # stride 4
+    x = torch.randn(1, 3, 70, 100)
+    protocol = EvalProtocol(mode="slide", crop=(32, 48), stride=(20, 30), window_batch=3)
+
+    def encode_decode(crop, metas):
+        return nn.functional.interpolate(model(crop), size=crop.shape[2:], mode="bilinear", align_corners=False)
+
+    fake = types.SimpleNamespace(
+        test_cfg=types.SimpleNamespace(stride=(20, 30), crop_size=(32, 48)), out_channels=5, encode_decode=encode_decode
+    )
+    with torch.no_grad():
+        theirs = EncoderDecoder.slide_inference(fake, x, [{}])
+        ours = slide_logits(model, x, protocol, 5)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_resize_follows_mmcv():
+    import mmcv
+
+    for (h, w), scale in [((384, 512), (2048, 512)), ((1024, 2048), (2048, 1024)), ((333, 1999), (2048, 512))]:
+        assert rescale_size(h, w, scale) == mmcv.rescale_size((w, h), scale)[::-1]
+        assert (
+            rescale_size(h, w, (int(scale[0] * 0.75), int(scale[1] * 0.75)))
+            == mmcv.rescale_size((w, h), (int(scale[0] * 0.75), int(scale[1] * 0.75)))[::-1]
+        )
+    image = np.random.default_rng(0).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+    for size in ((128, 171), (40, 53)):
+        theirs = mmcv.imresize(image, size[::-1], interpolation="bilinear")
+        ours = resize_image(torch.from_numpy(image).permute(2, 0, 1)[None], size)[0].permute(1, 2, 0).numpy()
+        assert np.abs(ours - theirs.astype(np.float32)).max() <= 1  # cv2's fixed-point rounding
+
+
+def test_published_protocols():
+    assert eval_protocol(_spec(), "ade20k") == EvalProtocol(mode="whole", scale=(2048, 512))
+    assert eval_protocol(_spec(input_size={"ade20k": (640, 640)}), "ade20k").scale == (2048, 640)
+    assert eval_protocol(_spec(), "cityscapes").scale == (2048, 1024)
+    setr = eval_protocol(_spec(family="SETR"), "ade20k")
+    assert (setr.mode, setr.crop, setr.stride) == ("slide", (512, 512), (341, 341))
+    assert eval_protocol(_spec(), "ade20k", "slide").stride == (341, 341)
+    assert eval_protocol(_spec(family="SegFormer"), "cityscapes", "whole").crop is None
+    with pytest.raises(BenchError):
+        eval_protocol(_spec(), "ade20k", "tiles")
+
+
+def test_aug_test_reduces_to_the_plain_prediction():
+    torch.manual_seed(1)
+    model = nn.Conv2d(3, 6, 1).eval()  # per-pixel: flip-equivariant
+    image = torch.randint(0, 256, (1, 3, 40, 60), dtype=torch.uint8)
+    base = EvalProtocol(scale=(2048, 40))
+    plain = Predictor(model, base, num_classes=6, mean=SPEC.mean, std=SPEC.std)(image)
+    single = EvalProtocol(scale=(2048, 40), ratios=(1.0,), flip=False)
+    assert torch.equal(
+        Predictor(model, single, num_classes=6, mean=SPEC.mean, std=SPEC.std, aug_test=True)(image), plain
+    )
+    flipped = EvalProtocol(scale=(2048, 40), ratios=(1.0,), flip=True)
+    assert torch.equal(
+        Predictor(model, flipped, num_classes=6, mean=SPEC.mean, std=SPEC.std, aug_test=True)(image), plain
+    )
+    multi = Predictor(model, base, num_classes=6, mean=SPEC.mean, std=SPEC.std, aug_test=True)(image)
+    assert multi.shape == plain.shape == (1, 40, 60)
+
+
+class Tiny(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, num_classes, 3, 2, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _evaluate_in_daemon(conn, model, spec, root) -> None:
+    result = evaluate(model, spec, "ade20k", root, device="cpu", progress=False, workers=2)
+    conn.send(result.confusion)
+
+
+def test_worker_processes_and_threads_give_the_same_matrix(roots):
+    import multiprocessing
+
+    torch.manual_seed(2)
+    model = Tiny(150).eval()
+    spec = _spec(input_size={"ade20k": (48, 48)})  # test resize to short side 48
+    kwargs = dict(device="cpu", progress=False)
+    inline = evaluate(model, spec, "ade20k", roots["ade20k-small"], workers=0, **kwargs)
+    workers = evaluate(model, spec, "ade20k", roots["ade20k-small"], workers=2, **kwargs)
+    assert np.array_equal(inline.confusion, workers.confusion) and inline.confusion.sum() > 0
+    # a `bench run` job is a daemonic process, which may not start DataLoader workers: threads decode
+    ctx = multiprocessing.get_context("forkserver")  # as `bench run` starts its jobs
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_evaluate_in_daemon, args=(sender, model, spec, roots["ade20k-small"]), daemon=True)
+    child.start()
+    assert receiver.poll(120), "the daemonic evaluation did not finish"
+    assert np.array_equal(receiver.recv(), inline.confusion)
+    child.join()
+
+
+def test_a_model_with_another_class_count_is_a_one_line_error(roots):
+    with pytest.raises(BenchError, match=r"not \(N, 150, h, w\); build it with num_classes=150") as info:
+        evaluate(Tiny(19), _spec(), "ade20k", roots["ade20k-small"], device="cpu", workers=0)
+    assert "\n" not in str(info.value)
+
+
+def test_bench_eval_writes_new_files_and_bad_input_loses_nothing(roots, tmp_path, capsys):
+    from bench.cli import main
+    from tests.toy_models import ToyNet
+
+    results, ckpt, wrong_classes = tmp_path / "results", tmp_path / "toy.pth", tmp_path / "city.pth"
+    torch.manual_seed(3)
+    torch.save(ToyNet(150, 4).state_dict(), ckpt)
+    torch.save(ToyNet(19, 4).state_dict(), wrong_classes)
+    # toy-w4's ADE20K size is 64x64: the test pipeline resizes to short side 64
+    args = ["eval", "toy-w4", "--plugin", "tests.toy_models", "--dataset", "ade20k", "--device", "cpu"]
+    root = str(roots["ade20k-small"])
+    code = main([*args, "--data-root", root, "--weights", str(ckpt), "--results", str(results), "--benchmark"])
+    out = capsys.readouterr().out
+    assert code == 0 and "mIoU" in out and "model alone" in out and "whole evaluation" in out
+    (csv_path,) = results.glob("*/eval/*.per_class.csv")
+    (json_path,) = results.glob("*/eval/*.json")
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "class_id,class,iou,acc,gt_pixels,pred_pixels" and len(rows) == 151
+    assert rows[1].startswith("0,wall,")
+    saved = json.loads(json_path.read_text())
+    gts = _ground_truth("ade20k", roots["ade20k-small"])
+    assert np.array(saved["confusion"]).sum() == sum(int((g < 255).sum()) for g in gts)
+    assert saved["weights"]["path"] == str(ckpt) and saved["benchmark"]["model_only"] > 0
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+
+    for extra, message in (
+        (["--data-root", str(tmp_path / "missing"), "--weights", "none"], "missing: no such folder"),
+        (["--data-root", root, "--weights", str(wrong_classes)], f"{wrong_classes} predicts 19 classes"),
+    ):
+        assert main([*args, *extra, "--results", str(results)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.gpu
+def test_cuda_evaluation_equals_cpu_and_never_syncs(roots):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from bench.evaluate.metrics import ConfusionMatrix
+
+    oracle = CodeOracle("cityscapes")
+    seg_spec = _spec(family="SegFormer")  # slide inference
+    kwargs = dict(progress=False, workers=2)
+    cpu = evaluate(oracle, seg_spec, "cityscapes", roots["cityscapes"], device="cpu", **kwargs)
+    gpu = evaluate(oracle, seg_spec, "cityscapes", roots["cityscapes"], device="cuda", **kwargs)
+    assert np.array_equal(cpu.confusion, gpu.confusion) and gpu.mIoU == 100.0
+    # the per-image work (normalise, slide, resizes, argmax, confusion update) must not wait for the GPU
+    image = torch.randint(0, 256, (1, 3, 1024, 2048), dtype=torch.uint8, device="cuda")
+    target = torch.randint(0, 256, (1024, 2048), dtype=torch.uint8, device="cuda")
+    predict = Predictor(
+        oracle.cuda(), eval_protocol(seg_spec, "cityscapes"), num_classes=19, mean=SPEC.mean, std=SPEC.std
+    )
+    matrix = ConfusionMatrix(19, device="cuda")
+    predict(image)  # warm-up (cuDNN and allocator set-up may synchronise once)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        matrix.update(predict(image)[0], target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(matrix.matrix.sum()) == int((target < 19).sum())

@@ -1,0 +1,44 @@
+"""`bench peers`: pairs are well-formed and a comparison row carries both timings and their ratio."""
+
+import pytest
+
+import archs
+from bench import peers
+from bench.errors import BenchError
+from bench.protocol import SpeedProtocol
+from tests.toy_models import ToyNet
+
+FAST = SpeedProtocol(warmup_steps=1, repeats=2, min_steps=2, min_repeat_s=0.0, max_repeat_s=1.0)
+
+
+def test_every_pair_names_a_registered_model():
+    registered = set(archs.list_archs())
+    assert {p.ours for p in peers.PAIRS} <= registered
+
+
+def test_compare_times_both_sides_and_reports_peer_over_ours():
+    pair = peers.PeerPair("toy-w4", "toy peer (wider)", lambda n: ToyNet(n, 16), "torch")
+    row = peers.compare(pair, (32, 32), "eager", device="cpu", protocol=FAST, num_classes=5)
+    assert row["ours_params_m"] < row["peer_params_m"]
+    assert row["ratio"] == pytest.approx(row["peer_ms"] / row["ours_ms"])
+    assert row["input"] == "32x32" and row["mode"] == "eager"
+
+
+def test_torchvision_peer_returns_logits():
+    import torch
+
+    model = peers.torchvision_model("fcn_resnet101")(7)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7, 64, 64)
+
+
+def test_unknown_arch_without_peer_is_an_error():
+    with pytest.raises(BenchError, match="no peer for toy-w4"):
+        peers.select(["toy-w4"])
+
+
+@pytest.mark.parametrize("variant", ["b0", "b2"])
+def test_hf_segformer_peer_is_the_same_size_as_ours(variant):
+    peer = peers.hf_segformer(variant)(150)
+    ours = archs.build(f"segformer-{variant}", num_classes=150)
+    assert sum(p.numel() for p in peer.parameters()) == sum(p.numel() for p in ours.parameters())

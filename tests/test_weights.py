@@ -1,0 +1,198 @@
+"""Checkpoints: safe reading, conversion, exact loading, one-line refusals, the official cache.
+
+Fetching is tested offline with ``file://`` URLs (urllib reads them like https).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import archs
+from archs import ArchSpec, Weights
+from bench.errors import BenchError
+from bench.weights import (
+    cache_dir,
+    cached_path,
+    download_urls,
+    fetch,
+    list_official,
+    load_weights,
+    read_checkpoint,
+)
+from tests.toy_models import ToyNet
+
+
+def _to_foreign(state: dict) -> dict:
+    """A checkpoint layout unlike ours: ``stem.0`` -> ``backbone.conv1`` and so on."""
+    names = {
+        "stem.0.": "backbone.conv1.",
+        "stem.1.": "backbone.bn1.",
+        "down.": "backbone.conv2.",
+        "classifier.": "head.cls.",
+    }
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in names.items():
+            if key.startswith(ours):
+                out[theirs + key[len(ours) :]] = value
+    out["auxiliary_head.conv.weight"] = torch.zeros(1)  # training-only, dropped by the converter
+    return out
+
+
+def _from_foreign(state):
+    names = {
+        "backbone.conv1.": "stem.0.",
+        "backbone.bn1.": "stem.1.",
+        "backbone.conv2.": "down.",
+        "head.cls.": "classifier.",
+    }
+    out = {}
+    for key, value in state.items():
+        for theirs, ours in names.items():
+            if key.startswith(theirs):
+                out[ours + key[len(theirs) :]] = value
+    return out
+
+
+def _official_file(tmp_path, dataset: str, num_classes: int, *, damaged: bool = False):
+    torch.manual_seed(7)
+    model = ToyNet(num_classes, 4).eval()
+    path = tmp_path / "upstream" / f"toy_{dataset}.pth"
+    path.parent.mkdir(exist_ok=True)
+    torch.save({"meta": {"classes": num_classes}, "state_dict": _to_foreign(model.state_dict())}, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    named = path.with_name(f"toy_{dataset}_20260101-{('0' * 8) if damaged else digest[:8]}.pth")
+    path.rename(named)
+    return model, named
+
+
+@pytest.fixture
+def registered(tmp_path, monkeypatch):
+    """A spec registered for this test whose official checkpoints are local files."""
+    monkeypatch.setenv("SEGBENCH_WEIGHTS", str(tmp_path / "cache"))
+    reference, ade = _official_file(tmp_path, "ade20k", 150)
+    _, city = _official_file(tmp_path, "cityscapes", 19, damaged=True)
+    spec = ArchSpec(
+        name=f"toy-official-{tmp_path.name[-12:].lower()}",
+        family="Toy",
+        encoder="toy",
+        scale="realtime",
+        paper="tests",
+        year=2026,
+        output_stride=4,
+        weights=(
+            Weights("ade20k", ade.as_uri(), "mmseg", converter=_from_foreign),
+            Weights("cityscapes", city.as_uri(), "mmseg", converter=_from_foreign),
+        ),
+    )
+    archs.register(spec)(lambda *, num_classes: ToyNet(num_classes, 4))
+    yield spec, reference
+    archs.base._REGISTRY.pop(spec.name, None)
+
+
+def test_official_checkpoint_is_fetched_verified_converted_and_loaded(registered):
+    spec, reference = registered
+    assert cached_path(spec, spec.weights[0]) is None
+    with pytest.raises(BenchError, match=f"bench weights fetch {spec.name} --dataset ade20k"):
+        load_weights(ToyNet(150, 4), spec, "ade20k", "official", download=False)
+    path = fetch(spec, "ade20k", progress=False)
+    assert path == cached_path(spec, spec.weights[0]) and path.parent.name == "ade20k"
+    model = archs.build(spec.name, num_classes=150)
+    loaded = load_weights(model, spec, "ade20k", "official")
+    assert loaded.path == str(path) and loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    assert (spec, spec.weights[0]) in list_official()
+
+
+def test_a_download_whose_hash_differs_is_refused_and_not_kept(registered):
+    spec, _ = registered
+    with pytest.raises(BenchError, match="does not match 00000000") as info:
+        fetch(spec, "cityscapes", progress=False)
+    assert "\n" not in str(info.value)
+    assert cached_path(spec, spec.weights[1]) is None
+    assert not [p for p in cache_dir().rglob("*") if p.is_file()]  # no partial or damaged file left
+
+
+def test_checkpoint_formats_are_unwrapped(tmp_path):
+    torch.manual_seed(0)
+    reference = ToyNet(19, 4).eval()
+    spec = ArchSpec(
+        name="toy-formats", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4
+    )
+    files = {
+        "plain.pth": reference.state_dict(),
+        "wrapped.pth": {"state_dict": reference.state_dict(), "meta": {"epoch": 3}},
+        "dataparallel.pt": {f"module.{k}": v for k, v in reference.state_dict().items()},
+    }
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    x = torch.randn(1, 3, 16, 16)
+    for name in [*files, "model.safetensors"]:
+        model = ToyNet(19, 4).eval()
+        load_weights(model, spec, "cityscapes", tmp_path / name)
+        with torch.no_grad():
+            assert torch.equal(model(x), reference(x)), name
+
+
+def test_pickled_code_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(BenchError, match="weights_only=True"):
+        read_checkpoint(tmp_path / "evil.pth")
+    assert not marker.exists()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(BenchError, match="not a readable checkpoint"):
+        read_checkpoint(tmp_path / "junk.pth")
+
+
+def test_keys_that_do_not_fit_are_listed_in_one_error(tmp_path):
+    spec = ArchSpec(name="toy-keys", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
+    state = ToyNet(150, 4).state_dict()
+    state.pop("down.weight")
+    state["extra.bias"] = torch.zeros(2)
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(BenchError) as info:
+        load_weights(ToyNet(150, 4), spec, "ade20k", tmp_path / "partial.pth")
+    message = str(info.value)
+    assert "1 missing (down.weight)" in message and "1 unexpected (extra.bias)" in message and "\n" not in message
+    torch.save(ToyNet(19, 4).state_dict(), tmp_path / "city.pth")
+    with pytest.raises(
+        BenchError, match=r"city.pth predicts 19 classes \(classifier.weight\) but this dataset has 150"
+    ):
+        load_weights(ToyNet(150, 4), spec, "ade20k", tmp_path / "city.pth")
+
+
+def test_hub_ids_resolve_to_huggingface_urls():
+    assert download_urls("hf://nvidia/segformer-b0-finetuned-ade-512-512") == [
+        "https://huggingface.co/nvidia/segformer-b0-finetuned-ade-512-512/resolve/main/model.safetensors",
+        "https://huggingface.co/nvidia/segformer-b0-finetuned-ade-512-512/resolve/main/pytorch_model.bin",
+    ]
+    assert download_urls("hf://org/name@v1.0/weights.bin") == [
+        "https://huggingface.co/org/name/resolve/v1.0/weights.bin"
+    ]
+    url = "https://download.openmmlab.com/mmsegmentation/v0.5/fcn/x/x_20200615_105816-fd192bd5.pth"
+    assert download_urls(url) == [url]
+
+
+def test_weights_cli_lists_the_registry(tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+
+    monkeypatch.setenv("SEGBENCH_WEIGHTS", str(tmp_path))
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "fcn-r101" in out and "fcn_r101-d8_512x1024_80k_cityscapes_20200606_113038-3fb937eb.pth" in out
+    assert str(tmp_path) in out
+    assert main(["weights", "fetch", "toy-w4", "--plugin", "tests.toy_models"]) == 2
+    assert "toy-w4 has no official ade20k checkpoint" in capsys.readouterr().err
