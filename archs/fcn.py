@@ -21,6 +21,10 @@ mmsegmentation checkpoint (``backbone.*``, ``decode_head.*``, ``auxiliary_head.*
 ``fcn_r101_torchvision`` reproduces torchvision's ``fcn_resnet101`` exactly (7x7 stem, one 3x3
 conv in the head, no concatenation), so that torchvision's weights load through
 `convert_torchvision_fcn_state_dict`. It is not a registered row.
+
+The original networks of the paper, FCN-32s, FCN-16s and FCN-8s on VGG-16 (`FCNVGG`, registered as
+``fcn{32,16,8}s-vgg16``), are in the last section, following the reference Caffe nets of
+https://github.com/shelhamer/fcn.berkeleyvision.org (``voc-fcn{32,16,8}s/net.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
 
@@ -39,9 +44,13 @@ from archs.backbones.resnet import (
     resnet101_torchvision,
     resnet101_v1c,
 )
+from archs.backbones.vgg import VGG16, vgg_fc_convolutions
 from archs.base import ArchSpec, Published, Weights, register
+from archs.deconvnet import CAFFE_VGG_MEAN, learned_upsample
 
 __all__ = [
+    "BilinearUpsample",
+    "FCNVGG",
     "FCNHead",
     "SegmentationModel",
     "convert_mmseg_state_dict",
@@ -49,6 +58,11 @@ __all__ = [
     "fcn_mobilenetv2",
     "fcn_r101",
     "fcn_r101_torchvision",
+    "fcn_vgg16",
+    "fcn8s_vgg16",
+    "fcn8s_vgg16_resizeconv",
+    "fcn16s_vgg16",
+    "fcn32s_vgg16",
 ]
 
 MMSEG_URL = "https://download.openmmlab.com/mmsegmentation/v0.5"
@@ -290,3 +304,193 @@ def fcn_r101_torchvision(*, num_classes: int) -> SegmentationModel:
     backbone = resnet101_torchvision()
     head = FCNHead(2048, 512, num_classes, num_convs=1, concat_input=False)
     return SegmentationModel(backbone, head)
+
+
+# --- FCN-32s / FCN-16s / FCN-8s on VGG-16: the paper's own networks -----------------------------------
+#
+# Long et al. 2015 and the reference Caffe nets (fcn.berkeleyvision.org voc-fcn{32,16,8}s/net.py):
+# VGG-16 with conv1_1 padded by 100, fc6 (7x7, 4096) and fc7 (1x1, 4096) as convolutions, a 1x1
+# score layer, skips from pool4 (16s, 8s) and pool3 (8s) scored by 1x1 convolutions and added after
+# 2x upsampling, a final fixed bilinear upsampling and a crop back to the input.
+
+# Crop offsets of the reference nets (caffe.coord_map): with conv1_1 padded by 100, pixel y of the
+# cropped layer aligns with pixel y - offset of the input. The resize-convolution option keeps the
+# geometry of the 4x4/2 transposed convolution it replaces, so the offsets hold for both.
+FCN_VGG_CROPS = {32: {"out": 19}, 16: {"pool4": 5, "out": 27}, 8: {"pool4": 5, "pool3": 9, "out": 31}}
+FCN_VGG_SOURCE = "fcn.berkeleyvision.org voc-fcn{32,16,8}s/net.py"
+FCN_VGG_PARAMS = (
+    "FCN paper (Long et al., CVPR 2015) Table 1: FCN-VGG16 134M parameters (the paper's table compares "
+    "FCN-32s; the skips add 0.02 M)"
+)
+FCN_VGG_PARAMS_NOTE = (
+    "21 classes (PASCAL VOC); segbench holds the fixed bilinear upsampling as a non-trainable depthwise buffer "
+    "(Caffe's lr_mult 0 Deconvolution is a full KxK diagonal filter: +1.8 M at 32s, +0.45 M at 16s, +0.11 M at 8s)"
+)
+
+
+def bilinear_kernel(size: int) -> Tensor:
+    """The ``size`` x ``size`` bilinear interpolation filter of a transposed convolution (FCN's ``upsample_filt``)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    taps = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / factor
+    return (taps[:, None] * taps[None, :]).float()
+
+
+class BilinearUpsample(nn.Module):
+    """Fixed bilinear upsampling by an integer ``factor``: FCN's ``lr_mult: 0`` Deconvolution (kernel 2f, stride f).
+
+    Caffe's layer is a full K x K transposed convolution whose filters are bilinear on the diagonal
+    and zero elsewhere; the depthwise transposed convolution here computes the same output with K
+    times fewer weights, kept as a (non-trainable) buffer.
+
+    Args:
+        channels: channels (classes) upsampled independently.
+        factor: upsampling factor; output size = (input size + 1) * factor.
+    """
+
+    def __init__(self, channels: int, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.channels = channels
+        kernel = bilinear_kernel(2 * factor).expand(channels, 1, -1, -1).clone()
+        self.register_buffer("weight", kernel, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose2d(x, self.weight, stride=self.factor, groups=self.channels)
+
+
+def _crop(x: Tensor, offset: int, size: Sequence[int]) -> Tensor:
+    return x[..., offset : offset + size[0], offset : offset + size[1]]
+
+
+class FCNVGG(nn.Module):
+    """FCN-32s, FCN-16s or FCN-8s on VGG-16, as the reference Caffe nets; logits at the input resolution.
+
+    Args:
+        num_classes: output classes.
+        stride: 32, 16 or 8 (the stride of the finest skip).
+        upsampling: the learned 2x upsamplings of 16s/8s (``upscore2``, ``upscore_pool4``):
+            ``"transposed"`` (the paper: 4x4/2 transposed convolution, initialised bilinear) or
+            ``"resize"`` (nearest-neighbour x2 then 3x3 convolution; same output geometry).
+    """
+
+    def __init__(self, num_classes: int, *, stride: int = 8, upsampling: str = "transposed") -> None:
+        super().__init__()
+        if stride not in FCN_VGG_CROPS:
+            raise ValueError(f"stride must be 32, 16 or 8, got {stride}")
+        self.stride = stride
+        self.backbone = VGG16(first_padding=100)
+        self.fc = vgg_fc_convolutions()
+        self.score_fr = nn.Conv2d(4096, num_classes, 1)
+        if stride <= 16:
+            self.score_pool4 = nn.Conv2d(512, num_classes, 1)
+            self.upscore2 = learned_upsample(upsampling, num_classes, num_classes, padding=0)
+        if stride == 8:
+            self.score_pool3 = nn.Conv2d(256, num_classes, 1)
+            self.upscore_pool4 = learned_upsample(upsampling, num_classes, num_classes, padding=0)
+        self.upscore = BilinearUpsample(num_classes, stride)
+        for m in self.modules():
+            if isinstance(m, nn.ConvTranspose2d):  # surgery.interp: bilinear on the diagonal
+                with torch.no_grad():
+                    m.weight.zero_()
+                    m.weight[range(num_classes), range(num_classes)] = bilinear_kernel(m.kernel_size[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, pool3, pool4, pool5 = self.backbone(x)
+        crops = FCN_VGG_CROPS[self.stride]
+        score = self.score_fr(self.fc(pool5))
+        if self.stride <= 16:
+            score = self.upscore2(score)
+            score = score + _crop(self.score_pool4(pool4), crops["pool4"], score.shape[-2:])
+        if self.stride == 8:
+            score = self.upscore_pool4(score)
+            score = score + _crop(self.score_pool3(pool3), crops["pool3"], score.shape[-2:])
+        return _crop(self.upscore(score), crops["out"], x.shape[-2:])
+
+
+def _fcn_vgg_spec(stride: int, miou: float, *, name: str = "", family: str = "", notes: str = "") -> ArchSpec:
+    return ArchSpec(
+        name=name or f"fcn{stride}s-vgg16",
+        family=family or f"FCN-{stride}s",
+        encoder="VGG-16",
+        scale="non-realtime",
+        paper="Long et al., CVPR 2015",
+        year=2015,
+        output_stride=1,
+        mean=CAFFE_VGG_MEAN,
+        std=(1.0, 1.0, 1.0),
+        published={
+            dataset: Published(params_m=134.0, source=FCN_VGG_PARAMS, note=FCN_VGG_PARAMS_NOTE)
+            for dataset in ("ade20k", "cityscapes")
+        },
+        notes=(
+            f"{FCN_VGG_SOURCE}: conv1_1 pad 100, fc6 7x7/fc7 1x1 (4096), crops {FCN_VGG_CROPS[stride]}; "
+            f"PASCAL VOC 2011 seg11valid mean IU {miou} (FCN TPAMI 2017 table, reproduced in the lecture); "
+            "input: Caffe BGR mean subtraction, no scaling. " + notes
+        ).strip(),
+    )
+
+
+@register(_fcn_vgg_spec(32, 63.6))
+def fcn32s_vgg16(*, num_classes: int) -> FCNVGG:
+    """FCN-32s on VGG-16: one fixed 32x bilinear upsampling of the fc7 scores.
+
+    Args:
+        num_classes: output classes.
+    """
+    return FCNVGG(num_classes, stride=32)
+
+
+@register(_fcn_vgg_spec(16, 65.0))
+def fcn16s_vgg16(*, num_classes: int, upsampling: str = "transposed") -> FCNVGG:
+    """FCN-16s on VGG-16: fc7 scores upsampled 2x, plus the pool4 skip, then a fixed 16x upsampling.
+
+    Args:
+        num_classes: output classes.
+        upsampling: ``"transposed"`` (paper) or ``"resize"`` for the learned 2x upsampling.
+    """
+    return FCNVGG(num_classes, stride=16, upsampling=upsampling)
+
+
+@register(_fcn_vgg_spec(8, 65.5))
+def fcn8s_vgg16(*, num_classes: int, upsampling: str = "transposed") -> FCNVGG:
+    """FCN-8s on VGG-16: the 16s fusion upsampled 2x, plus the pool3 skip, then a fixed 8x upsampling.
+
+    The staged net (``voc-fcn8s``); the at-once variant additionally scales the pool4/pool3 inputs
+    by fixed constants (no parameters, same cost).
+
+    Args:
+        num_classes: output classes.
+        upsampling: ``"transposed"`` (paper) or ``"resize"`` for the two learned 2x upsamplings.
+    """
+    return FCNVGG(num_classes, stride=8, upsampling=upsampling)
+
+
+@register(
+    _fcn_vgg_spec(
+        8,
+        65.5,
+        name="fcn8s-vgg16-resizeconv",
+        family="FCN-8s (resize-conv)",
+        notes="segbench variant for the lecture's checkerboard comparison: the two learned 2x upsamplings are "
+        "resize-convolutions (nearest x2 + 3x3 conv, Odena et al., Distill 2016); the VOC figure is FCN-8s's.",
+    )
+)
+def fcn8s_vgg16_resizeconv(*, num_classes: int) -> FCNVGG:
+    """FCN-8s on VGG-16 with resize-convolutions instead of transposed convolutions for the 2x upsamplings.
+
+    Args:
+        num_classes: output classes.
+    """
+    return FCNVGG(num_classes, stride=8, upsampling="resize")
+
+
+def fcn_vgg16(*, num_classes: int, stride: int = 8, upsampling: str = "transposed") -> FCNVGG:
+    """Any FCN-VGG16 variant (not a registered row; see ``fcn{32,16,8}s-vgg16``).
+
+    Args:
+        num_classes: output classes.
+        stride: 32, 16 or 8.
+        upsampling: ``"transposed"`` or ``"resize"``.
+    """
+    return FCNVGG(num_classes, stride=stride, upsampling=upsampling)

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 
 import pandas as pd
-import pytest
 
 from tests.conftest import ROOT, run_bench
 

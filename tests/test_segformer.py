@@ -99,7 +99,8 @@ def _check_published(name: str, dataset: str):
     params_m = count_params(model) / 1e6
     count = count_flops(model, input_size(spec, dataset))
     assert count.uncounted == {}
-    assert agrees(params_m, published.params_m, 0.01), (params_m, published.params_m)
+    if dataset == "ade20k":  # the published params column is the 150-class model's
+        assert agrees(params_m, published.params_m, 0.01), (params_m, published.params_m)
     assert agrees(count.gflops, published.gflops, 0.05), (count.gflops, published.gflops)
 
 

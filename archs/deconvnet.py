@@ -1,0 +1,156 @@
+"""DeconvNet: a VGG-16 encoder mirrored by a decoder of unpooling and deconvolution layers.
+
+Noh, Hong & Han, "Learning Deconvolution Network for Semantic Segmentation", ICCV 2015
+(arXiv:1505.04366). Official Caffe model: https://github.com/HyeonwooNoh/DeconvNet
+``model/DeconvNet/DeconvNet_inference_deploy.prototxt`` (the layer list below was read there):
+
+- encoder: VGG-16's 13 convolutions (3x3, bias) each followed by BatchNorm and ReLU, 2x2/2
+  max-pooling that keeps the switch (argmax) positions; ``fc6`` 7x7 conv 512->4096 and ``fc7``
+  1x1 conv 4096->4096, each with BN and ReLU ("fully connected layers implemented as
+  convolutions": on the paper's 224x224 inputs fc6 reduces the 7x7 pool5 map to 1x1);
+- decoder: ``fc6-deconv``, a 7x7 transposed convolution 4096->512 back to pool5's size, then per
+  stage an unpooling with the encoder's switches followed by 3x3 stride-1 transposed convolutions
+  ("deconvolutions"), each with BN and ReLU: 512,512,512 | 512,512,256 | 256,256,128 | 128,64 |
+  64,64; a 1x1 convolution to the classes (``seg-score``) at full resolution.
+
+Inputs smaller than 224 px (pool5 smaller than 7x7) are handled by zero-padding pool5 to 7x7 for
+fc6 and cropping fc6-deconv's output back; at 224 px and above the computation is the prototxt's.
+The paper runs the network on object proposals and also reports an ensemble with FCN (EDeconvNet)
+and a CRF; segbench measures the single network on the whole image.
+
+`learned_upsample` is the decoder choice the lecture contrasts (Odena et al., "Deconvolution and
+Checkerboard Artifacts", Distill 2016): a strided transposed convolution ("deconvolution") or a
+resize-convolution (nearest-neighbour upsampling then a convolution). DeconvNet's ``upsampling``
+option replaces each unpooling with one of them; FCN's learned 2x upsampling uses it too.
+
+Published: 252 M parameters (SegNet, Badrinarayanan et al., TPAMI 2017, Table 6, 21 classes). The
+DeconvNet paper's headline is PASCAL VOC 2012 test mIoU 72.5 for the ensemble with FCN plus a CRF
+(abstract); it has no ADE20K or Cityscapes figures.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from archs.backbones.vgg import VGG16, vgg_fc_convolutions
+from archs.base import ArchSpec, Published, register
+from archs.segnet import conv_bn_relu_stack, unpool
+
+__all__ = ["UPSAMPLINGS", "DeconvNet", "deconvnet_vgg16", "learned_upsample"]
+
+UPSAMPLINGS = ("transposed", "resize")
+# Decoder stages (deepest first): output channels of the 3x3 deconvolutions after each unpooling.
+DECONVNET_DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64, 64))
+# Caffe BGR mean of the VGG-16 model both FCN and DeconvNet start from, as RGB.
+CAFFE_VGG_MEAN = (122.67892, 116.66877, 104.00699)
+
+
+def learned_upsample(
+    mode: str, in_channels: int, out_channels: int, *, padding: int = 1, bias: bool = False
+) -> nn.Module:
+    """A learned 2x upsampling: ``"transposed"`` (4x4 stride-2 transposed conv) or ``"resize"`` (nearest x2 + 3x3 conv).
+
+    Both give the same output size, ``2 * size + 2 - 2 * padding``, and the same alignment of output
+    to input pixels, so either can replace the other inside a network (FCN's skips crop by fixed
+    offsets that stay valid).
+
+    Args:
+        mode: ``"transposed"`` or ``"resize"``.
+        in_channels: input channels.
+        out_channels: output channels.
+        padding: padding of the transposed convolution (0 in FCN's Caffe layers, 1 for an exact 2x);
+            the resize-convolution pads its 3x3 convolution by ``2 - padding``.
+        bias: whether the convolution has a bias.
+    """
+    if mode == "transposed":
+        return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=padding, bias=bias)
+    if mode == "resize":
+        conv = nn.Conv2d(in_channels, out_channels, 3, padding=2 - padding, bias=bias)
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+    raise ValueError(f"upsampling mode must be one of {UPSAMPLINGS}, got {mode!r}")
+
+
+class DeconvNet(nn.Module):
+    """VGG-16-BN encoder + fc6/fc7, mirrored unpooling/deconvolution decoder; logits at input resolution.
+
+    Args:
+        num_classes: output classes.
+        upsampling: ``"unpool"`` (the paper: unpooling with the encoder's switches), or
+            ``"transposed"`` / ``"resize"`` to replace every unpooling by a `learned_upsample`
+            (the checkerboard comparison of the lecture; it adds a C->C layer per stage).
+    """
+
+    def __init__(self, num_classes: int, *, upsampling: str = "unpool") -> None:
+        super().__init__()
+        if upsampling not in ("unpool", *UPSAMPLINGS):
+            raise ValueError(f"upsampling must be 'unpool', 'transposed' or 'resize', got {upsampling!r}")
+        self.upsampling = upsampling
+        self.encoder = VGG16(batch_norm=True, pooling="indices")
+        self.fc = vgg_fc_convolutions(batch_norm=True, dropout=0.0)
+        self.fc6_deconv = nn.Sequential(nn.ConvTranspose2d(4096, 512, 7), nn.BatchNorm2d(512), nn.ReLU(inplace=True))
+        stages, upsamplers = [], []
+        in_channels = 512
+        for widths in DECONVNET_DECODER:
+            if upsampling != "unpool":
+                upsamplers.append(learned_upsample(upsampling, in_channels, in_channels, padding=1, bias=True))
+            stages.append(conv_bn_relu_stack(in_channels, widths, transposed=True))
+            in_channels = widths[-1]
+        self.decoder = nn.ModuleList(stages)
+        self.upsamplers = nn.ModuleList(upsamplers)
+        self.classifier = nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled, indices, sizes = self.encoder.encode(x)
+        pool5 = pooled[-1]
+        h, w = int(pool5.shape[-2]), int(pool5.shape[-1])  # Python ints, also when traced
+        # fc6 is a 7x7 "valid" convolution: a pool5 map under 7x7 is zero-padded to 7x7 and cropped back.
+        ph, pw = max(0, 7 - h), max(0, 7 - w)
+        if ph or pw:
+            pool5 = F.pad(pool5, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        out = self.fc6_deconv(self.fc(pool5))
+        if ph or pw:
+            out = out[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        for i, (stage, idx, size) in enumerate(zip(self.decoder, reversed(indices), reversed(sizes), strict=True)):
+            if self.upsampling == "unpool":
+                out = unpool(out, idx, size)
+            else:
+                # On odd sizes the (ceil-mode) pooling rounded up: drop the extra row/column.
+                out = self.upsamplers[i](out)[..., : size[0], : size[1]]
+            out = stage(out)
+        return self.classifier(out)
+
+
+@register(
+    ArchSpec(
+        name="deconvnet-vgg16",
+        family="DeconvNet",
+        encoder="VGG-16-BN",
+        scale="non-realtime",
+        paper="Noh et al., ICCV 2015",
+        year=2015,
+        output_stride=1,
+        mean=CAFFE_VGG_MEAN,
+        std=(1.0, 1.0, 1.0),
+        published={
+            dataset: Published(
+                params_m=252.0,
+                source="SegNet (Badrinarayanan et al., TPAMI 2017) Table 6",
+                note="21 classes (PASCAL VOC)",
+            )
+            for dataset in ("ade20k", "cityscapes")
+        },
+        notes="Official DeconvNet_inference_deploy.prototxt: VGG-16 + BN, fc6 7x7/fc7 1x1 (4096), fc6-deconv 7x7, "
+        "five unpool + 3x3 deconvolution stages, 1x1 score. Whole-image inference (the paper runs it on "
+        "proposals); VOC12 test mIoU 72.5 is the FCN ensemble + CRF (Noh et al., abstract); input: Caffe BGR "
+        "mean subtraction, no scaling.",
+    )
+)
+def deconvnet_vgg16(*, num_classes: int, upsampling: str = "unpool") -> DeconvNet:
+    """DeconvNet with the VGG-16 encoder, as in the official inference prototxt.
+
+    Args:
+        num_classes: output classes.
+        upsampling: ``"unpool"`` (paper), ``"transposed"`` or ``"resize"`` (see `DeconvNet`).
+    """
+    return DeconvNet(num_classes, upsampling=upsampling)

@@ -1,0 +1,116 @@
+"""SegNet: an encoder-decoder whose decoder upsamples with the encoder's max-pooling indices.
+
+Badrinarayanan, Kendall & Cipolla, "SegNet: A Deep Convolutional Encoder-Decoder Architecture for
+Image Segmentation", TPAMI 2017 (arXiv:1511.00561). Official Caffe model:
+https://github.com/alexgkendall/SegNet-Tutorial ``Models/segnet_inference.prototxt`` (the layer
+list below was read there):
+
+- encoder: VGG-16's 13 convolutions (3x3, bias) each followed by BatchNorm and ReLU, and five
+  2x2/2 max-poolings that keep their argmax indices ("pool*_mask");
+- decoder: the mirror image. Each stage unpools with the indices of its encoder stage ("Upsample"
+  layer: values go back to where the maxima were, zeros elsewhere; nothing is learned), then
+  3x3 conv-BN-ReLU blocks: 512,512,512 | 512,512,256 | 256,256,128 | 128,64 | 64, and a final
+  3x3 convolution to the classes (``conv1_1_D``; no BN/ReLU), at full resolution;
+- no fully connected layers, so 29.5 M parameters instead of FCN's 134 M.
+
+Published: 29.5 M parameters (SegNet TPAMI 2017, Table 6, at CamVid's 11 classes; also 29.46 M in
+the ENet paper's comparison, Paszke et al. 2016, Table 3). No ADE20K/Cityscapes mIoU in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from archs.backbones.vgg import VGG16
+from archs.base import ArchSpec, Published, register
+
+__all__ = ["SegNet", "conv_bn_relu_stack", "segnet_vgg16", "unpool"]
+
+# Decoder stages (deepest first): output channels of the 3x3 conv-BN-ReLU blocks after each unpooling.
+SEGNET_DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
+
+
+def unpool(x: Tensor, indices: Tensor, size: tuple[int, int]) -> Tensor:
+    """Max-unpooling: each value goes back to its argmax position in a zero map of ``size``.
+
+    ``F.max_unpool2d`` with ``output_size``, minus its Python-side size checks, which fail under
+    ``torch.jit.trace`` (the FLOP counter traces the model).
+    """
+    return torch.ops.aten.max_unpool2d(x, indices, [size[0], size[1]])
+
+
+def conv_bn_relu_stack(in_channels: int, widths: tuple[int, ...], *, transposed: bool = False) -> nn.Sequential:
+    """3x3 (transposed) conv with bias -> BN -> ReLU, once per entry of ``widths`` (the Caffe layout).
+
+    Args:
+        in_channels: channels of the input.
+        widths: output channels of each block.
+        transposed: use stride-1 transposed convolutions (DeconvNet's "deconvolution" layers).
+    """
+    layers: list[nn.Module] = []
+    for width in widths:
+        conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+        layers += [conv(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        in_channels = width
+    return nn.Sequential(*layers)
+
+
+class SegNet(nn.Module):
+    """VGG-16-BN encoder, index-unpooling decoder; logits at the input resolution.
+
+    Args:
+        num_classes: output classes.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = VGG16(batch_norm=True, pooling="indices")
+        stages = []
+        in_channels = 512
+        for widths in SEGNET_DECODER:
+            stages.append(conv_bn_relu_stack(in_channels, widths))
+            in_channels = widths[-1]
+        self.decoder = nn.ModuleList(stages)
+        self.classifier = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled, indices, sizes = self.encoder.encode(x)
+        out = pooled[-1]
+        for stage, idx, size in zip(self.decoder, reversed(indices), reversed(sizes), strict=True):
+            out = stage(unpool(out, idx, size))
+        return self.classifier(out)
+
+
+@register(
+    ArchSpec(
+        name="segnet-vgg16",
+        family="SegNet",
+        encoder="VGG-16-BN",
+        scale="non-realtime",
+        paper="Badrinarayanan et al., TPAMI 2017",
+        year=2017,
+        output_stride=1,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        published={
+            dataset: Published(
+                params_m=29.5,
+                source="SegNet (Badrinarayanan et al., TPAMI 2017) Table 6; 29.46 M in ENet (Paszke et al., 2016) "
+                "Table 3",
+                note="11 classes (CamVid); the count changes by 577 parameters per class",
+            )
+            for dataset in ("ade20k", "cityscapes")
+        },
+        notes="Official SegNet-Tutorial segnet_inference.prototxt: VGG-16 encoder with BN, decoder unpooling with "
+        "the encoder's max-pooling indices, 13 decoder convolutions; the official model takes the raw 0-255 image "
+        "(no mean subtraction). Whole-image inference; no ADE20K/Cityscapes figures in the paper.",
+    )
+)
+def segnet_vgg16(*, num_classes: int) -> SegNet:
+    """SegNet with the VGG-16 encoder, as in the official SegNet-Tutorial model.
+
+    Args:
+        num_classes: output classes.
+    """
+    return SegNet(num_classes)
