@@ -39,7 +39,7 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     """Write ``<out_stem>.png`` and ``.svg``; returns the paths (none when nothing can be plotted)."""
     title = proto.DATASETS[dataset].title
     fps_col = f"{dataset}_{SPEED_COLUMNS[speed]}"
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
     measured, plotted = [], False
     for _, row in frame.iterrows():
         size = 30 + 6 * (row["params_m"] if _ok(row["params_m"]) else row["params_m_published"] or 10)
@@ -86,7 +86,15 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
         plt.Line2D([], [], marker="D", linestyle="", color="tab:blue", label="measured FPS, published mIoU"),
     ]
     handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=legend + handles, fontsize=7, loc="lower right", title="marker area ∝ params", title_fontsize=7)
+    ax.legend(
+        handles=legend + handles,
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="marker area ∝ params",
+        title_fontsize=7,
+    )
+    ax.margins(x=0.12, y=0.06)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     out_stem.parent.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,7 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
             gflops = _pair(
                 _n(row[f"{ds}_gflops"]), _n(row[f"{ds}_gflops_published"]), 1, _n(row[f"{ds}_gflops_delta_pct"])
             )
-            size = row[f"{ds}_input"]
+            size = _n(row[f"{ds}_input"])
             if size and tuple(map(int, size.split("x"))) != proto.DATASETS[ds].input_size:
                 gflops += f" @{size}"
             cells += [gflops] + [_num(_n(row[f"{ds}_fps_{m}"]), 1) for m in modes]
@@ -150,9 +150,8 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
             ]
         lines.append(cells)
         spec = _spec(row["arch"])
-        for ds, pub in spec.published.items() if spec else []:
-            if pub.note:
-                notes.append(f"{row['method']} {row['encoder']} ({ds}): {pub.note}")
+        published_notes = (pub.note for pub in (spec.published.values() if spec else []) if pub.note)
+        notes += [f"{row['method']} {row['encoder']}: {note}" for note in dict.fromkeys(published_notes)]
     table = pd.DataFrame(lines, columns=headers).to_markdown(index=False)
     footer = [
         "",
