@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import IGNORE_INDEX, DataError, SegDataset, apply_lut, pair_files
+from bench.data.base import IGNORE_INDEX, DataError, SegDataset, apply_lut, pair_files, split_folders
 
 SPLITS = {"validation": "validation", "val": "validation", "training": "training", "train": "training"}
 DEFAULT_SPLIT = "validation"
@@ -102,15 +102,14 @@ class ADE20K(SegDataset):
         if folder is None:
             raise DataError(f"ADE20K split {split!r}: choose validation or training")
         images, labels = root / "images" / folder, root / "annotations" / folder
-        for path, other in ((images, labels), (labels, images)):
-            if not path.is_dir():
-                raise DataError(
-                    f"{path} does not exist but {other} does; an ADE20K split needs both images/{folder} and "
-                    f"annotations/{folder} (re-extract ADEChallengeData2016.zip)"
-                    if other.is_dir()
-                    else f"{root}: neither images/{folder} nor annotations/{folder} exists; "
-                    "pass the ADEChallengeData2016 folder"
-                )
+        split_folders(
+            root,
+            images,
+            labels,
+            missing_one=f"an ADE20K split needs both images/{folder} and annotations/{folder} "
+            "(re-extract ADEChallengeData2016.zip)",
+            missing_both="pass the ADEChallengeData2016 folder",
+        )
         super().__init__(root, folder, pair_files(images, labels, "*.jpg", "*.png", ".jpg", (".png",), root))
 
     def map_label(self, raw: np.ndarray, label_path: Path) -> np.ndarray:

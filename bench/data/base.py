@@ -148,6 +148,24 @@ class SegDataset(torch.utils.data.Dataset):
         return Sample(index, name, torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label))
 
 
+def split_folders(root: Path, images: Path, labels: Path, *, missing_one: str, missing_both: str) -> None:
+    """Both the image and the label folder of a split must exist; a `DataError` names which is missing.
+
+    Args:
+        root: the dataset root.
+        images, labels: the split's two folders.
+        missing_one: the fix when only one exists (how to restore the other).
+        missing_both: the fix when neither exists (which folder to pass).
+    """
+    for path, other in ((images, labels), (labels, images)):
+        if not path.is_dir():
+            if other.is_dir():
+                raise DataError(f"{path} does not exist but {other} does; {missing_one}")
+            raise DataError(
+                f"{root}: neither {images.relative_to(root)} nor {labels.relative_to(root)} exists; {missing_both}"
+            )
+
+
 def pair_files(
     image_dir: Path,
     label_dir: Path,

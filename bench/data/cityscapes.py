@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import IGNORE_INDEX, DataError, SegDataset, apply_lut, pair_files
+from bench.data.base import IGNORE_INDEX, DataError, SegDataset, apply_lut, pair_files, split_folders
 
 SPLITS = {"val": "val", "validation": "val", "train": "train", "training": "train"}
 DEFAULT_SPLIT = "val"
@@ -95,15 +95,14 @@ class Cityscapes(SegDataset):
         if folder is None:
             raise DataError(f"Cityscapes split {split!r}: choose val or train")
         images, labels = root / "leftImg8bit" / folder, root / "gtFine" / folder
-        for path, other in ((images, labels), (labels, images)):
-            if not path.is_dir():
-                raise DataError(
-                    f"{path} does not exist but {other} does; Cityscapes needs both leftImg8bit/{folder} and "
-                    f"gtFine/{folder} (extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root})"
-                    if other.is_dir()
-                    else f"{root}: neither leftImg8bit/{folder} nor gtFine/{folder} exists; "
-                    "pass the folder holding leftImg8bit and gtFine"
-                )
+        split_folders(
+            root,
+            images,
+            labels,
+            missing_one=f"Cityscapes needs both leftImg8bit/{folder} and gtFine/{folder} "
+            f"(extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root})",
+            missing_both="pass the folder holding leftImg8bit and gtFine",
+        )
         pairs = pair_files(
             images, labels, f"*/*{IMAGE_SUFFIX}", "*/*_gtFine_*.png", IMAGE_SUFFIX, (TRAIN_IDS, LABEL_IDS), root
         )
