@@ -124,3 +124,20 @@ def test_list_shows_suites_and_plugin_models():
     proc = run_bench("list", *PLUGIN)
     assert proc.returncode == 0, proc.stderr
     assert "toy-w4" in proc.stdout and "realtime" in proc.stdout
+
+
+def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path):
+    assert (
+        run_bench("data", "synth", "--dataset", "ade20k", "--out", str(tmp_path / "data"), "--num", "3").returncode == 0
+    )
+    results = tmp_path / "results"
+    root = tmp_path / "data" / "ADEChallengeData2016"
+    args = ("--arch", "toy-w4", "--dataset", "ade20k", "--measure", "params", "--results", str(results))
+    proc = run_bench("run", *PLUGIN, *args, "--data-root", str(root), "--weights", "none")
+    assert proc.returncode == 0, proc.stderr
+    (miou,) = [r for r in records(results) if r["kind"] == "miou"]
+    assert miou["status"] == "ok" and 0.0 <= miou["value"]["mIoU"] <= 100.0
+    frame = pd.read_csv(next(results.glob("*/table.csv")))
+    assert frame.loc[0, "ade20k_miou"] == pytest.approx(miou["value"]["mIoU"], abs=1e-4)
+    both = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--data-root", str(root), "--results", str(results))
+    assert both.returncode == 2 and "single --dataset" in both.stderr

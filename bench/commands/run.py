@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         if k not in ("params", "flops", "latency"):
             raise BenchError(f"--measure: unknown measurement {k!r}; choose from params, flops, latency")
     shard = parse_shard(args.shard)
+    if args.data_root is not None and len(datasets) != 1:
+        raise BenchError("--data-root belongs to one dataset: pass it with a single --dataset (ade20k or cityscapes)")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise BenchError(f"--data-root {args.data_root}: no such folder; pass the dataset's root folder")
 
