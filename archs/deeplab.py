@@ -459,7 +459,7 @@ def _v3_spec(output_stride: int) -> ArchSpec:
     return ArchSpec(
         name=f"deeplabv3-r101-os{output_stride}",
         family="DeepLab v3",
-        encoder="ResNet-101",
+        encoder=f"ResNet-101 (OS{output_stride})",
         scale="non-realtime",
         paper="Chen et al., arXiv 2017",
         year=2017,

@@ -296,7 +296,7 @@ def setr_pup_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = Fa
     ArchSpec(
         name="setr-naive-vit-l",
         family="SETR",
-        encoder="ViT-Large",
+        encoder="ViT-Large (naive)",
         scale="non-realtime",
         paper="Zheng et al., CVPR 2021",
         year=2021,
@@ -324,7 +324,7 @@ def setr_naive_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = 
     ArchSpec(
         name="setr-mla-vit-l",
         family="SETR",
-        encoder="ViT-Large",
+        encoder="ViT-Large (MLA)",
         scale="non-realtime",
         paper="Zheng et al., CVPR 2021",
         year=2021,
