@@ -82,5 +82,6 @@ def test_a_bad_file_on_one_rank_stops_every_rank_without_a_hang(setup, tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("bench: error:")]
     # the failing rank always reports; the other may be stopped by torchrun before it prints
     assert 1 <= len(errors) <= 2 and all("ADE_val_00000002.png is 5x5 (WxH)" in line for line in errors)
-    assert f'File "{ROOT}' not in proc.stderr  # torchrun reports the failed ranks; segbench prints no traceback
+    # torchrun prints its own traceback for the failed ranks; none of segbench's frames may appear
+    assert not any(f'File "{ROOT / package}' in proc.stderr for package in ("bench", "archs", "tests"))
     assert not list((tmp_path / "r").glob("*/eval/*"))
