@@ -17,10 +17,10 @@ from bench import protocol as proto
 from bench.provenance import provenance
 from bench.records import new_record
 
-KINDS = ("params", "flops", "latency", "miou")
+KINDS = ("params", "flops", "latency", "sweep", "miou")
 # Default time limits per measurement, seconds (a CPU counting FLOPs of a 1024x2048 forward of
 # a ResNet-101 needs minutes; an mIoU pass over a validation set needs hours on a slow GPU).
-DEFAULT_TIMEOUT_S = {"params": 600, "flops": 1800, "latency": 1800, "miou": 6 * 3600}
+DEFAULT_TIMEOUT_S = {"params": 600, "flops": 1800, "latency": 1800, "sweep": 1800, "miou": 6 * 3600, "peaks": 600}
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ def plan(
     *,
     kinds: tuple[str, ...] | list[str] = ("params", "flops", "latency"),
     miou: bool = False,
+    sweep_mode: str = proto.SWEEP_MODE,
 ) -> list[Job]:
     """Every job of a run, in a fixed order (the order `--shard` splits)."""
     jobs = []
@@ -55,6 +56,8 @@ def plan(
             jobs.extend(Job(arch, dataset, kind) for kind in ("params", "flops") if kind in kinds)
             if "latency" in kinds:
                 jobs.extend(Job(arch, dataset, "latency", mode) for mode in modes)
+            if "sweep" in kinds:
+                jobs.append(Job(arch, dataset, "sweep", sweep_mode))
             if miou:
                 jobs.append(Job(arch, dataset, "miou", "eager"))
     return jobs
@@ -82,7 +85,7 @@ def measure(job: Job, options: RunOptions) -> dict:
 
     from bench.measure.flops import count_flops
     from bench.measure.params import count_params
-    from bench.measure.speed import measure_latency
+    from bench.measure.speed import measure_latency, sweep_batches
     from bench.provenance import gpu_handle
 
     spec = archs.get_spec(job.arch)
@@ -107,6 +110,11 @@ def measure(job: Job, options: RunOptions) -> dict:
         handle = gpu_handle(options.device) if device.type == "cuda" else None
         result = measure_latency(
             model, size, device=device, mode=job.mode, protocol=proto.SPEED[device.type], nvml_handle=handle
+        )
+        return {**result.as_dict(), **proto.MODES[job.mode]}
+    if job.kind == "sweep":
+        result = sweep_batches(
+            model, size, device=device, mode=job.mode, protocol=proto.SPEED[device.type], batches=proto.SWEEP_BATCHES
         )
         return {**result.as_dict(), **proto.MODES[job.mode]}
     if job.kind == "miou":
@@ -137,14 +145,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(job: Job, options: RunOptions, conn) -> None:
+def _call(conn, fn, *args) -> None:
+    """The child's body: ``fn(*args)`` and its result (or its failure) sent back as one message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends its children
     _die_with_parent()
     try:
-        for module in options.plugins:
-            archs.import_models(module)
-        value = measure(job, options)
-        message = {"status": "ok", "value": value, "provenance": provenance(options.device)}
+        message = {"status": "ok", **fn(*args)}
     except BaseException as exc:  # every failure becomes a record
         status = "error"
         name = type(exc).__name__
@@ -157,6 +163,18 @@ def _child(job: Job, options: RunOptions, conn) -> None:
         }
     conn.send(message)
     conn.close()
+
+
+def _measure_job(job: Job, options: RunOptions) -> dict:
+    for module in options.plugins:
+        archs.import_models(module)
+    return {"value": measure(job, options), "provenance": provenance(options.device)}
+
+
+def _measure_peaks(device: str) -> dict:
+    from bench.measure.roofline import measure_peaks
+
+    return {"value": measure_peaks(device), "provenance": provenance(device)}
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -182,13 +200,12 @@ def _job_context():
     return _context
 
 
-def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
-    """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
+def run_in_child(name: str, timeout_s: float, fn, *args) -> dict:
+    """``fn(*args)`` in a child process with a time limit; a message with ``status`` (never raises for its faults)."""
     ctx = _job_context()
     receiver, sender = ctx.Pipe(duplex=False)
     # Not daemonic: an evaluation job starts DataLoader workers; PR_SET_PDEATHSIG ends it with the parent.
-    child = ctx.Process(target=_child, args=(job, options, sender), daemon=False, name=f"bench {job.label}")
-    started = time.monotonic()
+    child = ctx.Process(target=_call, args=(sender, fn, *args), daemon=False, name=name)
     child.start()
     sender.close()
     message = None
@@ -215,6 +232,18 @@ def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
             child.kill()
             child.join()
         receiver.close()
+    return message
+
+
+def measure_device_peaks(device: str, timeout_s: float = DEFAULT_TIMEOUT_S["peaks"]) -> dict:
+    """The roofline ceilings of ``device``, measured in a child process (see `bench.measure.roofline`)."""
+    return run_in_child("bench peaks", timeout_s, _measure_peaks, device)
+
+
+def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
+    """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
+    started = time.monotonic()
+    message = run_in_child(f"bench {job.label}", timeout_s, _measure_job, job, options)
     settings = {
         "input_size": list(proto.input_size(archs.get_spec(job.arch), job.dataset)),
         "num_classes": proto.dataset(job.dataset).num_classes,

@@ -66,11 +66,38 @@ SPEED = {
 }
 
 # Inference modes. `eager` is what the papers timed; `graph` is what the GPU can do without
-# Python launch overhead: fp16 autocast, channels_last, one CUDA graph replayed per step.
+# Python launch overhead: fp16 autocast, channels_last, one CUDA graph replayed per step. The
+# others isolate one factor each: `graph-fp32` differs from `eager` only by the graph replay (the
+# gap is CPU launch overhead), `graph-nchw` from `graph` only by the memory layout, `graph-bf16`
+# only by the precision, `eager-fp16` from `graph` only by the replay; `compile` adds
+# torch.compile (its compile time is recorded apart and excluded from the latency).
 MODES = {
-    "eager": {"precision": "fp32", "channels_last": False, "cuda_graph": False},
-    "graph": {"precision": "fp16", "channels_last": True, "cuda_graph": True},
+    "eager": {"precision": "fp32", "channels_last": False, "cuda_graph": False, "compile": False},
+    "graph": {"precision": "fp16", "channels_last": True, "cuda_graph": True, "compile": False},
+    "graph-fp32": {"precision": "fp32", "channels_last": False, "cuda_graph": True, "compile": False},
+    "graph-bf16": {"precision": "bf16", "channels_last": True, "cuda_graph": True, "compile": False},
+    "graph-nchw": {"precision": "fp16", "channels_last": False, "cuda_graph": True, "compile": False},
+    "eager-fp16": {"precision": "fp16", "channels_last": True, "cuda_graph": False, "compile": False},
+    "compile": {"precision": "fp16", "channels_last": True, "cuda_graph": True, "compile": True},
 }
+# What `bench run` times unless --modes says otherwise.
+DEFAULT_MODES = ("eager", "graph", "graph-fp32")
+# torch.compile mode of the `compile` speed mode: "default" fuses kernels; the step is then
+# captured into a CUDA graph by the harness, as for `graph`. ("max-autotune" variants take tens of
+# minutes on the large models.)
+COMPILE_MODE = "default"
+
+# A measurement whose repeats disagree by more than this share of the median is flagged unstable.
+MAX_SPREAD = 0.02
+# The batch sweep: batch sizes tried (until one runs out of memory), in this speed mode.
+SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+SWEEP_MODE = "graph"
+
+
+def needs_cuda(mode: str) -> bool:
+    """True for modes a CPU cannot run as named: reduced precision, CUDA graphs, torch.compile."""
+    settings = MODES[mode]
+    return settings["precision"] != "fp32" or settings["cuda_graph"] or settings["compile"]
 
 
 def dataset(name: str) -> DatasetProtocol:

@@ -43,6 +43,7 @@ def test_run_records_every_measurement_and_writes_table_and_plots(finished_run):
             "precision": "fp32",
             "channels_last": False,
             "cuda_graph": False,
+            "compile": False,
         }
         or latency["dataset"] == "cityscapes"
     )

@@ -53,3 +53,62 @@ def test_plots_are_written_only_for_measured_speed_modes(tmp_path):
     paths = write_plots(build_frame(RECORDS), tmp_path, device="cuda")
     names = sorted(p.name for p in paths)
     assert names == ["ade20k_eager.png", "ade20k_eager.svg"]  # nothing to plot for Cityscapes
+
+
+GPU_RECORDS = [
+    rec("toy-w8", "ade20k", "params", {"params_m": 0.0101}),
+    rec("toy-w8", "ade20k", "flops", {"gflops": 5.0, "input_size": [512, 512]}),
+    rec("toy-w8", "ade20k", "latency", {"fps": 100.0, "median_ms": 10.0, "spread": 0.01, "tf32": True}, mode="eager"),
+    rec(
+        "toy-w8",
+        "ade20k",
+        "latency",
+        {"fps": 400.0, "median_ms": 2.5, "spread": 0.05, "unstable": True},
+        mode="graph-fp32",
+    ),  # noqa: E501
+    rec(
+        "toy-w8",
+        "ade20k",
+        "latency",
+        {"fps": 500.0, "median_ms": 2.0, "spread": 0.001, "energy_j_per_frame": 0.25},
+        mode="graph",
+    ),  # noqa: E501
+    rec("toy-w8", "ade20k", "sweep", {"best_batch": 16, "images_s": 2000.0, "points": []}, mode="graph"),
+]
+PEAKS = {"matmul_tf32_tflops": 400.0, "matmul_fp32_tflops": 50.0, "matmul_fp16_tflops": 800.0}
+
+
+def test_roofline_overhead_and_sweep_columns_come_from_the_records_and_the_device_ceilings():
+    row = build_frame(GPU_RECORDS, peaks=PEAKS).set_index("arch").loc["toy-w8"]
+    assert row["ade20k_tflops_graph"] == 2 * 5e9 / 2e-3 / 1e12  # 5 TFLOP/s
+    assert row["ade20k_peak_graph_pct"] == 100 * 5.0 / 800.0
+    assert row["ade20k_peak_eager_pct"] == 100 * 1.0 / 400.0  # fp32 with TF32 allowed: the TF32 ceiling
+    assert row["ade20k_launch_overhead_pct"] == 75.0 and row["ade20k_bound"] == "launch"
+    assert row["ade20k_best_batch"] == 16 and row["ade20k_images_s_best"] == 2000.0
+    assert pd.isna(build_frame(GPU_RECORDS).set_index("arch").loc["toy-w8", "ade20k_peak_graph_pct"])  # no ceilings
+
+
+def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(tmp_path):
+    from bench.report.table import to_speed_markdown, write_table
+
+    frame = build_frame(GPU_RECORDS, peaks=PEAKS)
+    text = to_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"})
+    header, w8 = text.splitlines()[0], next(line for line in text.splitlines() if "Toy" in line)
+    for column in ("graph-fp32 fp32", "img/s best batch", "J/frame graph", "% peak graph"):
+        assert column in header
+    assert "400.0†" in w8 and "2000.0" in w8 and "0.250" in w8
+    speed = to_speed_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"}, peaks=PEAKS)
+    assert "2.50 (5.0)†" in speed and "5.0 (0.6)" in speed and "| launch " in speed and "16: 2000.0" in speed
+    paths = write_table(frame, tmp_path, device="cuda", provenance=None, peaks=PEAKS)
+    assert sorted(p.name for p in paths) == ["speed.md", "table.csv", "table.md"]
+    cpu_paths = write_table(build_frame(RECORDS), tmp_path / "cpu", device="cpu", provenance=None)
+    assert sorted(p.name for p in cpu_paths) == ["table.csv", "table.md"]
+
+
+def test_any_measured_speed_can_be_the_plot_axis(tmp_path):
+    frame = build_frame(GPU_RECORDS, peaks=PEAKS)
+    assert {p.name for p in write_plots(frame, tmp_path, device="cuda", speeds=("best-batch",))} == {
+        "ade20k_best-batch.png", "ade20k_best-batch.svg",
+    }  # fmt: skip
+    every = {p.stem for p in write_plots(frame, tmp_path, device="cuda")}
+    assert every == {"ade20k_eager", "ade20k_graph", "ade20k_graph-fp32", "ade20k_best-batch"}

@@ -1,10 +1,14 @@
 """Latency measurement: statistics on the CPU; CUDA modes on a GPU (marker gpu)."""
 
+import json
+
 import pytest
 import torch
 
-from bench.measure.speed import ModeUnavailable, inference_step, measure_latency
-from bench.protocol import SPEED, SpeedProtocol
+from bench.measure import nvml, roofline
+from bench.measure.speed import ModeUnavailable, inference_step, measure_latency, sweep_batches
+from bench.protocol import MAX_SPREAD, MODES, SPEED, SpeedProtocol, needs_cuda
+from tests.conftest import run_bench
 from tests.toy_models import ToyNet
 
 FAST = SpeedProtocol(warmup_steps=1, repeats=3, min_steps=2, min_repeat_s=0.0, max_repeat_s=1.0)
@@ -29,13 +33,87 @@ def test_cpu_latency_statistics_are_consistent():
     assert result.peak_memory_mb is None and result.energy_j_per_frame is None
 
 
-def test_graph_mode_needs_cuda():
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "eager"])
+def test_every_mode_but_eager_fp32_needs_cuda(mode):
+    assert needs_cuda(mode)
     with pytest.raises(ModeUnavailable, match="CUDA"):
-        measure_latency(ToyNet(5), (32, 32), device="cpu", mode="graph", protocol=FAST)
+        measure_latency(ToyNet(5), (32, 32), device="cpu", mode=mode, protocol=FAST)
+
+
+def test_spread_flag_follows_the_repeats():
+    result = measure_latency(ToyNet(5), (32, 32), device="cpu", protocol=FAST)
+    medians = result.repeat_medians_ms
+    assert result.spread == pytest.approx((max(medians) - min(medians)) / sorted(medians)[1])
+    assert result.unstable == (result.spread > MAX_SPREAD) and result.throttled is False
+
+
+class OutOfMemoryFrom(ToyNet):
+    """Runs out of device memory from a batch size on (what a real GPU does past its memory)."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__(5)
+        self.batch = batch
+
+    def forward(self, x):
+        if x.shape[0] >= self.batch:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return super().forward(x)
+
+
+def test_batch_sweep_reports_images_per_second_and_stops_at_the_memory_limit():
+    full = sweep_batches(ToyNet(5), (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2, 4))
+    assert [p["batch"] for p in full.points] == [1, 2, 4] and full.stopped is None
+    for point in full.points:
+        assert point["images_s"] == pytest.approx(1000.0 * point["batch"] / point["median_ms"])
+    best = max(full.points, key=lambda p: p["images_s"])
+    assert (full.best_batch, full.images_s) == (best["batch"], best["images_s"])
+    cut = sweep_batches(OutOfMemoryFrom(4), (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2, 4, 8))
+    assert [p["batch"] for p in cut.points] == [1, 2] and cut.stopped == "out of memory at batch 4"
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="not even batch 1"):
+        sweep_batches(OutOfMemoryFrom(1), (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2))
+
+
+def test_a_sweep_job_is_recorded_by_bench_run(tmp_path):
+    proc = run_bench(
+        "run", "--plugin", "tests.toy_models", "--arch", "toy-w4", "--dataset", "ade20k", "--measure", "sweep",
+        "--results", str(tmp_path), "--no-report",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [json.loads(line) for line in next(tmp_path.glob("*/records.jsonl")).read_text().splitlines()]
+    assert record["kind"] == "sweep" and record["mode"] == "eager" and record["status"] == "ok"
+    assert [p["batch"] for p in record["value"]["points"]][:2] == [1, 2] and "best batch" in proc.stderr
+
+
+def test_throttling_is_a_slowdown_reason_or_a_dropped_clock():
+    assert nvml.throttled({"sm_clock_mhz": 1980}, {"sm_clock_mhz": 1700, "clock_event_reasons": 0})
+    assert nvml.throttled({"sm_clock_mhz": 1980}, {"sm_clock_mhz": 1980, "clock_event_reasons": 0x20})  # thermal
+    assert not nvml.throttled({"sm_clock_mhz": 1980}, {"sm_clock_mhz": 1965, "clock_event_reasons": 0x1})  # idle
+    assert not nvml.throttled({}, {})  # no NVML: nothing to say
+
+
+def test_roofline_arithmetic():
+    assert roofline.achieved_tflops(8.4e9, 2.3) == pytest.approx(7.304, rel=1e-3)  # SegFormer-B0-like
+    assert roofline.peak_key("fp32", True) == "matmul_tf32_tflops"
+    assert roofline.peak_key("fp32", False) == "matmul_fp32_tflops"
+    assert roofline.peak_key("bf16", None) == "matmul_bf16_tflops"
+    assert roofline.share_of_peak(80.0, {"matmul_fp16_tflops": 800.0}, "fp16", None) == pytest.approx(0.1)
+    assert roofline.share_of_peak(80.0, None, "fp16", None) is None
+    assert roofline.launch_overhead_share(10.0, 4.0) == pytest.approx(0.6)
+    assert roofline.launch_overhead_share(10.0, None) is None
+    assert roofline.bound(0.6) == "launch" and roofline.bound(0.2) == "GPU"
+    with pytest.raises(ValueError, match="CUDA"):
+        roofline.measure_peaks("cpu")
+
+
+def test_peaks_are_stored_with_their_provenance(tmp_path):
+    roofline.write_peaks(tmp_path, {"matmul_fp16_tflops": 760.9}, {"gpu_name": "Test GPU"})
+    stored = roofline.read_peaks(tmp_path)
+    assert stored["peaks"] == {"matmul_fp16_tflops": 760.9} and stored["provenance"]["gpu_name"] == "Test GPU"
+    assert roofline.read_peaks(tmp_path / "none") is None
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_cuda_modes_measure_and_graph_replays_the_same_prediction(mode):
     model = ToyNet(5).eval()
     result = measure_latency(model, (64, 64), device="cuda", mode=mode, protocol=SPEED["cuda"])
@@ -43,3 +121,18 @@ def test_cuda_modes_measure_and_graph_replays_the_same_prediction(mode):
     x = torch.randn(1, 3, 64, 64, device="cuda")
     with torch.no_grad():
         assert inference_step(model.cuda().float(), x, "fp32")().shape == (1, 64, 64)
+
+
+@pytest.mark.gpu
+def test_cuda_sweep_and_ceilings():
+    sweep = sweep_batches(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=SPEED["cuda"], batches=(1, 2, 4))
+    assert [p["batch"] for p in sweep.points] == [1, 2, 4] and all(p["peak_memory_mb"] > 0 for p in sweep.points)
+    peaks = roofline.measure_peaks("cuda", n=2048, copy_bytes=2**26)
+    assert set(peaks) == {f"matmul_{p}_tflops" for p in ("fp32", "tf32", "fp16", "bf16")} | {"copy_tb_s"}
+    assert all(v > 0 for v in peaks.values())
+
+
+@pytest.mark.gpu
+def test_compile_time_is_recorded_apart_from_the_latency():
+    result = measure_latency(ToyNet(5), (64, 64), device="cuda", mode="compile", protocol=SPEED["cuda"])
+    assert result.compile_s > 0 and result.median_ms < 1000 * result.compile_s

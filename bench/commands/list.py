@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.verbose:
         from bench.jobs import plan
 
+        jobs_kinds = ("params", "flops", "latency", "sweep")
+
         print(f"\n{suite.name}: datasets {', '.join(suite.datasets)}; jobs (each in its own child process):")
-        for job in plan(names, list(suite.datasets), list(proto.MODES)):
+        for job in plan(names, list(suite.datasets), list(proto.DEFAULT_MODES), kinds=jobs_kinds):
             print(f"  {job.label}")
     return 0

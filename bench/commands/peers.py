@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if m not in proto.MODES:
             raise BenchError(f"--modes: unknown mode {m!r}; choose from {', '.join(proto.MODES)}")
     if device == "cpu":
-        modes = [m for m in modes if not proto.MODES[m]["cuda_graph"]]
+        modes = [m for m in modes if not proto.needs_cuda(m)]
     sizes = [parse_size(s) for s in csv_list([args.sizes])]
     pairs = peers.select(csv_list(args.arch))
     skipped = sorted({p.requires for p in pairs if not peers.available(p)})

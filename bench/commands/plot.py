@@ -14,5 +14,11 @@ def register(subparsers) -> None:
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
     p.add_argument("--device", default=None, help="only this device folder (default: every folder with records)")
     p.add_argument("--protocol", default=proto.PROTOCOL_VERSION, help="protocol version to plot")
+    p.add_argument(
+        "--speed",
+        default=None,
+        help="speed axes, comma-separated: a speed mode's FPS or best-batch (images/s of the batch sweep); "
+        "default: every measured one",
+    )
     add_plugin_argument(p)
     p.set_defaults(handler=table.run, plots=True, format="md,csv")

@@ -26,9 +26,16 @@ def register(subparsers) -> None:
     p.add_argument("--suite", default="realtime", help=f"one of {', '.join(SUITES)} (default: realtime)")
     p.add_argument("--arch", action="append", default=[], help="only these architectures (repeat or comma-separate)")
     p.add_argument("--dataset", default="ade20k,cityscapes", help="comma-separated protocol datasets")
-    p.add_argument("--modes", default="eager,graph", help="speed modes: eager (fp32), graph (fp16 CUDA graph)")
     p.add_argument(
-        "--measure", default="params,flops,latency", help="measurements: params, flops, latency (mIoU: --data-root)"
+        "--modes",
+        default=",".join(proto.DEFAULT_MODES),
+        help=f"speed modes (default: {','.join(proto.DEFAULT_MODES)}; all: {', '.join(proto.MODES)})",
+    )
+    p.add_argument(
+        "--measure",
+        default=None,
+        help="measurements: params, flops, latency, sweep (default: all four on a GPU, no sweep on a CPU; "
+        "mIoU: --data-root)",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
@@ -71,12 +78,13 @@ def run(args: argparse.Namespace) -> int:
         if m not in proto.MODES:
             raise BenchError(f"--modes: unknown mode {m!r}; choose from {', '.join(proto.MODES)}")
     device = resolve_device(args.device)
-    cpu_skips = [m for m in modes if device == "cpu" and proto.MODES[m]["cuda_graph"]]
+    cpu_skips = [m for m in modes if device == "cpu" and proto.needs_cuda(m)]
     modes = [m for m in modes if m not in cpu_skips]
-    kinds = csv_list([args.measure])
+    measurable = ("params", "flops", "latency", "sweep")
+    kinds = csv_list([args.measure or ",".join(measurable if device != "cpu" else measurable[:3])])
     for k in kinds:
-        if k not in ("params", "flops", "latency"):
-            raise BenchError(f"--measure: unknown measurement {k!r}; choose from params, flops, latency")
+        if k not in measurable:
+            raise BenchError(f"--measure: unknown measurement {k!r}; choose from {', '.join(measurable)}")
     shard = parse_shard(args.shard)
     if args.data_root is not None and len(datasets) != 1:
         raise BenchError("--data-root belongs to one dataset: pass it with a single --dataset (ade20k or cityscapes)")
@@ -86,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     slug = device_slug(device)
     store = RecordStore(args.results, slug)
     store.ensure_writable()
-    planned = jobs_mod.plan(names, datasets, modes, kinds=kinds, miou=args.data_root is not None)
+    sweep_mode = proto.SWEEP_MODE if device != "cpu" else "eager"
+    planned = jobs_mod.plan(names, datasets, modes, kinds=kinds, miou=args.data_root is not None, sweep_mode=sweep_mode)
     if shard:
         planned = jobs_mod.shard(planned, *shard)
     done = set() if args.force else store.done()
@@ -101,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         f"segbench run: {len(names)} architectures x {len(datasets)} datasets, {len(planned)} jobs on "
         f"{device} ({slug}); records in {store.path}"
     )
+    if device != "cpu" and {"latency", "sweep"} & set(kinds):
+        _ensure_peaks(store.path.parent, device, args.force, console)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with Progress(
         TextColumn("{task.description}"),
@@ -136,6 +147,21 @@ def run(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _ensure_peaks(folder: Path, device: str, force: bool, console) -> None:
+    """Measure the device's roofline ceilings once (a child process) and store them with the records."""
+    from bench.measure.roofline import read_peaks, write_peaks
+
+    if read_peaks(folder) is not None and not force:
+        return
+    message = jobs_mod.measure_device_peaks(device)
+    if message["status"] != OK:
+        console.print(f"  [yellow]roofline ceilings not measured[/]: {message['error']}")
+        return
+    write_peaks(folder, message["value"], message["provenance"])
+    peaks = ", ".join(f"{k} {v:.1f}" for k, v in message["value"].items())
+    console.print(f"  [green]ok[/]      device ceilings: {peaks}")
+
+
 def summarise(record: dict) -> str:
     value = record["value"] or {}
     kind = record["kind"]
@@ -145,7 +171,14 @@ def summarise(record: dict) -> str:
         extra = f", uncounted: {', '.join(value['uncounted'])}" if value.get("uncounted") else ""
         return f"{value['gflops']:.1f} GFLOPs at {value['input_size'][0]}x{value['input_size'][1]}{extra}"
     if kind == "latency":
-        return f"{value['median_ms']:.2f} ms median, {value['fps']:.1f} FPS ({record['device']})"
+        flags = [f for f in ("unstable", "throttled") if value.get(f)]
+        extra = f" [yellow]{', '.join(flags)}[/] (spread {100 * value['spread']:.1f}%)" if flags else ""
+        if value.get("compile_s") is not None:
+            extra += f", compiled in {value['compile_s']:.0f} s"
+        return f"{value['median_ms']:.2f} ms median, {value['fps']:.1f} FPS ({record['device']}){extra}"
+    if kind == "sweep":
+        stop = f"; {value['stopped']}" if value.get("stopped") else ""
+        return f"best batch {value['best_batch']}: {value['images_s']:.1f} images/s{stop}"
     if kind == "miou":
         return f"mIoU {value.get('mIoU', float('nan')):.2f}"
     return ""

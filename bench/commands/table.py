@@ -34,28 +34,28 @@ def device_folders(results: Path, device: str | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.records import RecordStore
-    from bench.report import build_frame, write_reports
-    from bench.report.table import to_markdown
+    from bench.report import write_reports
 
     load_plugins(args)
     formats = csv_list([args.format])
     unknown = set(formats) - {"md", "csv"}
     if unknown:
         raise BenchError(f"--format: unknown {', '.join(sorted(unknown))}; use md, csv or md,csv")
+    speeds = None
+    if getattr(args, "speed", None):
+        from bench.report.plot import SPEED_AXES
+
+        speeds = tuple(csv_list([args.speed]))
+        for speed in speeds:
+            if speed not in SPEED_AXES:
+                raise BenchError(f"--speed: unknown axis {speed!r}; choose from {', '.join(SPEED_AXES)}")
     for slug in device_folders(args.results, args.device):
-        paths = write_reports(args.results, slug, args.protocol, plots=args.plots)
+        paths = write_reports(args.results, slug, args.protocol, plots=args.plots, speeds=speeds)
         for path in paths:
             if path.suffix.lstrip(".") in formats or path.suffix in (".png", ".svg"):
                 print(f"wrote {path}")
-        if "md" in formats and not args.plots:
-            records = RecordStore(args.results, slug).read()
-            ok = [r for r in records if r.get("status") == "ok"]
-            device = ok[-1]["device"] if ok else "cpu"
+        table_md = next((p for p in paths if p.name == "table.md"), None)
+        if "md" in formats and not args.plots and table_md is not None:
             print(f"\n## {slug}\n")
-            print(
-                to_markdown(
-                    build_frame(records, args.protocol), device=device, provenance=ok[-1]["provenance"] if ok else None
-                )
-            )
+            print(table_md.read_text())
     return 0

@@ -67,14 +67,38 @@ def gpu_info(h) -> dict:
     }
 
 
+# NVML clock-event ("throttle") reasons that mean the GPU slowed itself down: software power
+# cap, hardware slowdown, software and hardware thermal slowdown, power-brake slowdown.
+SLOWDOWN_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+# A loop whose SM clock after is this much below the clock before has throttled.
+CLOCK_DROP = 0.05
+
+
+def _clock_event_reasons(h):
+    query = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+        pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+    )
+    return None if query is None else _query(query, h)
+
+
 def clocks(h) -> dict:
-    """SM clock and temperature now (for before/after a timed loop)."""
+    """SM clock, temperature and clock-event reasons now (for before/after a timed loop)."""
     if h is None:
         return {}
     return {
         "sm_clock_mhz": _query(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
         "temperature_c": _query(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+        "clock_event_reasons": _clock_event_reasons(h),
     }
+
+
+def throttled(before: dict, after: dict) -> bool:
+    """Whether the GPU slowed down during a loop: a slowdown reason after it, or a dropped SM clock."""
+    reasons = after.get("clock_event_reasons")
+    if reasons is not None and reasons & SLOWDOWN_REASONS:
+        return True
+    start, end = before.get("sm_clock_mhz"), after.get("sm_clock_mhz")
+    return bool(start and end and end < (1.0 - CLOCK_DROP) * start)
 
 
 @dataclass

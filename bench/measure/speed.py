@@ -1,8 +1,15 @@
 """Latency of one inference step: forward + bilinear resize of the logits to the input + argmax.
 
 CUDA: cudnn.benchmark on, warm-up, then timed repeats with a pair of CUDA events around every
-step. Mode ``graph`` captures the whole step (fp16 autocast, channels_last) into one CUDA graph
-and times its replay. CPU: the same loop timed with ``time.perf_counter`` (eager only).
+step. The graph modes capture the whole step into one CUDA graph and time its replay; ``compile``
+runs the step through torch.compile first (the compile time is recorded apart, never in the
+latency). CPU: the same loop timed with ``time.perf_counter`` (eager fp32 only).
+
+The number of steps per repeat adapts to the model (a repeat lasts at least ``min_repeat_s``);
+the spread of the repeats is recorded and a measurement whose spread exceeds
+`bench.protocol.MAX_SPREAD` is flagged ``unstable``; the SM clock and temperature are read before
+and after, and a clock that dropped (or an NVML throttle reason other than idle) flags
+``throttled``. `sweep_batches` runs the step at growing batch sizes until memory runs out.
 """
 
 from __future__ import annotations
@@ -10,27 +17,29 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.measure import nvml
-from bench.protocol import MODES, SpeedProtocol
+from bench.protocol import COMPILE_MODE, MAX_SPREAD, MODES, SpeedProtocol, needs_cuda
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class ModeUnavailable(RuntimeError):
-    """The mode cannot run on this device (CUDA graphs on a CPU)."""
+    """The mode cannot run on this device (CUDA graphs, fp16 or torch.compile on a CPU)."""
 
 
 @dataclass
 class LatencyResult:
     """Statistics of the timed steps (milliseconds).
 
-    ``spread`` is (max - min) / median of the per-repeat medians: how far repeats disagree.
+    ``spread`` is (max - min) / median of the per-repeat medians: how far repeats disagree;
+    ``unstable`` says it exceeds `bench.protocol.MAX_SPREAD`. ``compile_s`` is the time of the
+    first (compiling) call in mode ``compile``, excluded from every latency.
     """
 
     median_ms: float
@@ -49,6 +58,10 @@ class LatencyResult:
     power_w: float | None = None
     telemetry_before: dict = field(default_factory=dict)
     telemetry_after: dict = field(default_factory=dict)
+    unstable: bool = False
+    throttled: bool = False
+    compile_s: float | None = None
+    tf32: bool | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -133,18 +146,27 @@ def measure_latency(
     settings = MODES[mode]
     device = torch.device(device)
     on_cuda = device.type == "cuda"
-    if settings["cuda_graph"] and not on_cuda:
-        raise ModeUnavailable(f"mode {mode!r} needs a CUDA GPU (CUDA-graph replay)")
+    if needs_cuda(mode) and not on_cuda:
+        raise ModeUnavailable(f"mode {mode!r} needs a CUDA GPU; on a CPU only mode 'eager' runs")
     if on_cuda:
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).eval()
     x = torch.randn(protocol.batch, 3, *input_size, device=device).contiguous(memory_format=memory_format)
+    sync = torch.cuda.synchronize if on_cuda else (lambda *_: None)
 
     with torch.no_grad():
+        compile_s = None
+        if settings["compile"]:
+            model = torch.compile(model, mode=COMPILE_MODE)
         step = inference_step(model, x, settings["precision"])
+        if settings["compile"]:
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            compile_s = time.perf_counter() - t0
         if on_cuda:
-            torch.cuda.synchronize(device)
+            sync(device)
             torch.cuda.reset_peak_memory_stats(device)
         fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] else step
         timer = _time_cuda if on_cuda else _time_cpu
@@ -164,6 +186,7 @@ def measure_latency(
     medians = [statistics.median(rep) for rep in per_repeat]
     median = statistics.median(times)
     frames = len(times) * protocol.batch
+    spread = (max(medians) - min(medians)) / statistics.median(medians)
     return LatencyResult(
         median_ms=median,
         p90_ms=_percentile(times, 0.9),
@@ -173,7 +196,7 @@ def measure_latency(
         steps=steps,
         repeats=protocol.repeats,
         repeat_medians_ms=medians,
-        spread=(max(medians) - min(medians)) / statistics.median(medians),
+        spread=spread,
         batch=protocol.batch,
         input_size=tuple(input_size),
         peak_memory_mb=peak,
@@ -181,4 +204,90 @@ def measure_latency(
         power_w=None if energy is None else energy.watts,
         telemetry_before=before,
         telemetry_after=after,
+        unstable=spread > MAX_SPREAD,
+        throttled=nvml.throttled(before, after),
+        compile_s=compile_s,
+        tf32=bool(torch.backends.cudnn.allow_tf32) if on_cuda else None,
     )
+
+
+@dataclass
+class SweepResult:
+    """Throughput at growing batch sizes in one mode.
+
+    Args:
+        points: per batch size: images/s, median step latency and peak memory.
+        best_batch: the batch size with the most images/s.
+        images_s: images/s at ``best_batch``.
+        stopped: why the sweep ended before its last batch size (memory), or None.
+    """
+
+    mode: str
+    points: list[dict]
+    best_batch: int
+    images_s: float
+    stopped: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def sweep_batches(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    device: str | torch.device,
+    mode: str,
+    protocol: SpeedProtocol,
+    batches: tuple[int, ...],
+) -> SweepResult:
+    """Time the step at each batch size until one would not fit (or runs out of) device memory.
+
+    Args:
+        model: the model in eval mode.
+        input_size: (H, W) of each image.
+        device: ``cuda[:i]`` or ``cpu``.
+        mode: the speed mode of every point.
+        protocol: warm-up and repeats per point (its ``batch`` is replaced by each batch size).
+        batches: batch sizes in increasing order.
+    """
+    device = torch.device(device)
+    points: list[dict] = []
+    stopped = None
+    for batch in batches:
+        if device.type == "cuda" and points:
+            free, _ = torch.cuda.mem_get_info(device)
+            # Memory grows about linearly with the batch: stop before a capture would run out.
+            needed_mb = points[-1]["peak_memory_mb"] * batch / points[-1]["batch"]
+            if needed_mb * 2**20 > 0.9 * (free + torch.cuda.memory_reserved(device)):
+                stopped = f"batch {batch} would need about {needed_mb:.0f} MiB"
+                break
+        try:
+            result = measure_latency(
+                model, input_size, device=device, mode=mode, protocol=replace(protocol, batch=batch)
+            )
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_oom(exc):
+                raise
+            stopped = f"out of memory at batch {batch}"
+            break
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        points.append(
+            {
+                "batch": batch,
+                "images_s": result.fps,
+                "median_ms": result.median_ms,
+                "peak_memory_mb": result.peak_memory_mb,
+                "spread": result.spread,
+            }
+        )
+    if not points:
+        raise torch.cuda.OutOfMemoryError(f"{stopped}: not even batch {batches[0]} fits")
+    best = max(points, key=lambda p: p["images_s"])
+    return SweepResult(mode=mode, points=points, best_batch=best["batch"], images_s=best["images_s"], stopped=stopped)

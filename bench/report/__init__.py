@@ -5,26 +5,37 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import protocol as proto
+from bench.measure.roofline import read_peaks
 from bench.records import RecordStore
 from bench.report.plot import write_plots
 from bench.report.table import build_frame, published_frame, write_table
 
 
 def write_reports(
-    results: Path, device_slug: str, protocol: str = proto.PROTOCOL_VERSION, plots: bool = True
+    results: Path,
+    device_slug: str,
+    protocol: str = proto.PROTOCOL_VERSION,
+    plots: bool = True,
+    speeds: tuple[str, ...] | None = None,
 ) -> list[Path]:
-    """Regenerate table.md, table.csv and the plots of one device folder; returns the paths."""
+    """Regenerate table.md, table.csv (speed.md) and the plots of one device folder; returns the paths.
+
+    Args:
+        speeds: the speed axes plotted (`bench.report.plot.SPEED_AXES`); default: every measured mode.
+    """
     store = RecordStore(Path(results), device_slug)
     records = store.read()
     if not records:
         return []
-    frame = build_frame(records, protocol)
+    stored = read_peaks(store.folder)
+    peaks = stored["peaks"] if stored else None
+    frame = build_frame(records, protocol, peaks)
     latest = [r for r in records if r.get("status") == "ok" and r.get("protocol") == protocol]
     provenance = latest[-1].get("provenance") if latest else None
     device = latest[-1]["device"] if latest else "cpu"
-    paths = write_table(frame, store.folder, device=device, provenance=provenance)
+    paths = write_table(frame, store.folder, device=device, provenance=provenance, peaks=peaks)
     if plots:
-        paths += write_plots(frame, store.folder, device=device)
+        paths += write_plots(frame, store.folder, device=device, speeds=speeds)
     reported = Path(results) / "reported.csv"
     published_frame().to_csv(reported, index=False)
     return paths + [reported]

@@ -1,4 +1,7 @@
-"""Accuracy-versus-speed plots (matplotlib): mIoU against FPS on a log axis, one per dataset.
+"""Accuracy-versus-speed plots (matplotlib): mIoU against a speed axis (log), one per dataset.
+
+The speed axis is any measured speed mode's FPS (``eager``, ``graph``, ``compile``, ...) or the
+batch sweep's best throughput (``best-batch``, images/s).
 
 Published points are hollow; measured-speed points are filled (a circle when the mIoU was
 measured too, a diamond when it is the published mIoU). Marker area is proportional to the
@@ -18,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from bench import protocol as proto  # noqa: E402
 
-SPEED_COLUMNS = {"eager": "fps_eager", "graph": "fps_graph"}
+SPEED_AXES = {**{mode: f"fps_{mode}" for mode in proto.MODES}, "best-batch": "images_s_best"}
 
 
 def _ok(value) -> bool:
@@ -38,7 +41,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out_stem: Path) -> list[Path]:
     """Write ``<out_stem>.png`` and ``.svg``; returns the paths (none when nothing can be plotted)."""
     title = proto.DATASETS[dataset].title
-    fps_col = f"{dataset}_{SPEED_COLUMNS[speed]}"
+    fps_col = f"{dataset}_{SPEED_AXES[speed]}"
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
     measured, plotted = [], False
     for _, row in frame.iterrows():
@@ -68,8 +71,10 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
         ax.plot(*zip(*front), color="tab:blue", linestyle="--", linewidth=1, label="Pareto front (measured)")
     ax.set_xscale("log")
     where = "CPU" if device == "cpu" else "GPU"
-    precision = proto.MODES[speed]["precision"]
-    ax.set_xlabel(f"FPS, log scale (measured: {where}, {speed} {precision}, batch 1)")
+    if speed in proto.MODES:
+        ax.set_xlabel(f"FPS, log scale (measured: {where}, {speed} {proto.MODES[speed]['precision']}, batch 1)")
+    else:
+        ax.set_xlabel(f"images/s at the best batch size, log scale (measured: {where}, batch sweep)")
     ax.set_ylabel(f"{title} mIoU (%)")
     ax.set_title(f"{title}: accuracy vs speed (protocol v{proto.PROTOCOL_VERSION})")
     legend = [
@@ -109,13 +114,13 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     return paths
 
 
-def write_plots(frame: pd.DataFrame, folder: Path, *, device: str, speeds=("eager", "graph")) -> list[Path]:
-    """One plot per dataset and per speed mode that has measurements (eager at least)."""
+def write_plots(frame: pd.DataFrame, folder: Path, *, device: str, speeds: tuple[str, ...] | None = None) -> list[Path]:
+    """One plot per dataset and speed axis: the axes asked for, else every measured one (eager at least)."""
     paths = []
     for dataset in proto.DATASETS:
-        for speed in speeds:
-            column = f"{dataset}_{SPEED_COLUMNS[speed]}"
+        for speed in speeds or tuple(SPEED_AXES):
+            column = f"{dataset}_{SPEED_AXES[speed]}"
             measured = column in frame and frame[column].notna().any()
-            if measured or speed == "eager":
+            if measured or speed == "eager" or speeds:
                 paths += plot_dataset(frame, dataset, speed, device, folder / "plots" / f"{dataset}_{speed}")
     return paths

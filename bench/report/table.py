@@ -15,6 +15,7 @@ import pandas as pd
 import archs
 from bench import protocol as proto
 from bench.compare import delta
+from bench.measure import roofline
 from bench.records import OK, record_key
 
 MISSING = "—"
@@ -52,8 +53,14 @@ def arch_order(names: set[str]) -> list[str]:
     return ordered + sorted(names - set(ordered))
 
 
-def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION) -> pd.DataFrame:
-    """One row per architecture with measured and published columns (the CSV's content)."""
+def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, peaks: dict | None = None) -> pd.DataFrame:
+    """One row per architecture with measured and published columns (the CSV's content).
+
+    Args:
+        records: every record of one device folder.
+        protocol: the protocol version tabulated (other versions are left out).
+        peaks: the device's roofline ceilings (`bench.measure.roofline`), for the % of peak columns.
+    """
     latest = latest_ok(records, protocol)
     values: dict[tuple, dict] = {}
     for (arch, dataset, kind, mode, _, _), record in latest.items():
@@ -82,10 +89,27 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION) -> 
             row[f"{ds}_gflops"] = gflops
             row[f"{ds}_gflops_published"] = pub.gflops if pub else None
             row[f"{ds}_gflops_delta_pct"] = _pct(gflops, pub.gflops if pub else None)
-            for mode in proto.MODES:
+            for mode, settings in proto.MODES.items():
+                latency = _value(values, name, ds, "latency", mode, "median_ms")
                 row[f"{ds}_fps_{mode}"] = _value(values, name, ds, "latency", mode, "fps")
-                row[f"{ds}_latency_{mode}_ms"] = _value(values, name, ds, "latency", mode, "median_ms")
+                row[f"{ds}_latency_{mode}_ms"] = latency
                 row[f"{ds}_energy_{mode}_j"] = _value(values, name, ds, "latency", mode, "energy_j_per_frame")
+                row[f"{ds}_spread_{mode}_pct"] = _scaled(_value(values, name, ds, "latency", mode, "spread"), 100)
+                row[f"{ds}_unstable_{mode}"] = _value(values, name, ds, "latency", mode, "unstable")
+                row[f"{ds}_throttled_{mode}"] = _value(values, name, ds, "latency", mode, "throttled")
+                tflops = roofline.achieved_tflops(gflops * 1e9, latency) if gflops and latency else None
+                tf32 = _value(values, name, ds, "latency", mode, "tf32")
+                share = roofline.share_of_peak(tflops, peaks, settings["precision"], tf32) if tflops else None
+                row[f"{ds}_tflops_{mode}"] = tflops
+                row[f"{ds}_peak_{mode}_pct"] = _scaled(share, 100)
+            row[f"{ds}_compile_s"] = _value(values, name, ds, "latency", "compile", "compile_s")
+            overhead = roofline.launch_overhead_share(row[f"{ds}_latency_eager_ms"], row[f"{ds}_latency_graph-fp32_ms"])
+            row[f"{ds}_launch_overhead_pct"] = _scaled(overhead, 100)
+            row[f"{ds}_bound"] = roofline.bound(overhead)
+            sweep_mode = next((m for (a, d, k, m) in values if (a, d, k) == (name, ds, "sweep")), None)
+            row[f"{ds}_sweep_mode"] = sweep_mode
+            row[f"{ds}_best_batch"] = _value(values, name, ds, "sweep", sweep_mode, "best_batch")
+            row[f"{ds}_images_s_best"] = _value(values, name, ds, "sweep", sweep_mode, "images_s")
             row[f"{ds}_fps_published"] = pub.fps if pub else None
             row[f"{ds}_miou"] = _value(values, name, ds, "miou", "eager", "mIoU")
             row[f"{ds}_miou_published"] = pub.miou if pub else None
@@ -98,6 +122,10 @@ def _value(values: dict, arch: str, dataset: str, kind: str, mode: str | None, f
     if record is None or not record.get("value"):
         return None
     return record["value"].get(field)
+
+
+def _scaled(value, factor: float):
+    return None if value is None else value * factor
 
 
 def _pct(measured, published) -> float | None:
@@ -125,11 +153,21 @@ def _pair(measured, published, digits: int, pct=None) -> str:
 def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = None) -> str:
     """The Markdown table with its footnotes (protocol, device, FLOP convention, spec notes)."""
     speed = "CPU" if device == "cpu" else "GPU"
-    modes = [m for m in proto.MODES if device != "cpu" or not proto.MODES[m]["cuda_graph"]]
+    modes = measured_modes(frame, device)
+    extras = [
+        (column, title, digits)
+        for column, title, digits in (
+            ("images_s_best", "img/s best batch", 1),
+            ("energy_graph_j", "J/frame graph", 3),
+            ("peak_graph_pct", "% peak graph", 1),
+        )
+        if _has(frame, column)
+    ]
     headers = ["", "Method", "Encoder", "Params M (ours / pub.)"]
     for ds in proto.DATASETS.values():
         headers += [f"{ds.title} GFLOPs (ours / pub.)"]
         headers += [f"{ds.title} FPS {speed} {m} {proto.MODES[m]['precision']}" for m in modes]
+        headers += [f"{ds.title} {title}" for _, title, _ in extras]
         headers += [f"{ds.title} FPS pub.", f"{ds.title} mIoU (ours / pub.)"]
     lines, notes, previous_group = [], [], None
     for _, row in frame.iterrows():
@@ -143,7 +181,8 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
             size = _n(row[f"{ds}_input"])
             if size and tuple(map(int, size.split("x"))) != proto.DATASETS[ds].input_size:
                 gflops += f" @{size}"
-            cells += [gflops] + [_num(_n(row[f"{ds}_fps_{m}"]), 1) for m in modes]
+            cells += [gflops] + [_fps_cell(row, ds, m) for m in modes]
+            cells += [_num(_n(row[f"{ds}_{column}"]), digits) for column, _, digits in extras]
             cells += [
                 _num(_n(row[f"{ds}_fps_published"]), 1),
                 _pair(_n(row[f"{ds}_miou"]), _n(row[f"{ds}_miou_published"]), 2),
@@ -152,13 +191,16 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
         spec = _spec(row["arch"])
         published_notes = (pub.note for pub in (spec.published.values() if spec else []) if pub.note)
         notes += [f"{row['method']} {row['encoder']}: {note}" for note in dict.fromkeys(published_notes)]
-    table = pd.DataFrame(lines, columns=headers).to_markdown(index=False)
+    table = pd.DataFrame(lines, columns=headers).to_markdown(index=False, disable_numparse=True)
     footer = [
         "",
         f"Protocol v{proto.PROTOCOL_VERSION}: batch 1; ADE20K 512x512 (150 classes), "
         "Cityscapes 1024x2048 (19 classes), or the published size where marked @HxW. "
         "Speed: forward + bilinear resize of the logits + argmax, "
-        "median of timed steps; eager = fp32, graph = fp16 autocast + channels_last + CUDA-graph replay.",
+        "median of timed steps; eager = fp32, graph = fp16 autocast + channels_last + CUDA-graph replay; "
+        f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled. "
+        "img/s best batch: the batch sweep's best throughput (speed.md lists every mode, the roofline and the "
+        "launch overhead).",
         f"Measured on: {_device_line(device, provenance)}. Published FPS come from the papers' own GPUs "
         "(SegFormer: V100) and are not comparable with ours.",
         FLOPS_NOTE,
@@ -166,6 +208,73 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
     ]
     footer += [f"- {n}" for n in dict.fromkeys(notes)]
     return table + "\n" + "\n".join(footer) + "\n"
+
+
+def _has(frame: pd.DataFrame, suffix: str) -> bool:
+    """Whether any dataset column ``<dataset>_<suffix>`` holds a value."""
+    return any(f"{ds}_{suffix}" in frame and frame[f"{ds}_{suffix}"].notna().any() for ds in proto.DATASETS)
+
+
+def measured_modes(frame: pd.DataFrame, device: str) -> list[str]:
+    """The speed modes a table shows: on a GPU eager and graph always, the others where measured; on a CPU eager."""
+    if device == "cpu":
+        return [m for m in proto.MODES if not proto.needs_cuda(m)]
+    return [m for m in proto.MODES if m in ("eager", "graph") or _has(frame, f"fps_{m}")]
+
+
+def _flags(row, ds: str, mode: str) -> str:
+    """† for a measurement whose repeats spread too far, ‡ for one during which the GPU throttled."""
+    return "".join(f for f, key in (("†", "unstable"), ("‡", "throttled")) if _n(row.get(f"{ds}_{key}_{mode}")))
+
+
+def _fps_cell(row, ds: str, mode: str) -> str:
+    return _num(_n(row[f"{ds}_fps_{mode}"]), 1) + _flags(row, ds, mode)
+
+
+def to_speed_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None, peaks: dict | None) -> str:
+    """Every measured speed mode per dataset: latency, spread, achieved TFLOP/s, % of peak, launch overhead."""
+    modes = measured_modes(frame, device)
+    parts = []
+    for ds, dsp in proto.DATASETS.items():
+        if not any(f"{ds}_latency_{m}_ms" in frame and frame[f"{ds}_latency_{m}_ms"].notna().any() for m in modes):
+            continue
+        headers = ["Method", "Encoder"]
+        for m in modes:
+            headers += [f"{m} ms (spread %)", f"{m} TFLOP/s (% peak)"]
+        headers += ["launch overhead %", "bound", "best batch: img/s", "compile s"]
+        rows = []
+        for _, row in frame.iterrows():
+            cells = [row["method"], row["encoder"]]
+            for m in modes:
+                latency = _n(row[f"{ds}_latency_{m}_ms"])
+                spread = _n(row[f"{ds}_spread_{m}_pct"])
+                cells.append(MISSING if latency is None else f"{latency:.2f} ({_num(spread, 1)}){_flags(row, ds, m)}")
+                tflops, pct = _n(row[f"{ds}_tflops_{m}"]), _n(row[f"{ds}_peak_{m}_pct"])
+                cells.append(MISSING if tflops is None else f"{tflops:.1f} ({_num(pct, 1)})")
+            batch, images = _n(row[f"{ds}_best_batch"]), _n(row[f"{ds}_images_s_best"])
+            cells += [
+                _num(_n(row[f"{ds}_launch_overhead_pct"]), 0),
+                _n(row[f"{ds}_bound"]) or MISSING,
+                MISSING if images is None else f"{int(batch)}: {images:.1f}",
+                _num(_n(row[f"{ds}_compile_s"]), 0),
+            ]
+            rows.append(cells)
+        size = "x".join(map(str, dsp.input_size))
+        parts.append(f"### {dsp.title} ({size} unless the table says otherwise)\n\n")
+        parts.append(pd.DataFrame(rows, columns=headers).to_markdown(index=False, disable_numparse=True) + "\n\n")
+    if not parts:
+        return ""
+    ceilings = ", ".join(f"{k} {v:.1f}" for k, v in (peaks or {}).items()) or "not measured"
+    footer = [
+        "",
+        f"Measured on: {_device_line(device, provenance)}. Device ceilings (matmul TFLOP/s, copy TB/s): {ceilings}.",
+        "TFLOP/s: 2 x the model's fvcore multiply-adds per image / median latency (the step's resize and argmax "
+        "add to the time, not to the count); % peak: against the matmul ceiling of the mode's precision "
+        "(fp32 against TF32 when cuDNN may use it). Launch overhead: 1 - graph-fp32 / eager latency, the share of "
+        "the eager step that CUDA-graph replay removes; bound = launch when it is 50% or more. "
+        f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled.",
+    ]
+    return "".join(parts) + "\n".join(footer[1:]) + "\n"
 
 
 def _n(value):
@@ -188,12 +297,20 @@ def _device_line(device: str, prov: dict | None) -> str:
     return f"{what}; torch {prov.get('torch', '?')}" + (f"; segbench {commit[:10]}" if commit else "")
 
 
-def write_table(frame: pd.DataFrame, folder: Path, *, device: str, provenance: dict | None) -> list[Path]:
+def write_table(
+    frame: pd.DataFrame, folder: Path, *, device: str, provenance: dict | None, peaks: dict | None = None
+) -> list[Path]:
+    """table.md, table.csv and (where speed was measured on a GPU) speed.md of one device folder."""
     folder.mkdir(parents=True, exist_ok=True)
     md, csv = folder / "table.md", folder / "table.csv"
     _atomic_write(md, to_markdown(frame, device=device, provenance=provenance))
     _atomic_write(csv, frame.to_csv(index=False, float_format="%.6g"))
-    return [md, csv]
+    paths = [md, csv]
+    speed = to_speed_markdown(frame, device=device, provenance=provenance, peaks=peaks) if device != "cpu" else ""
+    if speed:
+        _atomic_write(folder / "speed.md", speed)
+        paths.append(folder / "speed.md")
+    return paths
 
 
 def _atomic_write(path: Path, text: str) -> None:

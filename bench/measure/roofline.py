@@ -1,0 +1,126 @@
+"""Roofline: what a model achieves against what the GPU can do, measured by the harness itself.
+
+The ceilings are measured once per device and stored beside its records
+(``results/<device>/peaks.json``, with the device's provenance): a large square matmul per
+precision (fp32 with TF32 off, TF32, fp16, bf16), in TFLOP/s counting two FLOPs per multiply-add
+as matmul peaks are quoted, and a device-to-device copy in TB/s counting the bytes read and
+written. A latency record then gives the achieved TFLOP/s of its mode (2 x the model's
+multiply-adds per image x batch / latency) and its share of the ceiling for the precision used
+(fp32 is compared with the TF32 ceiling when cuDNN was allowed TF32, PyTorch's default for
+convolutions). The gap between `eager` and `graph-fp32`, which differ only by the CUDA-graph
+replay, is the share of the eager step spent launching kernels from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+PEAKS_FILE = "peaks.json"
+MATMUL_N = 8192
+COPY_BYTES = 2**30
+# A step at least this much slower in eager than in graph-fp32 is bound by CPU launch overhead.
+LAUNCH_BOUND_SHARE = 0.5
+
+
+def _time_ms(fn, iters: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def measure_peaks(device: str | torch.device = "cuda", n: int = MATMUL_N, copy_bytes: int = COPY_BYTES) -> dict:
+    """Matmul TFLOP/s per precision and copy TB/s of one CUDA device.
+
+    Args:
+        device: the CUDA device.
+        n: side of the square matmul operands.
+        copy_bytes: size of the copied buffer.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError("the roofline ceilings are measured on a CUDA device")
+    peaks = {}
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, dtype, tf32 in (
+            ("fp32", torch.float32, False),
+            ("tf32", torch.float32, True),
+            ("fp16", torch.float16, False),
+            ("bf16", torch.bfloat16, False),
+        ):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            ms = _time_ms(lambda a=a, b=b: torch.mm(a, b), 20)
+            peaks[f"matmul_{name}_tflops"] = 2 * n**3 / (ms / 1000) / 1e12
+            del a, b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    src = torch.empty(copy_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = _time_ms(lambda s=src, d=dst: d.copy_(s), 20)
+    peaks["copy_tb_s"] = 2 * copy_bytes / (ms / 1000) / 1e12
+    return peaks
+
+
+def read_peaks(folder: Path) -> dict | None:
+    """The stored ceilings of a device folder (``{"peaks": ..., "provenance": ...}``), or None."""
+    path = Path(folder) / PEAKS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_peaks(folder: Path, peaks: dict, provenance: dict) -> Path:
+    """Store the ceilings atomically beside the device's records."""
+    path = Path(folder) / PEAKS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    measured_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    tmp.write_text(json.dumps({"peaks": peaks, "provenance": provenance, "measured_at": measured_at}, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def peak_key(precision: str, tf32: bool | None) -> str:
+    """The ceiling a step of ``precision`` is compared with."""
+    if precision == "fp32":
+        return "matmul_tf32_tflops" if tf32 else "matmul_fp32_tflops"
+    return f"matmul_{precision}_tflops"
+
+
+def achieved_tflops(macs_per_image: float, latency_ms: float, batch: int = 1) -> float:
+    """TFLOP/s of a step (two FLOPs per multiply-add, as the matmul ceilings count)."""
+    return 2.0 * macs_per_image * batch / (latency_ms / 1000.0) / 1e12
+
+
+def share_of_peak(tflops: float, peaks: dict | None, precision: str, tf32: bool | None) -> float | None:
+    """Achieved TFLOP/s over the device's ceiling for the precision (None without ceilings)."""
+    ceiling = (peaks or {}).get(peak_key(precision, tf32))
+    return tflops / ceiling if ceiling else None
+
+
+def launch_overhead_share(eager_ms: float | None, graph_fp32_ms: float | None) -> float | None:
+    """Share of the eager step that CUDA-graph replay removes (None unless both were measured)."""
+    if not eager_ms or not graph_fp32_ms:
+        return None
+    return max(0.0, 1.0 - graph_fp32_ms / eager_ms)
+
+
+def bound(overhead_share: float | None) -> str | None:
+    """``launch`` when Python kernel launches dominate the eager step, else ``GPU``."""
+    if overhead_share is None:
+        return None
+    return "launch" if overhead_share >= LAUNCH_BOUND_SHARE else "GPU"
