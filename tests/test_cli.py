@@ -98,6 +98,10 @@ def test_table_and_plot_commands_regenerate_from_records(finished_run):
         (("run", "--arch", "toy-w4", "--shard", "3/2"), "--shard '3/2'"),
         (("run", "--arch", "toy-w4", "--plugin", "no_such_module"), "cannot import model module 'no_such_module'"),
         (("table", "--device", "nowhere"), "no records for device 'nowhere'"),
+        (("run", "--arch", "toy-w4", "--modes", "turbo"), "unknown mode 'turbo'; choose from eager, graph"),
+        (("run", "--arch", "toy-w4", "--measure", "vibes"), "unknown measurement 'vibes'; choose from"),
+        (("plot", "--speed", "warp"), "--speed: unknown axis 'warp'; choose from eager"),
+        (("overhead", "--arch", "toy-w4", "--device", "cpu"), "run it on a GPU (--device cuda)"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args, message):

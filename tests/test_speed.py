@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.measure import nvml, roofline
-from bench.measure.speed import ModeUnavailable, inference_step, measure_latency, sweep_batches
+from bench.measure.speed import ModeUnavailable, bare_latency, inference_step, measure_latency, sweep_batches
 from bench.protocol import MAX_SPREAD, MODES, SPEED, SpeedProtocol, needs_cuda
 from tests.conftest import run_bench
 from tests.toy_models import ToyNet
@@ -136,3 +136,15 @@ def test_cuda_sweep_and_ceilings():
 def test_compile_time_is_recorded_apart_from_the_latency():
     result = measure_latency(ToyNet(5), (64, 64), device="cuda", mode="compile", protocol=SPEED["cuda"])
     assert result.compile_s > 0 and result.median_ms < 1000 * result.compile_s
+
+
+@pytest.mark.gpu
+def test_the_bare_loop_times_the_same_callable():
+    ours = measure_latency(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=SPEED["cuda"])
+    bare = bare_latency(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=SPEED["cuda"], steps=ours.steps)
+    assert bare > 0 and ours.mean_ms > 0
+
+
+def test_the_bare_loop_needs_cuda():
+    with pytest.raises(ModeUnavailable, match="CUDA"):
+        bare_latency(ToyNet(5), (32, 32), device="cpu", mode="eager", protocol=FAST, steps=2)

@@ -124,6 +124,63 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def prepare_step(
+    model: nn.Module, input_size: tuple[int, int], *, device: torch.device, mode: str, protocol: SpeedProtocol
+):
+    """The step of ``mode`` ready to time (compiled, captured), and the compile time in seconds (or None).
+
+    Call under ``torch.no_grad()``; resets the device's peak-memory statistics before the capture.
+    """
+    settings = MODES[mode]
+    on_cuda = device.type == "cuda"
+    if needs_cuda(mode) and not on_cuda:
+        raise ModeUnavailable(f"mode {mode!r} needs a CUDA GPU; on a CPU only mode 'eager' runs")
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+    memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format).eval()
+    x = torch.randn(protocol.batch, 3, *input_size, device=device).contiguous(memory_format=memory_format)
+    compile_s = None
+    if settings["compile"]:
+        model = torch.compile(model, mode=COMPILE_MODE)
+    step = inference_step(model, x, settings["precision"])
+    if settings["compile"]:
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        compile_s = time.perf_counter() - t0
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] else step
+    return fn, compile_s
+
+
+def bare_latency(
+    model: nn.Module, input_size: tuple[int, int], *, device: str | torch.device, mode: str, protocol: SpeedProtocol,
+    steps: int,
+) -> float:  # fmt: skip
+    """Mean ms per step of the same callable `measure_latency` times, in a bare loop between two CUDA events.
+
+    The reference for the harness's own overhead: no per-step events, no statistics, no telemetry.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ModeUnavailable("the bare CUDA-event loop needs a CUDA GPU")
+    with torch.no_grad():
+        fn, _ = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
+        for _ in range(protocol.warmup_steps):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for _ in range(steps):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+    return start.elapsed_time(end) / steps
+
+
 def measure_latency(
     model: nn.Module,
     input_size: tuple[int, int],
@@ -139,36 +196,14 @@ def measure_latency(
         model: the model in eval mode (moved to ``device`` here).
         input_size: (H, W) of the random input.
         device: ``cuda[:i]`` or ``cpu``.
-        mode: a key of `bench.protocol.MODES` (``eager`` or ``graph``).
+        mode: a key of `bench.protocol.MODES`.
         protocol: warm-up, repeats and step counts.
         nvml_handle: NVML handle of the GPU for clocks and energy (None: no telemetry).
     """
-    settings = MODES[mode]
     device = torch.device(device)
     on_cuda = device.type == "cuda"
-    if needs_cuda(mode) and not on_cuda:
-        raise ModeUnavailable(f"mode {mode!r} needs a CUDA GPU; on a CPU only mode 'eager' runs")
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True
-    memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format).eval()
-    x = torch.randn(protocol.batch, 3, *input_size, device=device).contiguous(memory_format=memory_format)
-    sync = torch.cuda.synchronize if on_cuda else (lambda *_: None)
-
     with torch.no_grad():
-        compile_s = None
-        if settings["compile"]:
-            model = torch.compile(model, mode=COMPILE_MODE)
-        step = inference_step(model, x, settings["precision"])
-        if settings["compile"]:
-            t0 = time.perf_counter()
-            step()
-            sync(device)
-            compile_s = time.perf_counter() - t0
-        if on_cuda:
-            sync(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] else step
+        fn, compile_s = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
         timer = _time_cuda if on_cuda else _time_cpu
         warm = timer(fn, protocol.warmup_steps)
         estimate_ms = statistics.median(warm) if warm else 1.0

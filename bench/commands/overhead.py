@@ -1,0 +1,81 @@
+"""`bench overhead`: the harness's own cost — `bench` latency against a bare CUDA-event loop, one process."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench import protocol as proto
+from bench.commands.common import add_plugin_argument, csv_list, load_plugins, resolve_device
+from bench.errors import BenchError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "overhead",
+        help="bench's latency against a bare CUDA-event loop around the same step (GPU): the harness's overhead",
+    )
+    p.add_argument("--arch", action="append", default=[], help="models (default: the realtime suite)")
+    p.add_argument("--dataset", default="ade20k", help="protocol dataset (input size, classes)")
+    p.add_argument("--modes", default="eager,graph", help="speed modes")
+    p.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    p.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/<device>/overhead.md")
+    add_plugin_argument(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import archs
+    from bench.measure.speed import bare_latency, measure_latency
+    from bench.provenance import device_slug, provenance
+    from bench.suites import get_suite
+
+    load_plugins(args)
+    device = resolve_device(args.device)
+    if device == "cpu":
+        raise BenchError("bench overhead compares CUDA-event loops: run it on a GPU (--device cuda)")
+    names = csv_list(args.arch) or get_suite("realtime").names()
+    try:
+        ds = proto.dataset(args.dataset)
+    except ValueError as exc:
+        raise BenchError(f"--dataset: {exc}") from None
+    modes = csv_list([args.modes])
+    for mode in modes:
+        if mode not in proto.MODES:
+            raise BenchError(f"--modes: unknown mode {mode!r}; choose from {', '.join(proto.MODES)}")
+    speed = proto.SPEED["cuda"]
+    rows = []
+    for name in names:
+        spec = archs.get_spec(name)
+        size = proto.input_size(spec, ds.name)
+        for mode in modes:
+            model = archs.build(name, num_classes=ds.num_classes)
+            ours = measure_latency(model, size, device=device, mode=mode, protocol=speed)
+            bare = bare_latency(model, size, device=device, mode=mode, protocol=speed, steps=ours.steps * ours.repeats)
+            rows.append(
+                {
+                    "arch": name,
+                    "input": "x".join(map(str, size)),
+                    "mode": mode,
+                    "bench_median_ms": ours.median_ms,
+                    "bench_mean_ms": ours.mean_ms,
+                    "bare_mean_ms": bare,
+                    "overhead_pct": 100.0 * (ours.mean_ms / bare - 1.0),
+                }
+            )
+            print(f"{name} {mode}: bench {ours.mean_ms:.3f} ms mean vs bare loop {bare:.3f} ms")
+    folder = args.results / device_slug(device)
+    folder.mkdir(parents=True, exist_ok=True)
+    prov = provenance(device)
+    text = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
+    text += (
+        f"\n\nOne process on {prov.get('gpu_name')}, driver {prov.get('driver')}, torch {prov['torch']}, segbench "
+        f"{(prov.get('git_commit') or '?')[:10]}. bench: `measure_latency` (a pair of CUDA events around every step, "
+        "repeats, NVML telemetry); bare: one pair of CUDA events around the same number of steps of the same "
+        "callable. overhead = bench mean / bare mean - 1.\n"
+    )
+    (folder / "overhead.md").write_text(text)
+    print(f"wrote {folder / 'overhead.md'}")
+    return 0
