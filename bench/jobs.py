@@ -114,7 +114,12 @@ def measure(job: Job, options: RunOptions) -> dict:
         return {**result.as_dict(), **proto.MODES[job.mode]}
     if job.kind == "sweep":
         result = sweep_batches(
-            model, size, device=device, mode=job.mode, protocol=proto.SPEED[device.type], batches=proto.SWEEP_BATCHES
+            model,
+            size,
+            device=device,
+            mode=job.mode,
+            protocol=proto.SWEEP[device.type],
+            batches=proto.SWEEP_BATCHES[device.type],
         )
         return {**result.as_dict(), **proto.MODES[job.mode]}
     if job.kind == "miou":

@@ -89,9 +89,15 @@ COMPILE_MODE = "default"
 
 # A measurement whose repeats disagree by more than this share of the median is flagged unstable.
 MAX_SPREAD = 0.02
-# The batch sweep: batch sizes tried (until one runs out of memory), in this speed mode.
-SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+# The batch sweep: batch sizes tried (until one runs out of memory), in this speed mode, each
+# point timed with fewer and shorter repeats than a latency (a throughput curve, not a latency).
+# (A CPU sweep stops at 4: host memory has no allocator that refuses before the machine swaps.)
+SWEEP_BATCHES = {"cuda": (1, 2, 4, 8, 16, 32, 64), "cpu": (1, 2, 4)}
 SWEEP_MODE = "graph"
+SWEEP = {
+    "cuda": SpeedProtocol(warmup_steps=3, repeats=2, min_steps=3, min_repeat_s=0.25),
+    "cpu": SPEED["cpu"],
+}
 
 
 def needs_cuda(mode: str) -> bool:
