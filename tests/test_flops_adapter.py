@@ -1,5 +1,6 @@
 """Contract of the fvcore adapter: our handles count what the formulas say; gaps are reported."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,3 +59,35 @@ def test_an_operator_without_handle_is_reported_not_dropped():
 
     count = count_flops(Net(), (8, 8))
     assert count.uncounted == {"aten::cumsum": 1}
+
+
+class Gated(nn.Module):
+    """Computes both routes and gates one off for a negative mean input, like a dynamic-routing cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.always = nn.Conv2d(3, 4, 1, bias=False)
+        self.route = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        y = self.always(x)
+        return y + self.route(y) * (x.mean() > 0)
+
+    def inactive_modules(self, x):
+        return [] if x.mean() > 0 else ["route"]
+
+
+def test_input_dependent_flops_are_the_static_count_minus_what_each_input_skips():
+    from bench.measure.flops import count_dynamic_flops
+
+    size = (8, 8)
+    static = count_flops(Gated(), size).total
+    route = 8 * 8 * 4 * 4 * 9
+    dynamic = count_dynamic_flops(Gated(), size, inputs=16, seed=3)
+    generator = torch.Generator().manual_seed(3)
+    skipped = [float(torch.randn(1, 3, *size, generator=generator).mean() <= 0) for _ in range(16)]
+    assert 0 < sum(skipped) < 16  # both kinds of input occur
+    assert dynamic["gflops_max"] * 1e9 == pytest.approx(static)
+    assert dynamic["gflops_min"] * 1e9 == pytest.approx(static - route)
+    assert dynamic["gflops_mean"] * 1e9 == pytest.approx(static - route * sum(skipped) / 16)
+    assert count_dynamic_flops(nn.Conv2d(3, 4, 1), size) is None  # a static model

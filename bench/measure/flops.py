@@ -8,6 +8,12 @@ operator left is *uncounted*, and `count_flops` reports it instead of dropping i
 
 What is counted: the model's ``forward`` on one image at the protocol size. The harness's final
 resize of the logits to the input size and the argmax are not part of the count.
+
+Input-dependent models (dynamic routing): a model that computes every route and gates the outputs
+(so that it stays capturable in a CUDA graph) may expose ``inactive_modules(x) -> list[str]``, the
+submodules an implementation that skips closed routes would not run for image ``x``. The static
+count is then the maximum, and `count_dynamic_flops` gives the per-image count (static minus those
+modules' FLOPs) over a set of benchmark inputs: mean, minimum and maximum.
 """
 
 from __future__ import annotations
@@ -102,6 +108,16 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], device: str | tor
         device: where the traced forward runs (a GPU makes large inputs fast).
     """
     x = torch.randn(1, 3, *input_size, device=device)
+    analysis = _analyse(model, x)
+    return FlopCount(
+        total=int(analysis.total()),
+        by_operator={k: int(v) for k, v in analysis.by_operator().items()},
+        uncounted=dict(analysis.unsupported_ops()),
+    )
+
+
+def _analyse(model: nn.Module, x: torch.Tensor) -> FlopCountAnalysis:
+    """A FlopCountAnalysis of ``model(x)`` with segbench's handles, its totals already computed."""
     analysis = FlopCountAnalysis(model, (x,))
     for name, handle in EXTRA_HANDLES.items():
         analysis.set_op_handle(name, handle)
@@ -115,11 +131,47 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], device: str | tor
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit deprecation and tracer warnings
-            total = analysis.total()
+            analysis.total()
     finally:
         fvcore_logger.setLevel(level)
-    return FlopCount(
-        total=int(total),
-        by_operator={k: int(v) for k, v in analysis.by_operator().items()},
-        uncounted=dict(analysis.unsupported_ops()),
-    )
+    return analysis
+
+
+# Benchmark inputs of the input-dependent count: this many random images, from this seed.
+DYNAMIC_INPUTS = 4
+DYNAMIC_SEED = 0
+
+
+def count_dynamic_flops(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    device: str | torch.device = "cpu",
+    inputs: int = DYNAMIC_INPUTS,
+    seed: int = DYNAMIC_SEED,
+) -> dict | None:
+    """Per-image FLOPs of an input-dependent model over ``inputs`` random images (None for a static model).
+
+    Args:
+        model: the model in eval mode; input-dependent when it has ``inactive_modules(x)``.
+        input_size: (H, W).
+        device: where the traced forwards run.
+        inputs: how many benchmark images.
+        seed: the generator seed of the images (the same inputs every run).
+    """
+    if not callable(getattr(model, "inactive_modules", None)):
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    counts = []
+    for _ in range(inputs):
+        x = torch.randn(1, 3, *input_size, generator=generator).to(device)
+        by_module = _analyse(model, x).by_module()
+        with torch.no_grad():
+            skipped = sum(by_module[name] for name in model.inactive_modules(x))
+        counts.append(int(by_module[""] - skipped))
+    return {
+        "inputs": inputs,
+        "seed": seed,
+        "gflops_mean": sum(counts) / len(counts) / 1e9,
+        "gflops_min": min(counts) / 1e9,
+        "gflops_max": max(counts) / 1e9,
+    }

@@ -87,6 +87,11 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
             size = _value(values, name, ds, "flops", None, "input_size")
             row[f"{ds}_input"] = "x".join(map(str, size)) if size else None
             row[f"{ds}_gflops"] = gflops
+            dynamic = _value(values, name, ds, "flops", None, "dynamic") or {}
+            row[f"{ds}_gflops_dynamic_mean"] = dynamic.get("gflops_mean")
+            row[f"{ds}_gflops_dynamic_min"] = dynamic.get("gflops_min")
+            row[f"{ds}_gflops_dynamic_max"] = dynamic.get("gflops_max")
+            row[f"{ds}_gflops_dynamic_inputs"] = dynamic.get("inputs")
             row[f"{ds}_gflops_published"] = pub.gflops if pub else None
             row[f"{ds}_gflops_delta_pct"] = _pct(gflops, pub.gflops if pub else None)
             for mode, settings in proto.MODES.items():
@@ -191,6 +196,7 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
         spec = _spec(row["arch"])
         published_notes = (pub.note for pub in (spec.published.values() if spec else []) if pub.note)
         notes += [f"{row['method']} {row['encoder']}: {note}" for note in dict.fromkeys(published_notes)]
+        notes += _dynamic_notes(row)
     table = pd.DataFrame(lines, columns=headers).to_markdown(index=False, disable_numparse=True)
     footer = [
         "",
@@ -208,6 +214,22 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
     ]
     footer += [f"- {n}" for n in dict.fromkeys(notes)]
     return table + "\n" + "\n".join(footer) + "\n"
+
+
+def _dynamic_notes(row) -> list[str]:
+    """A footnote per dataset where the model's FLOPs depend on its input."""
+    notes = []
+    for ds, dsp in proto.DATASETS.items():
+        mean = _n(row.get(f"{ds}_gflops_dynamic_mean"))
+        if mean is None:
+            continue
+        notes.append(
+            f"{row['method']} {row['encoder']}: FLOPs depend on the input; the {dsp.title} count is the maximum "
+            f"(every route computed); per image over {int(row[f'{ds}_gflops_dynamic_inputs'])} random benchmark "
+            f"inputs: mean {mean:.1f}, min {row[f'{ds}_gflops_dynamic_min']:.1f}, "
+            f"max {row[f'{ds}_gflops_dynamic_max']:.1f} GFLOPs"
+        )
+    return notes
 
 
 def _has(frame: pd.DataFrame, suffix: str) -> bool:
