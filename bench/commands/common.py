@@ -40,6 +40,17 @@ def csv_list(values: list[str] | None) -> list[str]:
     return out
 
 
+def parse_modes(text: str) -> list[str]:
+    """The speed modes of a comma-separated ``--modes``; a `BenchError` naming the choices otherwise."""
+    from bench import protocol as proto
+
+    modes = csv_list([text])
+    for mode in modes:
+        if mode not in proto.MODES:
+            raise BenchError(f"--modes: unknown mode {mode!r}; choose from {', '.join(proto.MODES)}")
+    return modes
+
+
 def resolve_device(requested: str | None) -> str:
     """``cuda``/``cuda:N``/``cpu``; default cuda when available. A `BenchError` without a GPU."""
     import torch

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, csv_list, load_plugins, resolve_device
+from bench.commands.common import add_plugin_argument, csv_list, load_plugins, parse_modes, resolve_device
 from bench.errors import BenchError
 
 
@@ -41,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
         ds = proto.dataset(args.dataset)
     except ValueError as exc:
         raise BenchError(f"--dataset: {exc}") from None
-    modes = csv_list([args.modes])
-    for mode in modes:
-        if mode not in proto.MODES:
-            raise BenchError(f"--modes: unknown mode {mode!r}; choose from {', '.join(proto.MODES)}")
+    modes = parse_modes(args.modes)
     speed = proto.SPEED["cuda"]
     rows = []
     for name in names:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import protocol as proto
-from bench.commands.common import csv_list, resolve_device
+from bench.commands.common import csv_list, parse_modes, resolve_device
 from bench.errors import BenchError
 
 
@@ -41,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     device = resolve_device(args.device)
-    modes = csv_list([args.modes])
-    for m in modes:
-        if m not in proto.MODES:
-            raise BenchError(f"--modes: unknown mode {m!r}; choose from {', '.join(proto.MODES)}")
+    modes = parse_modes(args.modes)
     if device == "cpu":
         modes = [m for m in modes if not proto.needs_cuda(m)]
     sizes = [parse_size(s) for s in csv_list([args.sizes])]

@@ -9,7 +9,7 @@ from pathlib import Path
 import archs
 from bench import jobs as jobs_mod
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, csv_list, load_plugins, resolve_device
+from bench.commands.common import add_plugin_argument, csv_list, load_plugins, parse_modes, resolve_device
 from bench.errors import BenchError
 from bench.provenance import device_slug
 from bench.records import OK, RecordStore
@@ -73,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
             proto.dataset(d)
         except ValueError as exc:
             raise BenchError(f"--dataset: {exc}") from None
-    modes = csv_list([args.modes])
-    for m in modes:
-        if m not in proto.MODES:
-            raise BenchError(f"--modes: unknown mode {m!r}; choose from {', '.join(proto.MODES)}")
+    modes = parse_modes(args.modes)
     device = resolve_device(args.device)
     cpu_skips = [m for m in modes if device == "cpu" and proto.needs_cuda(m)]
     modes = [m for m in modes if m not in cpu_skips]
