@@ -83,7 +83,7 @@ def measure(job: Job, options: RunOptions) -> dict:
     """Run one measurement in this process and return its value (the child's work)."""
     import torch
 
-    from bench.measure.flops import count_dynamic_flops, count_flops
+    from bench.measure.flops import count_flops
     from bench.measure.params import count_params
     from bench.measure.speed import measure_latency, sweep_batches
     from bench.provenance import gpu_handle
@@ -105,7 +105,7 @@ def measure(job: Job, options: RunOptions) -> dict:
             "by_operator": count.by_operator,
             "uncounted": count.uncounted,
             "convention": "fvcore; one fused multiply-add = one FLOP; model forward only",
-            "dynamic": count_dynamic_flops(model, size, device=device),
+            "dynamic": count.dynamic,
         }
     if job.kind == "latency":
         handle = gpu_handle(options.device) if device.type == "cuda" else None

@@ -91,3 +91,4 @@ def test_input_dependent_flops_are_the_static_count_minus_what_each_input_skips(
     assert dynamic["gflops_min"] * 1e9 == pytest.approx(static - route)
     assert dynamic["gflops_mean"] * 1e9 == pytest.approx(static - route * sum(skipped) / 16)
     assert count_dynamic_flops(nn.Conv2d(3, 4, 1), size) is None  # a static model
+    assert count_flops(Gated(), size).dynamic == count_dynamic_flops(Gated(), size)  # one trace serves both

@@ -88,11 +88,13 @@ class FlopCount:
         total: multiply-adds (= FLOPs in the seed's convention).
         by_operator: multiply-adds per operator.
         uncounted: operators with no handle and how often they ran; must stay empty.
+        dynamic: for an input-dependent model, the per-image counts (`count_dynamic_flops`).
     """
 
     total: int
     by_operator: dict[str, int] = field(default_factory=dict)
     uncounted: dict[str, int] = field(default_factory=dict)
+    dynamic: dict | None = None
 
     @property
     def gflops(self) -> float:
@@ -113,6 +115,7 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], device: str | tor
         total=int(analysis.total()),
         by_operator={k: int(v) for k, v in analysis.by_operator().items()},
         uncounted=dict(analysis.unsupported_ops()),
+        dynamic=count_dynamic_flops(model, input_size, device, by_module=analysis.by_module()),
     )
 
 
@@ -148,26 +151,30 @@ def count_dynamic_flops(
     device: str | torch.device = "cpu",
     inputs: int = DYNAMIC_INPUTS,
     seed: int = DYNAMIC_SEED,
+    by_module: dict[str, int] | None = None,
 ) -> dict | None:
     """Per-image FLOPs of an input-dependent model over ``inputs`` random images (None for a static model).
+
+    The FLOPs of each submodule depend only on the input size: one trace gives them, and each
+    benchmark image costs one call of ``inactive_modules``.
 
     Args:
         model: the model in eval mode; input-dependent when it has ``inactive_modules(x)``.
         input_size: (H, W).
-        device: where the traced forwards run.
+        device: where the traced forward runs.
         inputs: how many benchmark images.
         seed: the generator seed of the images (the same inputs every run).
+        by_module: FLOPs per submodule at ``input_size`` when a trace already gave them.
     """
     if not callable(getattr(model, "inactive_modules", None)):
         return None
     generator = torch.Generator().manual_seed(seed)
+    images = [torch.randn(1, 3, *input_size, generator=generator).to(device) for _ in range(inputs)]
+    by_module = by_module or _analyse(model, images[0]).by_module()
     counts = []
-    for _ in range(inputs):
-        x = torch.randn(1, 3, *input_size, generator=generator).to(device)
-        by_module = _analyse(model, x).by_module()
-        with torch.no_grad():
-            skipped = sum(by_module[name] for name in model.inactive_modules(x))
-        counts.append(int(by_module[""] - skipped))
+    with torch.no_grad():
+        for x in images:
+            counts.append(int(by_module[""] - sum(by_module[name] for name in model.inactive_modules(x))))
     return {
         "inputs": inputs,
         "seed": seed,
