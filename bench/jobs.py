@@ -7,6 +7,7 @@ with its ``status`` and the error's first line; the suite goes on with the next 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 import traceback
@@ -141,20 +142,41 @@ def _first_line(exc: BaseException) -> str:
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child when the parent dies (a killed `bench run` leaves no orphan)."""
-    try:
-        import ctypes
+def _die_with(parent_pid: int) -> None:
+    """End this child as soon as the `bench run` process ``parent_pid`` is gone (a killed run leaves no orphan).
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    The child's parent is the fork server, which itself lives as long as any child does, so the
+    kernel's parent-death signal would never fire: a daemon thread waits on a pidfd of the run
+    (Linux 5.3+) or, where there is none, polls the process, and exits the child when the run ends.
+    """
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(parent_pid)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has ended
+        else:
+            while True:
+                try:
+                    os.kill(parent_pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
-def _call(conn, fn, *args) -> None:
+def _call(conn, parent_pid: int, fn, *args) -> None:
     """The child's body: ``fn(*args)`` and its result (or its failure) sent back as one message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends its children
-    _die_with_parent()
+    _die_with(parent_pid)
     try:
         message = {"status": "ok", **fn(*args)}
     except BaseException as exc:  # every failure becomes a record
@@ -211,7 +233,7 @@ def run_in_child(name: str, timeout_s: float, fn, *args) -> dict:
     ctx = _job_context()
     receiver, sender = ctx.Pipe(duplex=False)
     # Not daemonic: an evaluation job starts DataLoader workers; PR_SET_PDEATHSIG ends it with the parent.
-    child = ctx.Process(target=_call, args=(sender, fn, *args), daemon=False, name=name)
+    child = ctx.Process(target=_call, args=(sender, os.getpid(), fn, *args), daemon=False, name=name)
     child.start()
     sender.close()
     message = None

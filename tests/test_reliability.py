@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 
@@ -87,3 +88,43 @@ def test_concurrent_runs_and_shards_give_the_single_run_table(tmp_path):
     assert len(expected) == 5
     pd.testing.assert_frame_equal(_table(concurrent), expected)
     pd.testing.assert_frame_equal(_table(sharded), expected)
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += list(children - found)
+            found |= children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_run_leaves_no_process_behind(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", *PLUGIN, "--arch", "fault-hang", "--dataset", "ade20k",
+         "--measure", "latency", "--job-timeout", "600", "--results", str(tmp_path), "--no-report"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(_descendants(proc.pid)) < 2 and time.monotonic() < deadline:  # the fork server and the job
+        time.sleep(0.2)
+    time.sleep(1.0)
+    left = _descendants(proc.pid)
+    assert len(left) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in left if _alive(pid)]
