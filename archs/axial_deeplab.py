@@ -6,21 +6,26 @@ decoders and heads. Reference code: https://github.com/csrhddlam/axial-deeplab (
 https://github.com/google-research/deeplab2 (the authors' TensorFlow implementation). No official
 Axial-DeepLab-XL checkpoint is public.
 
-As the paper builds it: the Axial-ResNet backbone (`archs.backbones.axial_resnet`, global
-position-sensitive axial attention in every stage) at output stride 16; no ASPP (a 1x1 conv + BN +
-ReLU projection to 256 takes its place); Panoptic-DeepLab's semantic decoder: at strides 8 and 4
-the decoder features are upsampled (bilinear), concatenated with a 1x1 projection of the backbone
-stage (64 and 32 channels) and fused by a 5x5 depthwise-separable conv (256); the semantic head is
-a 5x5 depthwise-separable conv (256) and a 1x1 classifier: logits at stride 4.
+As the paper builds it: the Axial-ResNet backbone (`archs.backbones.axial_resnet`) at output
+stride 16, position-sensitive axial attention in every stage with a local span of 65 (each position
+attends to 32 on either side along the row or column; DeepLab2's ``memory_flange=32``); no ASPP (a
+1x1 conv + BN + ReLU projection to 256 takes its place, DeepLab2's ``aspp_use_only_1x1_proj_conv``);
+Panoptic-DeepLab's semantic decoder: at strides 8 and 4 the decoder features are upsampled
+(bilinear), concatenated with a 1x1 projection of the backbone stage (64 and 32 channels) and fused
+by a 5x5 depthwise-separable conv (256); the semantic head is a 5x5 depthwise-separable conv (256)
+and a 1x1 classifier: logits at stride 4.
 
 ``instance_branch=True`` adds Panoptic-DeepLab's class-agnostic instance decoder (128 channels,
 projections 32 and 16) with its centre and offset heads (5x5 depthwise-separable conv 32, 1x1 to
 1 and 2): part of the panoptic model whose size and cost the paper reports, not of the semantic
 segmentation the benchmark runs. The forward pass then returns ``(semantic, center, offset)``.
 
-XL is the width multiplier 2 of Axial-ResNet-L (stage widths 256, 512, 1024, 2048; the paper's
-173.0 M parameters scale with it from L's 44.9 M); the attention spans cover the Cityscapes
-training crop (1025 x 2049 at strides 4, 8, 16: 513, 257, 129).
+XL is the width multiplier 2 of Axial-ResNet-L: stage widths 256, 512, 1024, 2048 and the stem
+(128, 128, 256) scaled with them. With the instance branch at 1024 x 2048 it has 173.72 M parameters
+and 2485.9 G multiply-adds (the paper: 173.0 M, 2446.8 B; +0.4%, +1.6%); L (width 1) has 45.29 M and
+691.4 G (the paper: 44.9 M, 687.4 B; +0.9%, +0.6%). The global span would count about 2955 G for XL
+(+21%) and 926 G for L (+35%); a span of 65 with the stem left at width 1 about 2298 G for XL (-6%).
+The semantic model the benchmark runs (no instance branch) has 172.55 M parameters and 2468.6 G.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from archs.backbones.axial_resnet import AxialResNet
+from archs.backbones.axial_resnet import MAX_DISTANCE, AxialResNet
 from archs.base import ArchSpec, Published, register
 
 __all__ = ["AxialDeepLab", "PanopticDecoder", "axial_deeplab_xl"]
@@ -88,20 +93,26 @@ class AxialDeepLab(nn.Module):
 
     Args:
         num_classes: output classes.
-        width_multiplier: Axial-ResNet width (2 for XL, 1 for L).
-        spans: attention span per stage.
+        width_multiplier: Axial-ResNet width (2 for XL, 1 for L, 0.75 for M, 0.5 for S).
+        span: axial-attention window of every layer (odd), or None for global attention.
+        max_distance: relative distances the embedding tables cover.
         instance_branch: add the instance decoder and its centre/offset heads.
+        stem_multiplier: stem width multiplier; None: ``width_multiplier``.
     """
 
     def __init__(
         self,
         num_classes: int,
         width_multiplier: float = 2.0,
-        spans: Sequence[int] = (513, 257, 129, 129),
+        span: int | None = 65,
+        max_distance: int = MAX_DISTANCE,
         instance_branch: bool = False,
+        stem_multiplier: float | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = AxialResNet(width_multiplier, spans=spans, output_stride=16)
+        self.backbone = AxialResNet(
+            width_multiplier, span=span, max_distance=max_distance, output_stride=16, stem_multiplier=stem_multiplier
+        )
         c4, c8, _, c16 = self.backbone.out_channels
         self.semantic_decoder = PanopticDecoder(c16, (c8, c4), (64, 32), 256)
         self.semantic_head = nn.Sequential(_dw_separable(256, 256), nn.Conv2d(256, num_classes, 1))
@@ -131,20 +142,23 @@ class AxialDeepLab(nn.Module):
         output_stride=4,
         published={
             "cityscapes": Published(
+                params_m=173.0,
                 gflops=2446.8,
                 miou=81.1,
-                source="SegFormer (Xie et al., NeurIPS 2021) Table 4 (Axial-DeepLab paper, Cityscapes val)",
-                note="the panoptic model's M-Adds (instance decoder and heads included; instance_branch=True "
-                "reproduces it)",
+                source="Axial-DeepLab paper (Wang et al., ECCV 2020), Cityscapes val table: 173.0 M params, "
+                "2446.8 B M-Adds; mIoU as SegFormer (Xie et al., NeurIPS 2021) Table 4 lists it",
+                note="the panoptic model's size and M-Adds (instance decoder and heads included; "
+                "instance_branch=True reproduces them)",
             ),
         },
-        notes="semantic path of the panoptic model; no official checkpoint; XL = Axial-ResNet-L at width x2 with "
-        "global axial attention in every stage (the paper does not publish XL's span; with the global span the "
-        "count exceeds the published M-Adds; a local span would lower it)",
+        notes="semantic path of the panoptic model; no official checkpoint; XL = Axial-ResNet-L at width x2 (stem "
+        "included) with local axial attention of span 65 in every stage (the paper's local span; L's published "
+        "687.4 B agrees with it to +0.6%, the global span would be +35%); with the instance branch 173.72 M params "
+        "and 2485.9 G at 1024x2048 (+0.4%, +1.6% of the published figures)",
     )
 )
 def axial_deeplab_xl(*, num_classes: int, instance_branch: bool = False) -> nn.Module:
-    """Axial-DeepLab-XL: Axial-ResNet (width x2, global axial attention) + Panoptic-DeepLab semantic path.
+    """Axial-DeepLab-XL: Axial-ResNet (width x2, axial attention of span 65) + Panoptic-DeepLab semantic path.
 
     Args:
         num_classes: output classes.

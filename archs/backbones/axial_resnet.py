@@ -5,25 +5,46 @@ Wang et al., "Axial-DeepLab: Stand-Alone Axial-Attention for Panoptic Segmentati
 (``lib/models/axialnet.py``, Apache-2.0; the authors' PyTorch classification code) and the
 authors' TensorFlow DeepLab2 (https://github.com/google-research/deeplab2,
 ``model/encoder/axial_resnet_instances.py``: ``AxialDeepLabL`` = ResNet-50 layout with an inception
-stem and axial blocks in every stage).
+stem and axial blocks in every stage; ``model/layers/axial_layers.py`` and
+``model/layers/positional_encodings.py`` for the attention layer and its embeddings).
 
 Position-sensitive axial attention along one axis of length L (per head, ``d_q = d_k = d / 2``
-query/key channels and ``d_v = d`` value channels, ``d = width / heads``)::
+query/key channels and ``d_v = d`` value channels, ``d = width / heads``), the paper's eq. 4::
 
-    y_o = sum_p softmax_p( q_o . k_p + q_o . r^q_(p-o) + k_p . r^k_(p-o) ) (v_p + r^v_(p-o))
+    y_o = sum_{p in N(o)} softmax_p( q_o . k_p + q_o . r^q_(p-o) + k_p . r^k_(p-o) ) (v_p + r^v_(p-o))
 
-with learned relative embeddings r^q, r^k, r^v over the offsets p - o, the three similarity terms
-each batch-normalised (an affine map per head in inference) and the two output terms (content and
-positional) batch-normalised and summed, as the reference code does. The span is global (the
-whole axis); the embedding tables cover offsets up to ``span - 1`` and are sliced to the axis
-length at run time. The probabilities are needed for the positional value term, so the attention
-is written with explicit matrix products rather than ``scaled_dot_product_attention``.
+with learned relative embeddings r^q, r^k, r^v indexed by the offset p - o, the three similarity
+terms each batch-normalised (an affine map per head in inference) and the two output terms (content
+and positional) batch-normalised and summed, as the reference code does.
+
+The neighbourhood N(o) is the span: ``span=m`` (odd) is the local window ``|p - o| <= (m - 1) / 2``
+(the paper's 1 x m region; it adopts m = 65 for its large inputs, and DeepLab2's default
+``memory_flange=32`` "is equivalent to a span of 65": 32 pixels on either side); ``span=None`` is
+global (the whole axis). The local window is computed directly: every query meets its m window
+positions, the keys and values of positions outside the axis are zero padding and their logits are
+masked to -inf after the similarity norm (in training its batch statistics include them), so the
+count is m keys per query; an axis with ``L - 1 <= (m - 1) / 2`` is attended globally (every pair
+is then within the span). No Python control flow depends on the data: the window indices and masks
+are built from the shapes, and the sequences are chunked by their shape only.
+
+Cost per attention layer of ``C = width`` channels over P pixels (multiply-adds, what the FLOP count
+sees): ``2C * C_in * P`` for the query/key/value projection and ``3.5 * C * K * P`` for the
+attention, K keys per query (m local, L global): ``C/2`` each for q.k, q.r^q and k.r^k, ``C`` each
+for the content and positional retrievals, all of them matrix products.
+
+The embedding tables cover the relative distances ``-max_distance .. max_distance``. DeepLab2 keeps
+``2 * 255 - 1 = 509`` embeddings per table whatever the span (``MAX_SPAN = 255``, so that one
+checkpoint serves global and local spans), and so do we by default: its ``axial_deeplab_l``
+backbone has 43,841,920 parameters, as ours at width 1 (a span of 65 uses the central 65).
 
 Block (expansion 2): 1x1 conv + BN + ReLU, height attention, width attention (then 2x2 average
-pooling when strided), ReLU, 1x1 conv + BN, residual (1x1 strided conv + BN projection), ReLU.
-Stage widths ``m * (128, 256, 512, 1024)`` with blocks (3, 4, 6, 3); the Axial-DeepLab variants
-use m = 0.5 (S), 0.75 (M), 1 (L) and 2 (XL). For segmentation the last stage is not strided
-(output stride 16).
+pooling when strided, as the reference PyTorch code does), ReLU, 1x1 conv + BN, residual (1x1
+strided conv + BN projection), ReLU. Stage widths ``m * (128, 256, 512, 1024)`` with blocks
+(3, 4, 6, 3); the Axial-DeepLab variants use m = 0.5 (S), 0.75 (M), 1 (L) and 2 (XL). The stem
+(three 3x3 convolutions, 64, 64 and 128 channels, then 3x3 max pooling) scales with the width
+multiplier by default, as the reference PyTorch code scales its stem (``int(64 * s)``); the
+published Axial-DeepLab-XL cost agrees with the scaled stem (see `archs.axial_deeplab`). For
+segmentation the last stage is not strided (output stride 16).
 """
 
 from __future__ import annotations
@@ -31,12 +52,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AxialAttention", "AxialBlock", "AxialResNet"]
+__all__ = ["MAX_DISTANCE", "AxialAttention", "AxialBlock", "AxialResNet"]
 
-# Largest (sequences x heads x L x L) attention tensor computed at once (2**28 floats, 1 GiB in fp32).
+# Largest attention tensor computed at once (2**28 floats, 1 GiB in fp32): the (sequences x heads x
+# L x L) similarities of global attention, the (sequences x L x span x channels) key/value windows
+# of local attention. The sequences are chunked (a static, shape-only decision) to stay below it.
 MAX_ATTENTION_ELEMENTS = 2**28
+# Relative distances with their own embedding: 2 * 254 + 1 = 509 per table (DeepLab2's MAX_SPAN = 255).
+MAX_DISTANCE = 254
 
 
 class AxialAttention(nn.Module):
@@ -46,93 +72,155 @@ class AxialAttention(nn.Module):
         in_channels: input channels.
         out_channels: output channels (``heads * d``).
         heads: attention heads.
-        span: the largest axis length the relative embeddings cover.
         axis: 2 for height, 3 for width.
+        span: odd window length m (each position attends within ``+-(m - 1) / 2``); None: the whole axis.
+        max_distance: the largest relative distance the embedding tables cover (at least the window's
+            half-width; global attention needs axes of at most ``max_distance + 1``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, heads: int, span: int, axis: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        heads: int,
+        axis: int,
+        span: int | None = 65,
+        max_distance: int = MAX_DISTANCE,
+    ) -> None:
         super().__init__()
         if out_channels % heads or (out_channels // heads) % 2:
             raise ValueError(f"out_channels {out_channels} must split into {heads} heads of even width")
-        self.heads, self.span, self.axis = heads, span, axis
+        if span is not None and (span < 1 or span % 2 == 0):
+            raise ValueError(f"span {span} must be a positive odd number (or None for global attention)")
+        if span is not None and (span - 1) // 2 > max_distance:
+            raise ValueError(f"span {span} needs relative distances up to {(span - 1) // 2} > {max_distance}")
+        if axis not in (2, 3):
+            raise ValueError(f"axis must be 2 (height) or 3 (width), not {axis}")
+        self.heads, self.span, self.axis, self.max_distance = heads, span, axis, max_distance
         self.out_channels = out_channels
         self.d = out_channels // heads
         self.qkv = nn.Conv2d(in_channels, 2 * out_channels, 1, bias=False)
         self.bn_qkv = nn.BatchNorm2d(2 * out_channels)
         self.bn_similarity = nn.BatchNorm2d(3 * heads)
         self.bn_output = nn.BatchNorm2d(2 * out_channels)
-        # Relative embeddings for offsets -(span-1)..(span-1): query (d/2), key (d/2), value (d) channels.
-        self.relative = nn.Parameter(torch.randn(2 * self.d, 2 * span - 1) * self.d**-0.5)
+        # Relative embeddings r[:, max_distance + (p - o)]: query (d/2), key (d/2), value (d) channels.
+        self.relative = nn.Parameter(torch.randn(2 * self.d, 2 * max_distance + 1) * self.d**-0.5)
         nn.init.normal_(self.qkv.weight, 0.0, in_channels**-0.5)
 
-    def _embeddings(self, length: int) -> tuple[Tensor, Tensor, Tensor]:
-        """r[c, o, p] = relative[c, o - p + span - 1]... for o, p < ``length``, split into q/k/v parts."""
-        if length > self.span:
-            raise ValueError(f"axis length {length} exceeds the attention span {self.span}")
-        idx = torch.arange(length, device=self.relative.device)
-        offsets = idx[:, None] - idx[None, :] + self.span - 1  # (o, p) -> o - p + span - 1
-        emb = self.relative[:, offsets.flatten()].view(2 * self.d, length, length)
-        return emb.split([self.d // 2, self.d // 2, self.d], dim=0)
+    def radius(self, length: int) -> int | None:
+        """Half-width of the window used on an axis of ``length``; None where attention is global."""
+        if self.span is None or length - 1 <= (self.span - 1) // 2:
+            if length - 1 > self.max_distance:
+                raise ValueError(f"global attention over {length} positions exceeds max_distance {self.max_distance}")
+            return None
+        return (self.span - 1) // 2
+
+    def _split(self, rel: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return rel.split([self.d // 2, self.d // 2, self.d], dim=0)
+
+    def _global_terms(self, q: Tensor, k: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+        """q.k, q.r^q, k.r^k over all (o, p) pairs: (S, heads, L, L) each.
+
+        The positional terms are batched over the position whose embeddings they meet (matrix
+        products, counted exactly; an einsum's count is rounded by the counter).
+        """
+        idx = torch.arange(length, device=q.device)
+        offsets = idx[None, :] - idx[:, None] + self.max_distance  # (o, p) -> max_distance + p - o
+        r_q, r_k, r_v = self._split(self.relative[:, offsets.flatten()].view(-1, length, length))
+        qk = torch.matmul(q, k.transpose(-1, -2))
+        # q_o . r^q[:, o, p] for each o: (o, S, heads, d/2) @ (o, d/2, p).
+        qr = torch.matmul(q.permute(2, 0, 1, 3), r_q.permute(1, 0, 2)[:, None]).permute(1, 2, 0, 3)
+        # k_p . r^k[:, o, p] for each p: (p, S, heads, d/2) @ (p, d/2, o).
+        kr = torch.matmul(k.permute(2, 0, 1, 3), r_k.permute(2, 0, 1)[:, None]).permute(1, 2, 3, 0)
+        return qk, qr, kr, (r_v,)
+
+    @staticmethod
+    def _global_retrieve(attn: Tensor, v: Tensor, r_v: Tensor) -> tuple[Tensor, Tensor]:
+        # sum_p a[o, p] r^v[:, o, p] for each o: (o, S, heads, p) @ (o, p, d).
+        sve = torch.matmul(attn.permute(2, 0, 1, 3), r_v.permute(1, 2, 0)[:, None]).permute(1, 2, 0, 3)
+        return torch.matmul(attn, v), sve
+
+    def _local_terms(self, q: Tensor, k: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+        """q.k, q.r^q, k.r^k over the window p = o + j - radius, j < 2 * radius + 1: (S, heads, L, m) each."""
+        length, m = q.shape[2], 2 * radius + 1
+        r_q, r_k, r_v = self._split(self.relative[:, self.max_distance - radius : self.max_distance + radius + 1])
+        window = torch.arange(length, device=q.device)[:, None] + torch.arange(m, device=q.device)  # padded index
+        # Keys of the window: (S, heads, L, m, d/2), zeros outside the axis.
+        k_win = F.pad(k, (0, 0, radius, radius))[:, :, window]
+        qk = torch.matmul(q.unsqueeze(-2), k_win.transpose(-1, -2)).squeeze(-2)
+        qr = torch.matmul(q, r_q)  # r^q depends on the offset only
+        # k_p . r^k_j for every key p and offset j, then gathered at p = o + j - radius.
+        kr_all = F.pad(torch.matmul(k, r_k), (0, 0, radius, radius))
+        kr = kr_all[:, :, window, torch.arange(m, device=q.device)]
+        # -inf where the window leaves the axis.
+        mask = F.pad(q.new_zeros(length), (radius, radius), value=float("-inf"))[window]
+        return qk, qr, kr, (r_v, mask, window)
+
+    @staticmethod
+    def _local_retrieve(attn: Tensor, v: Tensor, r_v: Tensor, radius: int, window: Tensor) -> tuple[Tensor, Tensor]:
+        v_win = F.pad(v, (0, 0, radius, radius))[:, :, window]  # (S, heads, L, m, d)
+        return torch.matmul(attn.unsqueeze(-2), v_win).squeeze(-2), torch.matmul(attn, r_v.t())
 
     @staticmethod
     def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return scale, bn.bias - bn.running_mean * scale
 
-    def _attend_train(self, q: Tensor, k: Tensor, v: Tensor, r_q: Tensor, r_k: Tensor, r_v: Tensor) -> Tensor:
-        """The reference computation (batch statistics over the stacked terms)."""
-        length = q.shape[-1]
-        qk = torch.matmul(q.transpose(2, 3), k)  # (B, heads, L, L): q_o . k_p
-        qr = torch.einsum("bhco,cop->bhop", q, r_q)  # q_o . r^q(o, p)
-        kr = torch.einsum("bhcp,cpo->bhop", k, r_k)  # k_p . r^k(p, o)
-        similarity = self.bn_similarity(torch.cat([qk, qr, kr], dim=1))
-        attn = similarity.view(-1, 3, self.heads, length, length).sum(dim=1).softmax(dim=-1)
-        sv = torch.matmul(v, attn.transpose(2, 3))  # (B, heads, d, L)
-        sve = torch.einsum("bhop,cop->bhco", attn, r_v)
-        out = torch.stack([sv, sve], dim=3).reshape(-1, 2 * self.out_channels, length, 1)
-        return self.bn_output(out).view(-1, self.out_channels, 2, length).sum(dim=2)
+    def _similarity(self, qk: Tensor, qr: Tensor, kr: Tensor) -> Tensor:
+        """The three terms batch-normalised and summed (inference: per-head scales; shifts drop out of the softmax)."""
+        if self.training:
+            s, h, length, keys = qk.shape
+            stacked = self.bn_similarity(torch.cat([qk, qr, kr], dim=1))
+            return stacked.view(s, 3, h, length, keys).sum(dim=1)
+        scale, _ = self._bn_affine(self.bn_similarity)
+        s_qk, s_qr, s_kr = (t.view(1, self.heads, 1, 1) for t in scale.split(self.heads))
+        return qk * s_qk + qr * s_qr + kr * s_kr
 
-    def _attend_eval(self, q: Tensor, k: Tensor, v: Tensor, r_q: Tensor, r_k: Tensor, r_v: Tensor) -> Tensor:
-        """The same with the inference batch norms folded into the operands (no stacked copies).
+    def _output(self, sv: Tensor, sve: Tensor) -> Tensor:
+        """Content and positional retrievals (S, heads, L, d) batch-normalised and summed."""
+        s, h, length, d = sv.shape
+        if self.training:
+            # Channels 2 * (head * d + c) + {0: content, 1: positional}.
+            stacked = torch.stack([sv, sve], dim=-1).permute(0, 1, 3, 4, 2).reshape(s, 2 * h * d, length, 1)
+            return self.bn_output(stacked).view(s, h, d, 2, length).sum(dim=3).transpose(2, 3)
+        scale, shift = (t.view(h, d, 2) for t in self._bn_affine(self.bn_output))
+        return sv * scale[None, :, None, :, 0] + sve * scale[None, :, None, :, 1] + shift.sum(-1)[None, :, None]
 
-        The similarity norm's shifts are constant along the softmax axis and drop out.
-        """
-        length = q.shape[-1]
-        s_sim, _ = self._bn_affine(self.bn_similarity)
-        s_qk, s_qr, s_kr = (t.view(1, self.heads, 1, 1) for t in s_sim.split(self.heads))
-        qk = torch.matmul((q * s_qk).transpose(2, 3), k)
-        qr = torch.einsum("bhco,cop->bhop", q * s_qr, r_q)
-        kr = torch.einsum("bhcp,cpo->bhop", k * s_kr, r_k)
-        attn = (qk + qr + kr).softmax(dim=-1)
-        s_out, t_out = self._bn_affine(self.bn_output)
-        s_out, t_out = s_out.view(self.heads, self.d, 2), t_out.view(self.heads, self.d, 2)
-        sv = torch.matmul(v, attn.transpose(2, 3)) * s_out[..., 0, None]
-        sve = torch.einsum("bhop,cop->bhco", attn, r_v) * s_out[..., 1, None]
-        return (sv + sve + t_out.sum(-1)[..., None]).reshape(-1, self.out_channels, length)
+    def _attend(self, seq: Tensor, radius: int | None) -> Tensor:
+        """(S, heads, L, 2d) queries/keys/values -> (S, heads, L, d)."""
+        q, k, v = seq.split([self.d // 2, self.d // 2, self.d], dim=-1)
+        if radius is None:
+            qk, qr, kr, (r_v,) = self._global_terms(q, k, seq.shape[2])
+            attn = self._similarity(qk, qr, kr).softmax(dim=-1)
+            sv, sve = self._global_retrieve(attn, v, r_v)
+        else:
+            qk, qr, kr, (r_v, mask, window) = self._local_terms(q, k, radius)
+            attn = (self._similarity(qk, qr, kr) + mask).softmax(dim=-1)
+            sv, sve = self._local_retrieve(attn, v, r_v, radius, window)
+        return self._output(sv, sve)
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         qkv = self.bn_qkv(self.qkv(x))  # (N, 2C, H, W)
-        # Sequences along the attention axis: (N * other, heads, 2d, L).
+        # Sequences along the attention axis, channels last: (N * other, heads, L, 2d).
         if self.axis == 2:
-            seq = qkv.permute(0, 3, 1, 2).reshape(n * w, self.heads, 2 * self.d, h)
+            seq = qkv.permute(0, 3, 2, 1).reshape(n * w, h, self.heads, 2 * self.d).transpose(1, 2)
         else:
-            seq = qkv.permute(0, 2, 1, 3).reshape(n * h, self.heads, 2 * self.d, w)
-        length = seq.shape[-1]
-        r_q, r_k, r_v = self._embeddings(length)
-        attend = self._attend_train if self.training else self._attend_eval
-        # Bound the (sequences, heads, L, L) attention tensors: chunk the sequences (a static,
-        # shape-only decision) when one would exceed MAX_ATTENTION_ELEMENTS.
-        per_seq = self.heads * length * length
+            seq = qkv.permute(0, 2, 3, 1).reshape(n * h, w, self.heads, 2 * self.d).transpose(1, 2)
+        length = seq.shape[2]
+        radius = self.radius(length)
+        if radius is None:
+            per_seq = self.heads * length * length
+        else:
+            per_seq = length * (2 * radius + 1) * 3 * self.out_channels // 2
         chunk = max(1, MAX_ATTENTION_ELEMENTS // per_seq)
-        outs = [
-            attend(*part.split([self.d // 2, self.d // 2, self.d], dim=2), r_q, r_k, r_v)
-            for part in seq.split(chunk, dim=0)
-        ]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        outs = [self._attend(part, radius) for part in seq.split(chunk, dim=0)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)  # (S, heads, L, d)
         if self.axis == 2:
-            return out.view(n, w, self.out_channels, h).permute(0, 2, 3, 1)
-        return out.view(n, h, self.out_channels, w).permute(0, 2, 1, 3)
+            out = out.reshape(n, w, self.heads, h, self.d).permute(0, 2, 4, 3, 1)
+        else:
+            out = out.reshape(n, h, self.heads, w, self.d).permute(0, 2, 4, 1, 3)
+        return out.reshape(n, self.out_channels, h, w)
 
 
 class AxialBlock(nn.Module):
@@ -143,18 +231,27 @@ class AxialBlock(nn.Module):
         width: channels of the two attention layers; the block outputs ``2 * width``.
         stride: 2 pools the output of the width attention (and strides the shortcut).
         heads: attention heads.
-        span: attention span (largest axis length).
+        span: attention window (odd) or None for global attention.
+        max_distance: relative distances the embedding tables cover.
     """
 
     expansion = 2
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, heads: int = 8, span: int = 65) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        heads: int = 8,
+        span: int | None = 65,
+        max_distance: int = MAX_DISTANCE,
+    ) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv_down = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.height_block = AxialAttention(width, width, heads, span, axis=2)
-        self.width_block = AxialAttention(width, width, heads, span, axis=3)
+        self.height_block = AxialAttention(width, width, heads, 2, span, max_distance)
+        self.width_block = AxialAttention(width, width, heads, 3, span, max_distance)
         self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
         self.conv_up = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
@@ -180,9 +277,10 @@ class AxialResNet(nn.Module):
         width_multiplier: m (0.5 S, 0.75 M, 1 L, 2 XL).
         blocks: blocks per stage.
         heads: attention heads.
-        spans: attention span per stage (the largest feature-map side at the stage's output stride;
-            a strided first block uses the previous stage's span).
+        span: attention window of every axial layer (odd), or None for global attention.
+        max_distance: relative distances the embedding tables cover.
         output_stride: 16 (the last stage keeps the resolution) or 32.
+        stem_multiplier: width multiplier of the stem (64, 64, 128 channels at 1); None: ``width_multiplier``.
     """
 
     def __init__(
@@ -190,24 +288,29 @@ class AxialResNet(nn.Module):
         width_multiplier: float = 1.0,
         blocks: Sequence[int] = (3, 4, 6, 3),
         heads: int = 8,
-        spans: Sequence[int] = (513, 257, 129, 129),
+        span: int | None = 65,
+        max_distance: int = MAX_DISTANCE,
         output_stride: int = 16,
+        stem_multiplier: float | None = None,
     ) -> None:
         super().__init__()
+        s = width_multiplier if stem_multiplier is None else stem_multiplier
+        stem = (int(64 * s), int(64 * s), int(128 * s))
         self.stem = nn.Sequential(
-            *self._conv_bn_relu(3, 64, 2), *self._conv_bn_relu(64, 64, 1), *self._conv_bn_relu(64, 128, 1)
+            *self._conv_bn_relu(3, stem[0], 2),
+            *self._conv_bn_relu(stem[0], stem[1], 1),
+            *self._conv_bn_relu(stem[1], stem[2], 1),
         )
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         strides = (1, 2, 2, 2 if output_stride == 32 else 1)
-        in_channels = 128
+        in_channels = stem[2]
         self.out_channels: tuple[int, ...] = ()
-        for i, (num, stride, span) in enumerate(zip(blocks, strides, spans, strict=True)):
+        for i, (num, stride) in enumerate(zip(blocks, strides, strict=True)):
             width = int(128 * 2**i * width_multiplier)
-            # A strided block attends at the previous stage's resolution (it pools afterwards).
-            first_span = spans[i - 1] if stride > 1 else span
-            layers = [AxialBlock(in_channels, width, stride, heads, first_span)]
-            in_channels = width * AxialBlock.expansion
-            layers += [AxialBlock(in_channels, width, 1, heads, span) for _ in range(num - 1)]
+            layers = []
+            for j in range(num):
+                layers.append(AxialBlock(in_channels, width, stride if j == 0 else 1, heads, span, max_distance))
+                in_channels = width * AxialBlock.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             self.out_channels += (in_channels,)
 
