@@ -12,7 +12,7 @@ https://github.com/tensorflow/models/tree/master/research/deeplab (Apache-2.0):
 - 12 cells on the searched path of levels ``(0, 0, 0, 1, 2, 1, 2, 2, 3, 3, 2, 1)`` (level l has
   stride ``4 * 2**l`` and ``F * 2**l`` filters per branch, F = 48 for the "L" network). Going up a
   level, the cell's first operations on its two inputs have stride 2; going down, the input is
-  first upsampled x2 (bilinear, ``align_corners=True``);
+  first upsampled x2 (bilinear, ``align_corners=True``) to the path's resolution at that level;
 - a cell takes the previous output h0 (ReLU, 1x1 conv, BN) and the one before, h1 (resized to
   h0's size when needed; ReLU, 1x1 conv, BN when its width differs) and builds five blocks, each
   the sum of two operations on earlier states::
@@ -32,10 +32,36 @@ https://github.com/tensorflow/models/tree/master/research/deeplab (Apache-2.0):
 - DeepLabv3+ decoder: ``Cell_2`` (stride 4) projected by 1x1 conv to 48, concatenated with the
   upsampled ASPP output, two 3x3 conv + BN + ReLU (256), 1x1 classifier: logits at stride 4.
 
-TensorFlow's "SAME" padding of the stride-2 convolutions samples one pixel later than PyTorch's
-symmetric padding on even sizes, and its x2 upsampling produces ``2h - 1`` rows (DeepLab's
-``8k + 1`` input convention); on the even protocol sizes this module pads symmetrically and
-upsamples to ``2h``. Neither changes parameters; the FLOP difference is below 0.1%.
+Sizes: TensorFlow's "SAME" padding of the stride-2 convolutions samples one pixel later than
+PyTorch's symmetric padding on even sizes, and its x2 upsampling produces ``2h - 1`` rows (DeepLab's
+``8k + 1`` input convention). Going down a level, this module upsamples to the resolution the path
+had at that level: ``2h - 1`` on ``8k + 1`` inputs, as TensorFlow, and ``2h`` on the protocol's sizes
+(multiples of 32), where TensorFlow's ``2h - 1`` leaves the later cells and the ASPP a few rows and
+columns short (125x253 instead of 128x256 at stride 8; its convolutions at 1024x2048: 647.1 G against
+653.6 G here). Parameters are the same.
+
+FLOPs against the paper (F = 48, 19 classes). Our count at 1024x2048 is 656.5 G (convolutions
+653.6, batch norms 1.9, resizes 1.0), 5.5% under the paper's 695.03 B Multi-Adds. The network is
+not the difference: the parameters agree for all three published variants (F = 20, 32, 48: 10.15,
+21.62, 44.42 M). The paper's figure is DeepLab's TensorFlow-profiler count (reconstructed here: the
+paper states neither the size nor the tool), which differs from ours by, in order:
+
+- the evaluation size 1025x2049 at TensorFlow's sizes (257x513 at stride 4 ... 33x65 at stride 32):
+  convolutions 662.4 G;
+- the atrous convolutions, which TensorFlow runs through SpaceToBatchND (``tf.nn.with_space_to_batch``)
+  and whose output the profiler counts rounded up to a multiple of the rate: the ASPP rates 12, 24,
+  36 on 129x257 add 5%, 15% and 25% to those branches (+16.5 G), the rate-2 cell operations +3.3 G:
+  682.1 G;
+- the ASPP image pooling evaluated over the training crop (DeepLab's ``image_pooling_crop_size``: a
+  97x97 = 769/8 window at stride 1, 33x161 outputs) rather than the whole image, which the profiler
+  counts as 97^2 operations per output (12.0 G as Multi-Adds), and its 1x1 convolution at the 33x161
+  positions (0.65 G): 694.8 G, 0.03% under 695.03.
+
+The same reconstruction gives 333.1 and 460.8 G for F = 20 and 32 (paper: 333.25 and 460.93 B),
+and 54.05, 418.45 and 8676.2 G for DeepLab's Xception-65 model-zoo entries (published 54.17, 418.64
+and 8677.92 B). Our counter at 1025x2049 (where this module has TensorFlow's sizes) gives 665.4 G,
+4.3% under. This module keeps the global image pooling of ASPP; our counter counts pooling once per
+input element, so the windowed pooling would add only its 1x1 convolution here.
 """
 
 from __future__ import annotations
@@ -241,11 +267,13 @@ class AutoDeepLab(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s1 = self.stem1(self.stem0(x))
         outputs = [s1, self.stem2(s1)]
+        level_sizes: dict[int, tuple[int, ...]] = {}  # the path's last resolution at each level
         for i, (cell, level) in enumerate(zip(self.cells, self.path, strict=True)):
             net = outputs[-1]
             if i > 0 and level == self.path[i - 1] - 1:
-                net = _resize(net, (2 * net.shape[-2], 2 * net.shape[-1]))
+                net = _resize(net, level_sizes.get(level, (2 * net.shape[-2], 2 * net.shape[-1])))
             outputs.append(cell(net, outputs[-2]))
+            level_sizes[level] = tuple(outputs[-1].shape[-2:])
         features = F.relu(outputs[-1])
         low = self.decoder_low_level(outputs[2 + self.low_level_cell])
         aspp = _resize(self.aspp(features), low.shape[-2:])
@@ -269,12 +297,15 @@ class AutoDeepLab(nn.Module):
                 miou=80.3,
                 source="SegFormer (Xie et al., NeurIPS 2021) Table 4 (GFLOPs, mIoU); params: Auto-DeepLab paper, "
                 "Cityscapes model-variants table (Auto-DeepLab-L, F=48: 44.42 M, 695.03 B Multi-Adds)",
-                note="Multi-Adds taken as counted at DeepLab's Cityscapes evaluation size 1025x2049 (an assumption; "
-                "the paper does not state the size); at the protocol's 1024x2048 the count is 5.5% lower",
+                note="DeepLab's TensorFlow-profiler Multi-Adds at its evaluation size 1025x2049, which also count the "
+                "SpaceToBatch padding of the atrous convolutions (+19.7 G) and an ASPP image pooling over the 769x769 "
+                "training window counted per window element (+12.65 G); counted that way this network gives 694.8 G "
+                "(-0.03%); our counter gives 665.4 G at 1025x2049 (-4.3%) and 656.5 G at 1024x2048 (-5.5%)",
                 input_size=(1025, 2049),
             ),
         },
-        notes="the searched network of the paper; no official checkpoint was released",
+        notes="the searched network of the paper; no official checkpoint was released; parameters match all three "
+        "published variants (F = 20, 32, 48), FLOPs differ by the paper's counting convention (module docstring)",
     )
 )
 def auto_deeplab_f48(*, num_classes: int) -> nn.Module:

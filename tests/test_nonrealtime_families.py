@@ -25,7 +25,8 @@ from torch import nn
 
 import archs
 from archs.autodeeplab import BACKBONE_PATH, AutoDeepLab
-from archs.backbones.axial_resnet import AxialAttention
+from archs.axial_deeplab import AxialDeepLab
+from archs.backbones.axial_resnet import AxialAttention, AxialResNet
 from archs.backbones.hrnet import HRNet
 from archs.backbones.vit import VisionTransformer
 from archs.backbones.wider_resnet import IdentityResidualBlock
@@ -163,6 +164,7 @@ PUBLISHED_PARAMS = {
     "ccnet-r101": ("ade20k", {"aux_head": True}, 150),  # + auxiliary FCN head
     "setr-pup-vit-l": ("cityscapes", {"aux_head": True, "img_size": 768}, 19),  # + 3 aux heads, 48x48 grid
     "auto-deeplab-f48": ("cityscapes", {}, 19),
+    "axial-deeplab-xl": ("cityscapes", {"instance_branch": True}, 19),  # + panoptic instance decoder and heads
 }
 
 
@@ -335,11 +337,15 @@ def test_in_model_canny_equals_opencv(kind):
 
 
 def _axial_attention_reference(layer: AxialAttention, x: torch.Tensor) -> torch.Tensor:
-    """Position-sensitive axial attention (paper eq. 4) along the width, one position at a time."""
+    """Position-sensitive axial attention (paper eq. 4) along the width, one position at a time: each query
+    o meets the keys p within the span (|p - o| <= (span - 1) / 2; all of them for span=None), every
+    relative embedding indexed by the offset p - o."""
     n, _, h, w = x.shape
     qkv = layer.bn_qkv(layer.qkv(x))
     d, heads = layer.d, layer.heads
-    rel = layer.relative  # (2d, 2*span-1): offsets p - o at index o - p + span - 1
+    rel = layer.relative  # (2d, 2 * max_distance + 1): offset p - o at column max_distance + p - o
+    center = layer.max_distance
+    radius = w if layer.span is None else (layer.span - 1) // 2
     bn_s, bn_o = layer.bn_similarity, layer.bn_output
 
     def bn(norm, c, value):
@@ -354,50 +360,89 @@ def _axial_attention_reference(layer: AxialAttention, x: torch.Tensor) -> torch.
                 chans = qkv[b, g * 2 * d : (g + 1) * 2 * d, row]  # (2d, W)
                 q, k, v = chans[: d // 2], chans[d // 2 : d], chans[d:]
                 for o in range(w):
+                    keys = [p for p in range(w) if abs(p - o) <= radius]
                     logits = []
-                    for p in range(w):
-                        idx = o - p + layer.span - 1
+                    for p in keys:
+                        r = rel[:, center + p - o]
                         qk = q[:, o] @ k[:, p]
-                        qr = q[:, o] @ rel[: d // 2, idx]
-                        kr = k[:, p] @ rel[d // 2 : d, p - o + layer.span - 1]
+                        qr = q[:, o] @ r[: d // 2]
+                        kr = k[:, p] @ r[d // 2 : d]
                         logits.append(bn(bn_s, g, qk) + bn(bn_s, heads + g, qr) + bn(bn_s, 2 * heads + g, kr))
                     a = torch.stack(logits).softmax(0)
                     for c in range(d):
                         oc = g * d + c
-                        content = sum(a[p] * v[c, p] for p in range(w))
-                        positional = sum(a[p] * rel[d + c, o - p + layer.span - 1] for p in range(w))
+                        content = sum(a[i] * v[c, p] for i, p in enumerate(keys))
+                        positional = sum(a[i] * rel[d + c, center + p - o] for i, p in enumerate(keys))
                         out[b, oc, row, o] = bn(bn_o, 2 * oc, content) + bn(bn_o, 2 * oc + 1, positional)
     return out
 
 
-def test_axial_attention_follows_the_equation():
+# (5, 9): a local window, border and interior queries; (3, 9): a narrower one; (5, 3): every pair is within
+# the span (attended globally); None: the whole axis.
+@pytest.mark.parametrize(("span", "width"), [(5, 9), (3, 9), (5, 3), (None, 7)])
+def test_axial_attention_follows_the_equation(span, width):
     torch.manual_seed(0)
-    layer = AxialAttention(8, 8, heads=2, span=6, axis=3).eval()
+    layer = AxialAttention(8, 8, heads=2, axis=3, span=span, max_distance=6).eval()
     randomize_norms(layer)
-    x = torch.randn(1, 8, 2, 5)
+    x = torch.randn(2, 8, 3, width)
     with torch.no_grad():
         expected = _axial_attention_reference(layer, x)
         assert max_diff(layer(x), expected) <= 1e-4
-        height = AxialAttention(8, 8, heads=2, span=6, axis=2).eval()
+        height = AxialAttention(8, 8, heads=2, axis=2, span=span, max_distance=6).eval()
         height.load_state_dict(layer.state_dict())
         assert max_diff(height(x.transpose(2, 3)), expected.transpose(2, 3)) <= 1e-4
 
 
-def test_axial_attention_chunking_and_training_path_agree(monkeypatch):
+@pytest.mark.parametrize("span", [5, None])
+def test_axial_attention_chunking_and_training_path_agree(span, monkeypatch):
     from archs.backbones import axial_resnet
 
     torch.manual_seed(0)
-    layer = AxialAttention(16, 16, heads=4, span=9, axis=2).eval()
+    layer = AxialAttention(16, 16, heads=4, axis=2, span=span, max_distance=8).eval()
     randomize_norms(layer)
-    x = torch.randn(2, 16, 9, 7)
+    x = torch.randn(2, 16, 9, 7)  # 14 sequences of 9
+    # The largest tensor per sequence: the (heads, L, L) similarities, or the (L, span, 3/2 C) key/value windows.
+    per_sequence = 4 * 9 * 9 if span is None else 9 * 5 * 24
     with torch.no_grad():
         whole = layer(x)
-        monkeypatch.setattr(axial_resnet, "MAX_ATTENTION_ELEMENTS", 4 * 9 * 9 * 3)  # 3 sequences per chunk
+        monkeypatch.setattr(axial_resnet, "MAX_ATTENTION_ELEMENTS", per_sequence * 3)  # 3 sequences per chunk
         assert max_diff(layer(x), whole) <= 1e-6
         layer.training = True  # the unfolded path (batch norms still in inference mode)
         for bn in (layer.bn_qkv, layer.bn_similarity, layer.bn_output):
             bn.training = False
         assert max_diff(layer(x), whole) <= 1e-5
+
+
+# Keys per query on a 4 x 12 map along the width: the window (padding included) or the whole row.
+@pytest.mark.parametrize(("span", "keys"), [(5, 5), (None, 12)])
+def test_axial_attention_flops_count_every_query_key_pair(span, keys):
+    layer = AxialAttention(3, 16, heads=2, axis=3, span=span).eval()
+    count = count_flops(layer, (4, 12))
+    assert count.uncounted == {}
+    pixels = 4 * 12
+    assert count.by_operator["conv"] == 3 * 32 * pixels
+    # q.k, q.r^q, k.r^k over C/2 channels, content and positional retrieval over C: 3.5 * C per query-key pair.
+    attention = count.by_operator.get("matmul", 0) + count.by_operator.get("einsum", 0)
+    assert attention == 7 * 16 // 2 * keys * pixels
+
+
+# DeepLab2's unit test counts of its axial_deeplab_l and axial_deeplab_s backbones (stem at width 1,
+# 509-embedding tables).
+@pytest.mark.parametrize(("width", "expected"), [(1.0, 43_841_920), (0.5, 11_565_856)])
+def test_axial_resnet_parameters_equal_deeplab2s(width, expected):
+    assert count_params(AxialResNet(width, stem_multiplier=1.0)) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("width", "published"), [(2.0, None), (1.0, 687.4)])
+def test_axial_deeplab_panoptic_flops_agree_with_published(width, published):
+    """The panoptic models (instance branch included) at 1024x2048 against the paper's Cityscapes M-Adds:
+    XL from the spec, L (44.9 M, 687.4 B) as a check of the span and stem at the other width."""
+    if published is None:
+        published = archs.get_spec("axial-deeplab-xl").published["cityscapes"].gflops
+    count = count_flops(AxialDeepLab(19, width, instance_branch=True).eval(), (1024, 2048))
+    assert count.uncounted == {}
+    assert agrees(count.gflops, published, 0.05), (count.gflops, published)
 
 
 def test_auto_deeplab_follows_the_searched_path():
@@ -409,6 +454,18 @@ def test_auto_deeplab_follows_the_searched_path():
         assert model(torch.randn(1, 3, 64, 128)).shape == (1, 19, 16, 32)
     # Level l: stride 4 * 2**l (width 128 / stride) and 5 * F * 2**l channels.
     assert sizes == [(5 * 8 * 2**level, 128 // (4 * 2**level)) for level in BACKBONE_PATH]
+
+
+def test_auto_deeplab_returns_to_the_level_resolution_on_8k_plus_1_inputs():
+    """Going down a level, the path takes back its resolution there: 2h - 1 on DeepLab's 8k + 1 sizes."""
+    model = AutoDeepLab(19, filter_multiplier=8).eval()
+    sizes = []
+    for cell in model.cells:
+        cell.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 129, 257)).shape == (1, 19, 33, 65)
+    # TensorFlow's sizes: (n - 1) / stride + 1 at stride 4 * 2**level.
+    assert sizes == [(128 // (4 * 2**level) + 1, 256 // (4 * 2**level) + 1) for level in BACKBONE_PATH]
 
 
 def test_dynamic_cell_gates_route_and_a_closed_cell_passes_its_input():
