@@ -93,6 +93,7 @@ def measure(job: Job, options: RunOptions) -> dict:
     ds = proto.dataset(job.dataset)
     size = proto.input_size(spec, job.dataset)
     device = torch.device(options.device)
+    torch.manual_seed(proto.MODEL_SEED)  # random weights, the same every run (input-dependent FLOPs follow them)
     model = archs.build(job.arch, num_classes=ds.num_classes)
     if job.kind == "params":
         n = count_params(model)

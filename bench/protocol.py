@@ -80,6 +80,9 @@ MODES = {
     "eager-fp16": {"precision": "fp16", "channels_last": True, "cuda_graph": False, "compile": False},
     "compile": {"precision": "fp16", "channels_last": True, "cuda_graph": True, "compile": True},
 }
+# Seed of the random weights every measurement builds its model with (mIoU jobs then load a checkpoint).
+MODEL_SEED = 0
+
 # What `bench run` times unless --modes says otherwise.
 DEFAULT_MODES = ("eager", "graph", "graph-fp32")
 # torch.compile mode of the `compile` speed mode: "default" fuses kernels; the step is then
