@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.hashsalt"] = "segbench"  # the same SVG for the same records: no churn in results/
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -107,7 +108,7 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     for ext in ("png", "svg"):
         path = out_stem.with_suffix(f".{ext}")
         tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext)
+        fig.savefig(tmp, format=ext, metadata={"Date": None} if ext == "svg" else None)
         tmp.replace(path)
         paths.append(path)
     plt.close(fig)
