@@ -5,3 +5,14 @@ class BenchError(Exception):
     """A user-facing error: the message names the file or value and the fix."""
 
     exit_code = 2
+
+
+# What the allocators say when memory runs out (CUDA's caching allocator, the host's).
+OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` reports exhausted device or host memory (torch's OutOfMemoryError, MemoryError, ...)."""
+    return type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or any(
+        marker in str(exc).lower() for marker in OOM_MARKERS
+    )

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import archs
 from bench import protocol as proto
+from bench.errors import is_out_of_memory
 from bench.provenance import provenance
 from bench.records import new_record
 
@@ -140,9 +141,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
 def _die_with(parent_pid: int) -> None:
     """End this child as soon as the `bench run` process ``parent_pid`` is gone (a killed run leaves no orphan).
 
@@ -181,12 +179,8 @@ def _call(conn, parent_pid: int, fn, *args) -> None:
     try:
         message = {"status": "ok", **fn(*args)}
     except BaseException as exc:  # every failure becomes a record
-        status = "error"
-        name = type(exc).__name__
-        if name in ("OutOfMemoryError", "MemoryError") or any(m in str(exc).lower() for m in OOM_MARKERS):
-            status = "oom"
         message = {
-            "status": status,
+            "status": "oom" if is_out_of_memory(exc) else "error",
             "error": _first_line(exc),
             "traceback": traceback.format_exc(limit=-8)[-4000:],
         }
@@ -233,7 +227,7 @@ def run_in_child(name: str, timeout_s: float, fn, *args) -> dict:
     """``fn(*args)`` in a child process with a time limit; a message with ``status`` (never raises for its faults)."""
     ctx = _job_context()
     receiver, sender = ctx.Pipe(duplex=False)
-    # Not daemonic: an evaluation job starts DataLoader workers; PR_SET_PDEATHSIG ends it with the parent.
+    # Not daemonic: an evaluation job starts DataLoader workers; `_die_with` ends the child with the run.
     child = ctx.Process(target=_call, args=(sender, os.getpid(), fn, *args), daemon=False, name=name)
     child.start()
     sender.close()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.errors import is_out_of_memory
 from bench.measure import nvml
 from bench.protocol import COMPILE_MODE, MAX_SPREAD, MODES, SpeedProtocol, needs_cuda
 
@@ -267,10 +268,6 @@ class SweepResult:
         return asdict(self)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 def sweep_batches(
     model: nn.Module,
     input_size: tuple[int, int],
@@ -305,8 +302,8 @@ def sweep_batches(
             result = measure_latency(
                 model, input_size, device=device, mode=mode, protocol=replace(protocol, batch=batch)
             )
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if not _is_oom(exc):
+        except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
                 raise
             stopped = f"out of memory at batch {batch}"
             break
