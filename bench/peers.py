@@ -1,9 +1,18 @@
 """Peers: our models against the reference implementations others use, same process, same mode.
 
 Pairs: SegFormer B0–B5 against HF transformers' ``SegformerForSemanticSegmentation`` (SDPA
-attention); the ResNet-101 and MobileNetV2 CNNs against torchvision's and
-segmentation_models_pytorch's nearest equivalents (random weights everywhere; only speed is
-compared). A ratio above 1 means ours is faster: ratio = peer latency / our latency.
+attention: the same network); DeepLab v3 (ResNet-101, output stride 8) against torchvision's
+``deeplabv3_resnet101`` (the same head; ours has the deep "V1c" stem of the mmseg configurations);
+FCN-R101 against torchvision's ``fcn_resnet101`` (one 3x3 convolution in its head, ours two plus
+the input concatenation); DeepLabV3+ on ResNet-101 and MobileNetV2 against
+segmentation_models_pytorch's ``DeepLabV3Plus`` at our output stride 8 (its decoder is slimmer);
+DeepLabV3+ MobileNetV2 against torchvision's nearest, ``deeplabv3_mobilenet_v3_large``. Random
+weights everywhere; only speed is compared. A ratio above 1 means ours is faster: ratio = peer
+latency / our latency. Each row also carries both sides' FLOPs (our counter, same input), so a
+pair that does not compute the same amount is visible as such: ``same_work`` is true within 2%,
+and ``ratio_per_flop`` compares time per FLOP.
+(smp's PSPNet is not paired: it has no dilated encoder and pools at stride 8 of a 3-stage
+encoder, a sixth of our PSPNet's FLOPs.)
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ from torch import nn
 
 import archs
 from bench.errors import BenchError
+from bench.measure.flops import count_flops
 from bench.measure.speed import measure_latency
-from bench.protocol import SpeedProtocol
+from bench.protocol import MODEL_SEED, SpeedProtocol
 
 
 class LogitsOnly(nn.Module):
@@ -91,41 +101,42 @@ def torchvision_model(name: str) -> Callable[[int], nn.Module]:
     return build
 
 
-def smp_model(arch: str, encoder: str) -> Callable[[int], nn.Module]:
+def smp_model(arch: str, encoder: str, **options) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
         import segmentation_models_pytorch as smp
 
-        return getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, classes=num_classes).eval()
+        return getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, classes=num_classes, **options).eval()
 
     return build
 
 
 PAIRS: tuple[PeerPair, ...] = (
     *(PeerPair(f"segformer-{v}", f"HF Segformer-{v.upper()}", hf_segformer(v), "transformers") for v in _SEGFORMER),
+    PeerPair(
+        "deeplabv3-r101-os8", "torchvision deeplabv3_resnet101", torchvision_model("deeplabv3_resnet101"), "torchvision"
+    ),
     PeerPair("fcn-r101", "torchvision fcn_resnet101", torchvision_model("fcn_resnet101"), "torchvision"),
     PeerPair(
-        "deeplabv3plus-r101", "torchvision deeplabv3_resnet101", torchvision_model("deeplabv3_resnet101"), "torchvision"
-    ),
-    PeerPair(
         "deeplabv3plus-r101",
-        "smp DeepLabV3Plus resnet101",
-        smp_model("DeepLabV3Plus", "resnet101"),
+        "smp DeepLabV3Plus resnet101 (OS 8)",
+        smp_model("DeepLabV3Plus", "resnet101", encoder_output_stride=8),
         "segmentation_models_pytorch",
     ),
-    PeerPair("pspnet-r101", "smp PSPNet resnet101", smp_model("PSPNet", "resnet101"), "segmentation_models_pytorch"),
+    PeerPair(
+        "deeplabv3plus-mobilenetv2",
+        "smp DeepLabV3Plus mobilenet_v2 (OS 8)",
+        smp_model("DeepLabV3Plus", "mobilenet_v2", encoder_output_stride=8),
+        "segmentation_models_pytorch",
+    ),
     PeerPair(
         "deeplabv3plus-mobilenetv2",
         "torchvision deeplabv3_mobilenet_v3_large",
         torchvision_model("deeplabv3_mobilenet_v3_large"),
         "torchvision",
     ),
-    PeerPair(
-        "deeplabv3plus-mobilenetv2",
-        "smp DeepLabV3Plus mobilenet_v2",
-        smp_model("DeepLabV3Plus", "mobilenet_v2"),
-        "segmentation_models_pytorch",
-    ),
 )
+# Two sides do the same work when their FLOPs agree within this share.
+SAME_WORK = 0.02
 
 
 def available(pair: PeerPair) -> bool:
@@ -141,25 +152,41 @@ def compare(
     protocol: SpeedProtocol,
     num_classes: int,
     nvml_handle=None,
+    gflops: dict[str, float] | None = None,
 ) -> dict:
-    """Time our model and the peer one after the other in this process; one row of the peers table."""
+    """Time our model and the peer one after the other in this process; one row of the peers table.
+
+    Both sides' FLOPs at ``input_size`` (fvcore, our handles) are counted into ``gflops`` (keys
+    "ours" and "peer") unless it holds them already, from another mode of the same pair and size;
+    ``same_work`` says whether they agree within `SAME_WORK`.
+    """
+    gflops = {} if gflops is None else gflops
     row = {"ours": pair.ours, "peer": pair.peer, "input": "x".join(map(str, input_size)), "mode": mode}
     results = {}
     for side, build in (
         ("ours", lambda: archs.build(pair.ours, num_classes=num_classes)),
         ("peer", lambda: pair.build_peer(num_classes)),
     ):
-        model = build()
-        results[side] = measure_latency(
-            model, input_size, device=device, mode=mode, protocol=protocol, nvml_handle=nvml_handle
-        )
-        row[f"{side}_params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-        del model
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
+        torch.manual_seed(MODEL_SEED)
+        model = build().eval()
+        try:
+            row[f"{side}_params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+            if side not in gflops:
+                gflops[side] = count_flops(model.to(device), input_size, device=device).gflops
+            row[f"{side}_gflops"] = gflops[side]
+            results[side] = measure_latency(
+                model, input_size, device=device, mode=mode, protocol=protocol, nvml_handle=nvml_handle
+            )
+        finally:  # a failed side (out of memory, say) must not leave its memory to the next pair
+            del model
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()
     row["ours_ms"], row["peer_ms"] = results["ours"].median_ms, results["peer"].median_ms
     row["ours_spread"], row["peer_spread"] = results["ours"].spread, results["peer"].spread
     row["ratio"] = row["peer_ms"] / row["ours_ms"]
+    row["same_work"] = bool(abs(gflops["peer"] / gflops["ours"] - 1.0) <= SAME_WORK)
+    # time per FLOP, peer over ours: the ratio a pair doing different work is fairly judged by
+    row["ratio_per_flop"] = row["ratio"] * gflops["ours"] / gflops["peer"]
     return row
 
 

@@ -26,6 +26,13 @@ OK = "ok"
 FAILED_STATUSES = ("error", "oom", "timeout", "crashed")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a reader sees the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def record_key(record: dict) -> tuple:
     """What makes two records measure the same thing (a rerun skips an ``ok`` one)."""
     return (

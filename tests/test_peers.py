@@ -1,5 +1,6 @@
 """`bench peers`: pairs are well-formed and a comparison row carries both timings and their ratio."""
 
+import pandas as pd
 import pytest
 
 import archs
@@ -42,3 +43,31 @@ def test_hf_segformer_peer_is_the_same_size_as_ours(variant):
     peer = peers.hf_segformer(variant)(150)
     ours = archs.build(f"segformer-{variant}", num_classes=150)
     assert sum(p.numel() for p in peer.parameters()) == sum(p.numel() for p in ours.parameters())
+
+
+def test_the_peers_command_writes_every_row_at_once_and_resumes(tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+
+    class Broken(ToyNet):
+        def forward(self, x):
+            raise RuntimeError("peer failed")
+
+    toy = peers.PeerPair("toy-w4", "toy peer", lambda n: ToyNet(n, 4), "torch")
+    wider = peers.PeerPair("toy-w8", "wider toy peer", lambda n: ToyNet(n, 16), "torch")
+    broken = peers.PeerPair("toy-w8", "broken peer", lambda n: Broken(n, 4), "torch")
+    monkeypatch.setattr(peers, "PAIRS", (toy, wider, broken))
+    monkeypatch.setattr("bench.protocol.SPEED", {"cpu": FAST, "cuda": FAST})
+    args = ["peers", "--device", "cpu", "--sizes", "32x32", "--results", str(tmp_path)]
+    assert main([*args, "--arch", "toy-w4"]) == 0
+    (csv,) = tmp_path.glob("*/peers.csv")
+    first = pd.read_csv(csv)
+    assert list(first["peer"]) == ["toy peer"] and bool(first["same_work"].iloc[0])
+    # a failing peer is reported and skipped; the rows measured before it, and the earlier run's, stay
+    assert main(args) == 0
+    table = pd.read_csv(csv)
+    assert list(table["peer"]) == ["toy peer", "wider toy peer"]
+    assert table[table["peer"] == "toy peer"]["ours_ms"].iloc[0] == first["ours_ms"].iloc[0]  # skipped, not re-run
+    wide = table[table["peer"] == "wider toy peer"].iloc[0]
+    assert not wide["same_work"] and wide["peer_gflops"] > wide["ours_gflops"]
+    assert "broken peer" in capsys.readouterr().err
+    assert "wider toy peer" in (csv.parent / "peers.md").read_text()

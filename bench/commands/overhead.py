@@ -8,6 +8,7 @@ from pathlib import Path
 from bench import protocol as proto
 from bench.commands.common import add_plugin_argument, csv_list, load_plugins, parse_modes, resolve_device
 from bench.errors import BenchError
+from bench.records import write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -73,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
         "repeats, NVML telemetry); bare: one pair of CUDA events around the same number of steps of the same "
         "callable. overhead = bench mean / bare mean - 1.\n"
     )
-    (folder / "overhead.md").write_text(text)
+    write_text_atomic(folder / "overhead.md", text)
     print(f"wrote {folder / 'overhead.md'}")
     return 0

@@ -10,6 +10,8 @@ import pandas as pd
 from bench import protocol as proto
 from bench.commands.common import csv_list, parse_modes, resolve_device
 from bench.errors import BenchError
+from bench.peers import SAME_WORK
+from bench.records import write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -22,6 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--modes", default="eager,graph", help="speed modes (graph needs CUDA)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/<device>/peers.md|csv")
+    p.add_argument("--force", action="store_true", help="measure again the rows already in peers.csv")
     p.set_defaults(handler=run)
 
 
@@ -31,6 +34,9 @@ def parse_size(text: str) -> tuple[int, int]:
         return h, w
     except ValueError:
         raise BenchError(f"--sizes: {text!r} is not HxW (e.g. 512x512)") from None
+
+
+KEY = ["ours", "peer", "input", "mode"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,41 +56,99 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         console.print(f"[yellow]note:[/] not installed, their peers are skipped: {', '.join(skipped)}")
     pairs = [p for p in pairs if peers.available(p)]
+    if not pairs:
+        raise BenchError("no peer comparison can run; install the peers (pip install -e '.[peers]') or pick --arch")
+    folder = args.results / device_slug(device)
+    table = PeersTable(folder)
+    done = set() if args.force else table.keys()
     handle = gpu_handle(device) if device != "cpu" else None
     speed = proto.SPEED["cuda" if device != "cpu" else "cpu"]
-    rows = []
+    prov = provenance(device)
+    commit = (prov.get("git_commit") or "?")[:10] + ("+changes" if prov.get("git_dirty") else "")
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
     for pair in pairs:
         for size in sizes:
             num_classes = 150 if size[0] == size[1] else 19
+            gflops: dict[str, float] = {}  # counted once per pair and size, shared by its modes
             for mode in modes:
+                label = f"{pair.ours} vs {pair.peer} @{'x'.join(map(str, size))} {mode}"
+                if (pair.ours, pair.peer, "x".join(map(str, size)), mode) in done:
+                    counts["skipped"] += 1
+                    continue
                 try:
                     row = peers.compare(
-                        pair, size, mode, device=device, protocol=speed, num_classes=num_classes, nvml_handle=handle
+                        pair,
+                        size,
+                        mode,
+                        device=device,
+                        protocol=speed,
+                        num_classes=num_classes,
+                        nvml_handle=handle,
+                        gflops=gflops,
                     )
                 except Exception as exc:  # one peer failing (e.g. out of memory) must not end the comparison
-                    console.print(
-                        f"  [red]failed[/] {pair.ours} vs {pair.peer} {size} {mode}: {type(exc).__name__}: {exc}"
-                    )
+                    counts["failed"] += 1
+                    console.print(f"  [red]failed[/] {label}: {type(exc).__name__}: {exc}")
                     continue
-                rows.append(row)
+                row["commit"] = commit
+                table.add(row, prov)  # written at once: a run cut short keeps what it measured
+                counts["ok"] += 1
                 console.print(
-                    f"  {pair.ours} vs {pair.peer} @{row['input']} {mode}: "
-                    f"{row['ours_ms']:.2f} ms vs {row['peer_ms']:.2f} ms -> {row['ratio']:.2f}x"
+                    f"  {label}: {row['ours_ms']:.2f} ms vs {row['peer_ms']:.2f} ms -> {row['ratio']:.2f}x"
+                    + ("" if row["same_work"] else f" (FLOPs {row['ours_gflops']:.1f} vs {row['peer_gflops']:.1f} G)")
                 )
-    if not rows:
-        raise BenchError("no peer comparison ran; install the peers (pip install -e '.[peers]') or pick --arch")
-    folder = args.results / device_slug(device)
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows)
-    frame.to_csv(folder / "peers.csv", index=False, float_format="%.4f")
-    prov = provenance(device)
-    where = prov.get("gpu_name") or f"CPU ({prov['cpu']})"
-    text = frame.to_markdown(index=False, floatfmt=".3f")
-    text += (
-        f"\n\nMeasured in one process on {where}, torch {prov['torch']}; ratio = peer ms / our ms (> 1: ours faster). "
-        "Random weights; a step is forward + resize + argmax, median latency (protocol "
-        f"v{proto.PROTOCOL_VERSION}). Classes: 150 at square sizes, 19 otherwise.\n"
+    console.print(
+        f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped (already in peers.csv)"
     )
-    (folder / "peers.md").write_text(text)
-    console.print(f"wrote {folder / 'peers.md'} and peers.csv")
+    if counts["ok"] == 0 and counts["skipped"] == 0:
+        raise BenchError("no peer comparison ran; see the failures above")
+    console.print(f"wrote {table.md} and {table.csv.name}")
     return 0
+
+
+class PeersTable:
+    """``peers.csv`` and ``peers.md`` of one device folder, rewritten (atomically) after every row.
+
+    Rows already there are kept; a row measured again replaces the one with the same pair, input
+    and mode.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.csv = folder / "peers.csv"
+        self.md = folder / "peers.md"
+        self.frame = pd.DataFrame()
+        if self.csv.exists():
+            try:
+                self.frame = pd.read_csv(self.csv)
+            except (OSError, ValueError, pd.errors.ParserError) as exc:
+                raise BenchError(f"{self.csv}: unreadable ({exc}); move it aside or pass --force") from None
+            if not set(KEY) <= set(self.frame.columns):
+                raise BenchError(f"{self.csv}: not a peers table (no {', '.join(KEY)} columns); move it aside")
+
+    def keys(self) -> set[tuple]:
+        if not len(self.frame):
+            return set()
+        return {tuple(str(v) for v in row) for row in self.frame[KEY].itertuples(index=False)}
+
+    def add(self, row: dict, prov: dict) -> None:
+        new = pd.DataFrame([row])
+        if len(self.frame):
+            same = (self.frame[KEY].astype(str) == new[KEY].astype(str).iloc[0]).all(axis=1)
+            self.frame = pd.concat([self.frame[~same], new], ignore_index=True)
+        else:
+            self.frame = new
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.csv, self.frame.to_csv(index=False, float_format="%.4f"))
+        write_text_atomic(self.md, self.markdown(prov))
+
+    def markdown(self, prov: dict) -> str:
+        where = prov.get("gpu_name") or f"CPU ({prov['cpu']})"
+        text = self.frame.to_markdown(index=False, floatfmt=".3f")
+        return text + (
+            f"\n\nMeasured in one process per run on {where}, torch {prov['torch']} (the last run; each row names "
+            "its segbench commit); ratio = peer ms / our ms (> 1: ours faster). Random weights; a step is forward + "
+            "resize + argmax, median latency (protocol "
+            f"v{proto.PROTOCOL_VERSION}). Classes: 150 at square sizes, 19 otherwise. GFLOPs: fvcore with segbench's "
+            f"handles, one multiply-add = one FLOP; same_work: both sides within {100 * SAME_WORK:.0f}%.\n"
+        )

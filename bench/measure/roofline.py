@@ -14,10 +14,13 @@ replay, is the share of the eager step spent launching kernels from Python.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
+
+from bench.records import write_text_atomic
 
 PEAKS_FILE = "peaks.json"
 MATMUL_N = 8192
@@ -26,17 +29,28 @@ COPY_BYTES = 2**30
 LAUNCH_BOUND_SHARE = 0.5
 
 
-def _time_ms(fn, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
+# Each ceiling: this long of warm-up (the clocks ramp up) and at least this long timed.
+WARMUP_MS = 200.0
+TIMED_MS = 300.0
+
+
+def _time_ms(fn, min_iters: int = 20) -> float:
+    """Mean ms of ``fn`` on the current CUDA device, after `WARMUP_MS` of it, over at least `TIMED_MS`."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+
+    def timed(iters: int) -> float:
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+
+    estimate = timed(3) / 3
+    timed(max(1, math.ceil(WARMUP_MS / max(estimate, 1e-3))))
+    iters = max(min_iters, math.ceil(TIMED_MS / max(estimate, 1e-3)))
+    return timed(iters) / iters
 
 
 def measure_peaks(device: str | torch.device = "cuda", n: int = MATMUL_N, copy_bytes: int = COPY_BYTES) -> dict:
@@ -52,25 +66,26 @@ def measure_peaks(device: str | torch.device = "cuda", n: int = MATMUL_N, copy_b
         raise ValueError("the roofline ceilings are measured on a CUDA device")
     peaks = {}
     saved = torch.backends.cuda.matmul.allow_tf32
-    try:
-        for name, dtype, tf32 in (
-            ("fp32", torch.float32, False),
-            ("tf32", torch.float32, True),
-            ("fp16", torch.float16, False),
-            ("bf16", torch.bfloat16, False),
-        ):
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            a = torch.randn(n, n, device=device, dtype=dtype)
-            b = torch.randn(n, n, device=device, dtype=dtype)
-            ms = _time_ms(lambda a=a, b=b: torch.mm(a, b), 20)
-            peaks[f"matmul_{name}_tflops"] = 2 * n**3 / (ms / 1000) / 1e12
-            del a, b
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-    src = torch.empty(copy_bytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = _time_ms(lambda s=src, d=dst: d.copy_(s), 20)
-    peaks["copy_tb_s"] = 2 * copy_bytes / (ms / 1000) / 1e12
+    with torch.cuda.device(device):  # events and synchronisation act on the current device
+        try:
+            for name, dtype, tf32 in (
+                ("fp32", torch.float32, False),
+                ("tf32", torch.float32, True),
+                ("fp16", torch.float16, False),
+                ("bf16", torch.bfloat16, False),
+            ):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                a = torch.randn(n, n, device=device, dtype=dtype)
+                b = torch.randn(n, n, device=device, dtype=dtype)
+                ms = _time_ms(lambda a=a, b=b: torch.mm(a, b))
+                peaks[f"matmul_{name}_tflops"] = 2 * n**3 / (ms / 1000) / 1e12
+                del a, b
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+        src = torch.empty(copy_bytes, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        ms = _time_ms(lambda s=src, d=dst: d.copy_(s))
+        peaks["copy_tb_s"] = 2 * copy_bytes / (ms / 1000) / 1e12  # read + write
     return peaks
 
 
@@ -87,10 +102,8 @@ def write_peaks(folder: Path, peaks: dict, provenance: dict) -> Path:
     """Store the ceilings atomically beside the device's records."""
     path = Path(folder) / PEAKS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    measured_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    tmp.write_text(json.dumps({"peaks": peaks, "provenance": provenance, "measured_at": measured_at}, indent=1))
-    tmp.replace(path)
+    stored = {"peaks": peaks, "provenance": provenance, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_text_atomic(path, json.dumps(stored, indent=1))
     return path
 
 

@@ -16,7 +16,7 @@ import archs
 from bench import protocol as proto
 from bench.compare import delta
 from bench.measure import roofline
-from bench.records import OK, record_key
+from bench.records import OK, record_key, write_text_atomic
 
 MISSING = "—"
 GROUP_TITLES = {"realtime": "Real-Time", "non-realtime": "Non Real-Time"}
@@ -325,20 +325,14 @@ def write_table(
     """table.md, table.csv and (where speed was measured on a GPU) speed.md of one device folder."""
     folder.mkdir(parents=True, exist_ok=True)
     md, csv = folder / "table.md", folder / "table.csv"
-    _atomic_write(md, to_markdown(frame, device=device, provenance=provenance))
-    _atomic_write(csv, frame.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(md, to_markdown(frame, device=device, provenance=provenance))
+    write_text_atomic(csv, frame.to_csv(index=False, float_format="%.6g"))
     paths = [md, csv]
     speed = to_speed_markdown(frame, device=device, provenance=provenance, peaks=peaks) if device != "cpu" else ""
     if speed:
-        _atomic_write(folder / "speed.md", speed)
+        write_text_atomic(folder / "speed.md", speed)
         paths.append(folder / "speed.md")
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def published_frame() -> pd.DataFrame:
