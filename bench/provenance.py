@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import importlib.metadata
+import os
 import platform
 import re
 import socket
@@ -15,6 +16,9 @@ import torch
 
 from bench import __version__
 from bench.measure import nvml
+
+# names the commit of a checkout copied without its .git folder
+COMMIT_ENV = "SEGBENCH_GIT_COMMIT"
 
 
 def slugify(text: str) -> str:
@@ -59,12 +63,18 @@ def device_slug(device: str) -> str:
     return "cpu-" + slugify(cpu_model())
 
 
-@functools.lru_cache(maxsize=1)
-def git_commit() -> dict:
-    """Commit of the segbench checkout (None when installed from a wheel) and whether it is dirty."""
-    root = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=2)
+def git_commit(root: Path = CHECKOUT) -> dict:
+    """Commit of the segbench checkout at ``root`` and whether it is dirty.
+
+    A copy without ``.git`` (an exported tree, a wheel) names its commit through
+    ``$SEGBENCH_GIT_COMMIT`` (dirty unknown), else None.
+    """
     if not (root / ".git").exists():
-        return {"commit": None, "dirty": None}
+        return {"commit": os.environ.get(COMMIT_ENV) or None, "dirty": None}
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         commit = head.stdout.strip() if head.returncode == 0 else ""

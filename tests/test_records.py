@@ -69,3 +69,12 @@ def test_concurrent_writers_never_interleave_lines(tmp_path):
     lines = (tmp_path / "dev" / "records.jsonl").read_bytes().splitlines()
     assert len(lines) == 160
     assert {json.loads(line)["arch"] for line in lines} == {f"w{w}-{i}" for w in range(4) for i in range(40)}
+
+
+def test_a_copy_without_git_names_its_commit_from_the_environment(tmp_path, monkeypatch):
+    from bench.provenance import COMMIT_ENV, git_commit
+
+    monkeypatch.delenv(COMMIT_ENV, raising=False)
+    assert git_commit(tmp_path / "bare") == {"commit": None, "dirty": None}
+    monkeypatch.setenv(COMMIT_ENV, "0123456789abcdef")
+    assert git_commit(tmp_path / "exported") == {"commit": "0123456789abcdef", "dirty": None}
