@@ -7,8 +7,9 @@ class BenchError(Exception):
     exit_code = 2
 
 
-# What the allocators say when memory runs out (CUDA's caching allocator, the host's).
-OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+# What the allocators say when memory runs out (CUDA's caching allocator, the host's, and cuBLAS's or
+# cuDNN's own workspace allocations: CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED).
+OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "status_alloc_failed")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

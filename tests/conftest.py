@@ -24,3 +24,18 @@ def run_bench(*args: str, cwd: Path | None = None, timeout: float = 600, env: di
 @pytest.fixture
 def bench_cli():
     return run_bench
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped, with the reason, where no CUDA GPU is visible."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # asks NVML: CUDA stays uninitialised (fork-safe)
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

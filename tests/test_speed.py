@@ -89,6 +89,11 @@ def test_throttling_is_a_slowdown_reason_or_a_dropped_clock():
     assert nvml.throttled({"sm_clock_mhz": 1980}, {"sm_clock_mhz": 1980, "clock_event_reasons": 0x20})  # thermal
     assert not nvml.throttled({"sm_clock_mhz": 1980}, {"sm_clock_mhz": 1965, "clock_event_reasons": 0x1})  # idle
     assert not nvml.throttled({}, {})  # no NVML: nothing to say
+    # a power cap that came and went during the loop: only the cumulative counter saw it
+    idle_after = {"sm_clock_mhz": 1980, "clock_event_reasons": 0x1}
+    assert nvml.throttled({"sm_clock_mhz": 1980, "power_violation_ns": 10}, {**idle_after, "power_violation_ns": 25})
+    steady = {"sm_clock_mhz": 1980, "thermal_violation_ns": 7}
+    assert not nvml.throttled(steady, {**idle_after, "thermal_violation_ns": 7})
 
 
 def test_roofline_arithmetic():
@@ -148,3 +153,11 @@ def test_the_bare_loop_times_the_same_callable():
 def test_the_bare_loop_needs_cuda():
     with pytest.raises(ModeUnavailable, match="CUDA"):
         bare_latency(ToyNet(5), (32, 32), device="cpu", mode="eager", protocol=FAST, steps=2)
+
+
+def test_library_workspace_failures_count_as_out_of_memory():
+    from bench.errors import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))

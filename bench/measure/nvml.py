@@ -75,25 +75,50 @@ CLOCK_DROP = 0.05
 
 
 def _clock_event_reasons(h):
-    query = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-        pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
-    )
-    return None if query is None else _query(query, h)
+    # the newer name first; drivers before 535 only have the older one
+    for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        query = getattr(pynvml, name, None)
+        value = None if query is None else _query(query, h)
+        if value is not None:
+            return value
+    return None
+
+
+# NVML's cumulative violation counters (ns the clocks were held down) read before and after a loop.
+VIOLATION_POLICIES = {"power": "NVML_PERF_POLICY_POWER", "thermal": "NVML_PERF_POLICY_THERMAL"}
+
+
+def _violation_ns(h) -> dict:
+    counters = {}
+    for name, constant in VIOLATION_POLICIES.items():
+        status = _query(pynvml.nvmlDeviceGetViolationStatus, h, getattr(pynvml, constant))
+        counters[f"{name}_violation_ns"] = None if status is None else int(status.violationTime)
+    return counters
 
 
 def clocks(h) -> dict:
-    """SM clock, temperature and clock-event reasons now (for before/after a timed loop)."""
+    """SM clock, temperature, clock-event reasons and violation counters now (before/after a timed loop)."""
     if h is None:
         return {}
     return {
         "sm_clock_mhz": _query(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
         "temperature_c": _query(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
         "clock_event_reasons": _clock_event_reasons(h),
+        **_violation_ns(h),
     }
 
 
 def throttled(before: dict, after: dict) -> bool:
-    """Whether the GPU slowed down during a loop: a slowdown reason after it, or a dropped SM clock."""
+    """Whether the GPU slowed down during a loop.
+
+    Any of: a power or thermal violation counter that grew during it (they see a cap that came and
+    went while the loop ran, which a reading after it, on an idle GPU, does not), a slowdown reason
+    after it, an SM clock that dropped.
+    """
+    for key in (f"{name}_violation_ns" for name in VIOLATION_POLICIES):
+        start, end = before.get(key), after.get(key)
+        if start is not None and end is not None and end > start:
+            return True
     reasons = after.get("clock_event_reasons")
     if reasons is not None and reasons & SLOWDOWN_REASONS:
         return True

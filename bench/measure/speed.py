@@ -14,6 +14,7 @@ and after, and a clock that dropped (or an NVML throttle reason other than idle)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -92,10 +93,21 @@ def _capture(step, warmup: int):
         for _ in range(max(3, warmup)):
             step()
     torch.cuda.current_stream().wait_stream(side)
+    _reset_peak_memory()  # the capture allocates one step's memory; the warm-up's autotuning is not counted
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
     return graph.replay
+
+
+def _reset_peak_memory() -> None:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _on(device: torch.device):
+    """Make ``device`` the current CUDA device: events, streams and graphs act on the current one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _time_cuda(fn, steps: int) -> list[float]:
@@ -130,7 +142,8 @@ def prepare_step(
 ):
     """The step of ``mode`` ready to time (compiled, captured), and the compile time in seconds (or None).
 
-    Call under ``torch.no_grad()``; resets the device's peak-memory statistics before the capture.
+    Call under ``torch.no_grad()`` with ``device`` current (`_on`); a graph mode resets the device's
+    peak-memory statistics before its capture.
     """
     settings = MODES[mode]
     on_cuda = device.type == "cuda"
@@ -150,9 +163,6 @@ def prepare_step(
         step()
         torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
-    if on_cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] else step
     return fn, compile_s
 
@@ -168,7 +178,7 @@ def bare_latency(
     device = torch.device(device)
     if device.type != "cuda":
         raise ModeUnavailable("the bare CUDA-event loop needs a CUDA GPU")
-    with torch.no_grad():
+    with torch.no_grad(), _on(device):
         fn, _ = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
         for _ in range(protocol.warmup_steps):
             fn()
@@ -203,10 +213,12 @@ def measure_latency(
     """
     device = torch.device(device)
     on_cuda = device.type == "cuda"
-    with torch.no_grad():
+    with torch.no_grad(), _on(device):
         fn, compile_s = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
         timer = _time_cuda if on_cuda else _time_cpu
         warm = timer(fn, protocol.warmup_steps)
+        if on_cuda and not MODES[mode]["cuda_graph"]:
+            _reset_peak_memory()  # the timed steps' memory, not the first steps' cuDNN autotuning
         estimate_ms = statistics.median(warm) if warm else 1.0
         steps = max(protocol.min_steps, math.ceil(protocol.min_repeat_s * 1000.0 / max(estimate_ms, 1e-3)))
         steps = max(1, min(steps, math.floor(protocol.max_repeat_s * 1000.0 / max(estimate_ms, 1e-3)) or 1))
@@ -290,11 +302,16 @@ def sweep_batches(
     device = torch.device(device)
     points: list[dict] = []
     stopped = None
+    base_mb = 0.0  # the weights: what does not grow with the batch
+    if device.type == "cuda":
+        model = model.to(device)
+        base_mb = torch.cuda.memory_allocated(device) / 2**20
     for batch in batches:
         if device.type == "cuda" and points:
             free, _ = torch.cuda.mem_get_info(device)
-            # Memory grows about linearly with the batch: stop before a capture would run out.
-            needed_mb = points[-1]["peak_memory_mb"] * batch / points[-1]["batch"]
+            # Activations grow about linearly with the batch: stop before a capture would run out.
+            last = points[-1]
+            needed_mb = base_mb + (last["peak_memory_mb"] - base_mb) * batch / last["batch"]
             if needed_mb * 2**20 > 0.9 * (free + torch.cuda.memory_reserved(device)):
                 stopped = f"batch {batch} would need about {needed_mb:.0f} MiB"
                 break
