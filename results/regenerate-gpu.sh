@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Regenerate the GPU results under results/<gpu>/ on a CUDA machine, the most important first,
+# inside a time budget.
+#
+#   results/regenerate-gpu.sh [BUDGET_S] [STEP ...]
+#
+# Steps, in this default order: tests realtime peers overhead eval lecture non-realtime
+#   tests         pytest -m gpu (CUDA modes, CUDA-graph capture of every model, GPU evaluation);
+#                 its summary goes to results/<gpu>/gpu-tests.txt
+#   realtime      bench run --suite realtime (params, FLOPs, eager/graph/graph-fp32, batch sweep)
+#   peers         bench peers (ours against HF / torchvision / smp, same process and mode)
+#   overhead      bench overhead (the harness against a bare CUDA-event loop)
+#   eval          the evaluation throughput benchmark of segformer-b0 on a generated ADE20K set of
+#                 $EVAL_IMAGES (2000) images, generated in the background while the first steps run
+#   lecture       bench run --suite lecture
+#   non-realtime  bench run --suite non-realtime
+# Every step resumes: records already in records.jsonl and rows already in peers.csv are skipped,
+# so what a short budget leaves undone the next call continues. A step gets its own cap or what
+# is left of the budget, whichever is less, and is stopped there (what it measured is kept); the
+# tables and plots are rebuilt at the end.
+#
+# Environment:
+#   BUDGET_S          the budget when not given as the first argument (default 3600)
+#   PYTHON            the interpreter (default python3)
+#   WHEELS            a folder of wheels installed with --no-index when fvcore is missing (default .whl)
+#   SEGBENCH_OUT      also write $SEGBENCH_OUT/gpu-results.tgz (the device folder) and log.txt
+#   SEGBENCH_GIT_COMMIT  the commit of a copy without .git, recorded in every record
+#   DEVICE            cuda (default), cuda:N, or cpu to rehearse the script on a machine without a GPU
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 2
+START=$(date +%s)
+BUDGET=${BUDGET_S:-3600}
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then BUDGET=$1; shift; fi
+STEPS=("$@")
+[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(tests realtime peers overhead eval lecture non-realtime)
+PYTHON=${PYTHON:-python3}
+RESERVE=40  # seconds kept for the tables, plots and archive
+LOG=${SEGBENCH_OUT:+$SEGBENCH_OUT/log.txt}
+LOG=${LOG:-/dev/null}
+EVAL_IMAGES=${EVAL_IMAGES:-2000}
+ADE=${TMPDIR:-/tmp}/segbench-ade20k-$EVAL_IMAGES
+
+say() { echo "[$(($(date +%s) - START)) s] $*" | tee -a "$LOG" >&2; }
+
+if ! "$PYTHON" -c "import fvcore" 2>/dev/null; then
+    WHEELS=${WHEELS:-.whl}
+    if compgen -G "$WHEELS/*.whl" >/dev/null; then
+        say "installing the wheels of $WHEELS into ${TMPDIR:-/tmp}/segbench-site"
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "${TMPDIR:-/tmp}/segbench-site" "$WHEELS"/*.whl || exit 2
+        export PYTHONPATH="${TMPDIR:-/tmp}/segbench-site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+bench() { "$PYTHON" -m bench "$@"; }
+
+DEVICE=${DEVICE:-cuda}
+if ! SLUG=$("$PYTHON" -c "
+import sys, torch
+if '$DEVICE' != 'cpu' and not torch.cuda.is_available():
+    sys.exit('no CUDA GPU visible: this script regenerates GPU results (DEVICE=cpu rehearses it on the CPU)')
+from bench.provenance import device_slug
+print(device_slug('$DEVICE'))"); then
+    exit 2
+fi
+FOLDER=results/$SLUG
+mkdir -p "$FOLDER"
+say "device folder $FOLDER; budget ${BUDGET} s; steps ${STEPS[*]}"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
+        2>&1 | tee -a "$LOG" >&2
+fi
+
+left() { echo $((BUDGET - RESERVE - ($(date +%s) - START))); }
+
+# step NAME CAP COMMAND...: run COMMAND for at most min(CAP, what is left), logging its output
+step() {
+    local name=$1 cap=$2 limit rc
+    shift 2
+    limit=$(left)
+    ((limit < cap)) || limit=$cap
+    if ((limit < 20)); then
+        say "$name: skipped, the budget is spent"
+        return 0
+    fi
+    say "$name: up to ${limit} s: $*"
+    timeout --kill-after=20 "$limit" bash -c '"$@"' "$name" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    case $rc in
+        0) say "$name: done" ;;
+        124 | 137) say "$name: stopped at its ${limit} s limit (what it measured is kept; run again to continue)" ;;
+        *) say "$name: exit $rc" ;;
+    esac
+}
+
+for s in "${STEPS[@]}"; do
+    if [[ $s == eval && ! -f $ADE.done ]]; then  # generate while the GPU works on the earlier steps
+        rm -rf "$ADE"
+        ( bench data synth --dataset ade20k --out "$ADE" --num "$EVAL_IMAGES" >"$ADE.log" 2>&1 && touch "$ADE.done" ) &
+        SYNTH=$!
+    fi
+done
+
+run_tests() {
+    "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -o addopts="" tests 2>&1 | tee "$FOLDER/gpu-tests.log"
+    local rc=${PIPESTATUS[0]}
+    { echo "pytest -m gpu: exit $rc"; tail -n 25 "$FOLDER/gpu-tests.log"; } >"$FOLDER/gpu-tests.txt"
+    rm -f "$FOLDER/gpu-tests.log"
+    return "$rc"
+}
+
+run_eval() {
+    while [[ -n ${SYNTH:-} ]] && kill -0 "$SYNTH" 2>/dev/null; do sleep 1; done  # not this shell's child
+    [[ -f $ADE.done ]] || { cat "$ADE.log"; return 1; }
+    bench eval segformer-b0 --dataset ade20k --data-root "$ADE/ADEChallengeData2016" --weights none --benchmark \
+        --no-progress --device "$DEVICE"
+}
+
+export -f bench run_tests run_eval
+export PYTHON FOLDER ADE SYNTH DEVICE
+for s in "${STEPS[@]}"; do
+    case $s in
+        tests) step tests 300 run_tests ;;
+        realtime | lecture | non-realtime)
+            cap=600; [[ $s == realtime ]] || cap=1800
+            step "$s" "$cap" bench run --suite "$s" --no-report --device "$DEVICE" ;;
+        peers) step peers 600 bench peers --device "$DEVICE" ;;
+        overhead) step overhead 180 bench overhead --device "$DEVICE" ;;
+        eval) step eval 300 run_eval ;;
+        *) say "unknown step $s (choose from tests realtime peers overhead eval lecture non-realtime)"; exit 2 ;;
+    esac
+done
+
+say "tables and plots of $FOLDER"
+bench table --device "$SLUG" >/dev/null 2>>"$LOG" && bench plot --device "$SLUG" 2>&1 | tail -n 3 | tee -a "$LOG"
+if [[ -n ${SEGBENCH_OUT:-} ]]; then
+    tar czf "$SEGBENCH_OUT/gpu-results.tgz" --exclude='*.lock' -C results "$SLUG" && say "wrote $SEGBENCH_OUT/gpu-results.tgz"
+fi
+say "finished"
