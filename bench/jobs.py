@@ -94,8 +94,8 @@ def measure(job: Job, options: RunOptions) -> dict:
     ds = proto.dataset(job.dataset)
     size = proto.input_size(spec, job.dataset)
     device = torch.device(options.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # cuda:N: streams, events and graphs of the child act on it
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)  # cuda:N: streams, events and graphs of the child act on it
     torch.manual_seed(proto.MODEL_SEED)  # random weights, the same every run (input-dependent FLOPs follow them)
     model = archs.build(job.arch, num_classes=ds.num_classes)
     if job.kind == "params":

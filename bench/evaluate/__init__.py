@@ -210,7 +210,8 @@ def evaluate(
         pred_pixels=metrics.pred_pixels,
         confusion=confusion,
         protocol=protocol.as_dict(aug_test),
-        description=protocol.describe(aug_test),
+        description=protocol.describe(aug_test)
+        + (" (TF32 convolutions: cuDNN's default)" if dev.type == "cuda" and torch.backends.cudnn.allow_tf32 else ""),
         device=device,
         world_size=ctx.world_size,
         seconds=seconds,
