@@ -65,7 +65,8 @@ class Weights:
     Args:
         dataset: protocol dataset name (``ade20k``, ``cityscapes``).
         uri: ``hf://<hub id>`` or an ``https://`` URL.
-        format: the state-dict layout: ``hf``, ``mmseg``, ``torchvision`` or ``segbench``.
+        format: the state-dict layout: ``hf``, ``mmseg``, ``torchvision``, ``segbench``, or an official
+            repository's own (``gscnn``).
         sha256: digest of the file, when known.
         converter: maps a state dict in ``format`` onto the registered model's keys.
     """
@@ -95,6 +96,9 @@ class ArchSpec:
             protocol's size (SegFormer-B5 on ADE20K: 640x640).
         weights: official checkpoints.
         notes: anything a reader of the table should know.
+        step_of: ``(base, step)`` when this model is the registered ``base`` followed by one more
+            step named ``step`` (DeepLab v1 + CRF: the CRF); the tables give that step's own cost,
+            this model's latency and FLOPs minus the base's.
     """
 
     name: str
@@ -110,6 +114,7 @@ class ArchSpec:
     input_size: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     weights: tuple[Weights, ...] = ()
     notes: str = ""
+    step_of: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:

@@ -316,6 +316,7 @@ def _largefov_spec(crf: bool) -> ArchSpec:
         published={"ade20k": V1_PARAMS, "cityscapes": V1_PARAMS},
         notes="DeepLab-LargeFOV: VGG-16, pool4/pool5 3x3 stride 1, conv5 dilation 2, pool5a, fc6 3x3 dilation 12 "
         "(1024), fc7 1024; " + crf_text + "Input: Caffe BGR mean subtraction, no scaling.",
+        step_of=("deeplabv1-largefov-vgg16", "CRF") if crf else None,
     )
 
 

@@ -36,7 +36,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import Conv2dNormActivation
 
 from archs.backbones.wider_resnet import wider_resnet38_a2
-from archs.base import IMAGENET_MEAN, IMAGENET_STD, ArchSpec, Published, register
+from archs.base import IMAGENET_MEAN, IMAGENET_STD, ArchSpec, Published, Weights, register
 
 __all__ = ["GSCNN", "CannyEdges", "GatedSpatialConv2d", "convert_gscnn_checkpoint", "gscnn_wrn38"]
 
@@ -270,10 +270,19 @@ def convert_gscnn_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Tens
                 source="SegFormer (Xie et al., NeurIPS 2021) Table 4 (GSCNN paper, Cityscapes val)",
             ),
         },
+        weights=(
+            # best_cityscapes_checkpoint.pth of nv-tlabs/GSCNN's README, in that repository's own layout
+            Weights(
+                "cityscapes",
+                "https://drive.google.com/file/d/1wlhAXg-PfoUM-rFy2cksk43Ng3PpsK2c/view",
+                "gscnn",
+                None,
+                convert_gscnn_checkpoint,
+            ),
+        ),
         notes="official GSCNN (nv-tlabs) Cityscapes model; Canny edges computed in the model on the GPU; "
-        "no published params/FLOPs (our counts are shown alone). Official weights: "
-        "https://drive.google.com/file/d/1wlhAXg-PfoUM-rFy2cksk43Ng3PpsK2c/view (the repository's own layout; "
-        "load with convert_gscnn_checkpoint)",
+        "no published params/FLOPs (our counts are shown alone). The official checkpoint is on Google Drive "
+        "(download it in a browser, then --weights PATH: it loads through convert_gscnn_checkpoint)",
     )
 )
 def gscnn_wrn38(*, num_classes: int) -> nn.Module:

@@ -12,6 +12,7 @@ import signal
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import archs
 from bench import protocol as proto
@@ -65,6 +66,19 @@ def plan(
     return jobs
 
 
+def miou_identity(weights: str | None, data_root: str | None) -> dict:
+    """What an mIoU record was measured with: the checkpoint asked for (a file by its sha256) and the data root.
+
+    A rerun reuses an mIoU record only when this is the same.
+    """
+    request = weights or "official"
+    if request not in ("official", "none") and Path(request).is_file():
+        from bench.weights import sha256sum  # noqa: PLC0415
+
+        request = f"sha256:{sha256sum(Path(request))}"
+    return {"weights": request, "data_root": None if data_root is None else str(Path(data_root).resolve())}
+
+
 def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
     """Jobs of shard ``index`` (1-based) of ``count``: every count-th job, deterministically."""
     return jobs[index - 1 :: count]
@@ -79,6 +93,8 @@ class RunOptions:
     plugins: tuple[str, ...] = ()
     data_root: str | None = None
     weights: str | None = None
+    eval_folder: str | None = None  # where mIoU jobs write their per-class CSV and full result
+    miou_identity: dict | None = None  # `miou_identity` of the run, stored in its mIoU records
 
 
 def measure(job: Job, options: RunOptions) -> dict:
@@ -132,9 +148,17 @@ def measure(job: Job, options: RunOptions) -> dict:
         from bench.evaluate import evaluate  # noqa: PLC0415 - evaluation is optional per run
         from bench.weights import load_weights
 
-        load_weights(model, spec, job.dataset, options.weights or "official")
+        loaded = load_weights(model, spec, job.dataset, options.weights or "official")
         result = evaluate(model, spec, job.dataset, options.data_root, device=options.device, progress=False)
-        return result.as_dict() if hasattr(result, "as_dict") else asdict(result)
+        value = result.as_dict() if hasattr(result, "as_dict") else asdict(result)
+        value["weights"] = asdict(loaded)
+        value["identity"] = options.miou_identity
+        if options.eval_folder is not None:
+            from bench.commands.eval import write_outputs  # noqa: PLC0415
+
+            csv_path, json_path = write_outputs(result, Path(options.eval_folder), {"weights": value["weights"]})
+            value["per_class_csv"], value["result_json"] = str(csv_path), str(json_path)
+        return value
     raise ValueError(f"unknown measurement kind {job.kind!r}")
 
 

@@ -2,7 +2,9 @@
 
 Pairs: SegFormer B0–B5 against HF transformers' ``SegformerForSemanticSegmentation`` (SDPA
 attention: the same network); DeepLab v3 (ResNet-101, output stride 8) against torchvision's
-``deeplabv3_resnet101`` (the same head; ours has the deep "V1c" stem of the mmseg configurations);
+``deeplabv3_resnet101`` (the same backbone and ASPP; ours adds the paper's multi-grid (1, 2, 4)
+dilations, which cost nothing, and has no extra 3x3 convolution after the ASPP, which torchvision's
+head has: 1% fewer FLOPs);
 FCN-R101 against torchvision's ``fcn_resnet101`` (one 3x3 convolution in its head, ours two plus
 the input concatenation); DeepLabV3+ on ResNet-101 and MobileNetV2 against
 segmentation_models_pytorch's ``DeepLabV3Plus`` at our output stride 8 (its decoder is slimmer);

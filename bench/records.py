@@ -33,6 +33,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def ensure_writable_folder(folder: Path) -> None:
+    """Create ``folder`` and check that files can be written in it, or a `BenchError` naming the fix."""
+    probe = Path(folder) / f".write-test-{uuid.uuid4().hex}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(
+            f"results folder {folder} is not writable ({exc.strerror or exc}); "
+            "pass --results DIR with a folder you can write"
+        ) from None
+
+
 def record_key(record: dict) -> tuple:
     """What makes two records measure the same thing (a rerun skips an ``ok`` one)."""
     return (
@@ -116,9 +130,9 @@ class RecordStore:
     def read(self) -> list[dict]:
         return read_records(self.path)
 
-    def done(self) -> set[tuple]:
-        """Keys of the measurements already recorded ``ok``."""
-        return {record_key(r) for r in self.read() if r.get("status") == OK}
+    def done(self, reusable=None) -> set[tuple]:
+        """Keys of the measurements already recorded ``ok`` (and, given ``reusable(record)``, for which it is true)."""
+        return {record_key(r) for r in self.read() if r.get("status") == OK and (reusable is None or reusable(r))}
 
     def append(self, records: Iterable[dict], *, replace_ok: bool = False) -> list[dict]:
         """Append ``records`` atomically; an ``ok`` record whose key is already ``ok`` is dropped.

@@ -80,6 +80,10 @@ def list_official() -> list[tuple[ArchSpec, Weights]]:
     return [(spec, w) for spec in map(archs.get_spec, archs.list_archs()) for w in spec.weights]
 
 
+# Hosts whose files a script cannot download (a confirmation page stands in front of large files).
+BROWSER_ONLY = ("https://drive.google.com/",)
+
+
 def download_urls(uri: str) -> list[str]:
     """Candidate URLs of ``uri``: ``hf://org/name[@revision][/file]`` or a URL as is."""
     if not uri.startswith("hf://"):
@@ -93,6 +97,8 @@ def download_urls(uri: str) -> list[str]:
 def cached_path(spec: ArchSpec, weights: Weights) -> Path | None:
     """The cached file of ``weights``, or None when it has not been fetched."""
     folder = cache_dir() / spec.name / weights.dataset
+    if weights.uri.startswith(BROWSER_ONLY):
+        return None
     for url in download_urls(weights.uri):
         path = folder / url.rsplit("/", 1)[-1]
         if path.is_file():
@@ -180,6 +186,11 @@ def fetch(spec: ArchSpec | str, dataset: str, *, force: bool = False, progress: 
     if not force and (path := cached_path(spec, weights)):
         return path
     folder = cache_dir() / spec.name / dataset
+    if weights.uri.startswith(BROWSER_ONLY):
+        raise BenchError(
+            f"the {spec.name} {dataset} checkpoint is on Google Drive ({weights.uri}), which serves it to browsers "
+            "only: download it there and pass --weights PATH (it loads through the spec's converter)"
+        )
     errors = []
     for url in download_urls(weights.uri):
         dest = folder / url.rsplit("/", 1)[-1]

@@ -144,5 +144,26 @@ def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path)
     assert miou["status"] == "ok" and 0.0 <= miou["value"]["mIoU"] <= 100.0
     frame = pd.read_csv(next(results.glob("*/table.csv")))
     assert frame.loc[0, "ade20k_miou"] == pytest.approx(miou["value"]["mIoU"], abs=1e-4)
+    # the record says what it was measured with; its per-class IoU has its own CSV
+    assert miou["value"]["weights"]["source"] == "none" and miou["value"]["identity"]["weights"] == "none"
+    per_class = pd.read_csv(miou["value"]["per_class_csv"])
+    assert len(per_class) == 150 and per_class["iou"].max() <= 1.0
+    # the same weights and data: nothing to measure; other weights: the mIoU is measured again and shown
+    again = run_bench("run", *PLUGIN, *args, "--data-root", str(root), "--weights", "none")
+    assert again.returncode == 0 and "0 ok, 0 failed, 2 skipped" in again.stderr, again.stderr
+    import torch
+
+    from tests.toy_models import ToyNet
+
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "toy.pth"
+    torch.save(ToyNet(150, 4).state_dict(), checkpoint)
+    other = run_bench("run", *PLUGIN, *args, "--data-root", str(root), "--weights", str(checkpoint))
+    assert other.returncode == 0 and "1 ok, 0 failed, 1 skipped" in other.stderr, other.stderr
+    newest = [r for r in records(results) if r["kind"] == "miou"][-1]
+    assert newest["value"]["weights"]["source"] == str(checkpoint)
+    assert newest["value"]["identity"]["weights"].startswith("sha256:")
+    frame = pd.read_csv(next(results.glob("*/table.csv")))
+    assert frame.loc[0, "ade20k_miou"] == pytest.approx(newest["value"]["mIoU"], abs=1e-4)
     both = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--data-root", str(root), "--results", str(results))
     assert both.returncode == 2 and "single --dataset" in both.stderr

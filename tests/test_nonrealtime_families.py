@@ -37,6 +37,7 @@ from archs.gscnn import CannyEdges, GatedSpatialConv2d
 from archs.ocrnet import convert_mmseg_ocrnet
 from archs.setr import convert_mmseg_setr
 from bench.compare import agrees
+from bench.errors import BenchError
 from bench.measure.flops import count_flops
 from bench.measure.params import count_params
 from bench.protocol import dataset as protocol_dataset
@@ -292,6 +293,25 @@ def test_gated_spatial_conv_follows_the_equation():
         alpha = torch.sigmoid(bn_out(conv2(F.relu(conv1(bn_in(torch.cat([s, r], 1)))))))
         expected = torch.einsum("oc,nchw->nohw", gate.weight[:, :, 0, 0], s * (1 + alpha))
         assert max_diff(gate(s, r), expected) <= 1e-5
+
+
+def test_the_official_gscnn_layout_loads_through_the_spec(tmp_path, monkeypatch):
+    from bench import weights
+
+    spec = archs.get_spec("gscnn-wrn38")
+    model = archs.build("gscnn-wrn38", num_classes=19)
+    own = model.state_dict()
+    # nv-tlabs/GSCNN's checkpoint: a training dict, DataParallel's prefix, the trunk at top level, an unused dsn1
+    official = {
+        f"module.{key.removeprefix('backbone.')}": value for key, value in own.items() if not key.endswith("tracked")
+    }
+    official["module.dsn1.weight"] = torch.zeros(1)
+    state = weights.convert(spec, "cityscapes", {"state_dict": official, "epoch": 175}, own)
+    weights.load_state_dict(model, state, num_classes=19, source="best_cityscapes_checkpoint.pth")
+    # the official file is on Google Drive: `official` says how to get it instead of downloading a web page
+    monkeypatch.setenv("SEGBENCH_WEIGHTS", str(tmp_path))
+    with pytest.raises(BenchError, match="Google Drive.*--weights PATH"):
+        weights.fetch(spec, "cityscapes", progress=False)
 
 
 def test_identity_residual_block_is_pre_activation():

@@ -1,6 +1,7 @@
 """Tables and plots from records: measured beside published, missing stays missing, versions apart."""
 
 import pandas as pd
+import pytest
 
 from bench.records import new_record
 from bench.report.plot import pareto_front, write_plots
@@ -112,3 +113,29 @@ def test_any_measured_speed_can_be_the_plot_axis(tmp_path):
     }  # fmt: skip
     every = {p.stem for p in write_plots(frame, tmp_path, device="cuda")}
     assert every == {"ade20k_eager", "ade20k_graph", "ade20k_graph-fp32", "ade20k_best-batch"}
+
+
+def test_a_model_that_adds_a_step_to_another_gets_the_steps_own_cost():
+    base, with_crf = "deeplabv1-largefov-vgg16", "deeplabv1-largefov-vgg16-crf"
+    records = [
+        rec(base, "ade20k", "flops", {"gflops": 129.1, "input_size": [512, 512]}),
+        rec(with_crf, "ade20k", "flops", {"gflops": 211.1, "input_size": [512, 512]}),
+        rec(base, "ade20k", "latency", {"fps": 200.0, "median_ms": 5.0}, mode="eager"),
+        rec(with_crf, "ade20k", "latency", {"fps": 50.0, "median_ms": 20.0}, mode="eager"),
+        rec(with_crf, "ade20k", "latency", {"fps": 100.0, "median_ms": 10.0}, mode="graph"),  # base not timed
+    ]
+    frame = build_frame(records).set_index("arch")
+    row = frame.loc[with_crf]
+    assert row["step"] == "CRF" and row["ade20k_step_gflops"] == pytest.approx(82.0)
+    assert row["ade20k_step_eager_ms"] == pytest.approx(15.0) and pd.isna(row["ade20k_step_graph_ms"])
+    assert pd.isna(frame.loc[base, "step"])
+    text = to_markdown(build_frame(records), device="cuda", provenance={"gpu_name": "Test GPU"})
+    assert (
+        "the CRF step alone (this row minus DeepLab v1's, same device and mode): ADE20K (512x512) 82.0 GFLOPs, "
+        "15.00 ms eager" in text
+    )
+
+
+def test_measured_miou_is_shown_beside_the_published_with_the_difference_in_points():
+    records = [rec("toy-w8", "ade20k", "miou", {"mIoU": 16.5}, mode="eager")]  # toy-w8 publishes 18.0
+    assert "16.50 / 18.0 (-1.50)" in to_markdown(build_frame(records), device="cuda", provenance=None)

@@ -100,6 +100,8 @@ def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from bench.data import open_dataset
     from bench.evaluate import evaluate
     from bench.provenance import device_slug, provenance
@@ -119,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise BenchError(f"results folder {folder} is not writable ({exc}); pass --results DIR") from None
     num_classes = proto.dataset(args.dataset).num_classes
+    # random weights (--weights none) are the same in every process and run: torchrun's ranks share one model
+    torch.manual_seed(proto.MODEL_SEED)
     model = archs.build(spec.name, num_classes=num_classes)
     loaded = load_weights(model, spec, args.dataset, args.weights)
     options = dict(device=device, mode=args.mode, aug_test=args.aug_test, workers=args.workers, limit=args.limit)

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import protocol as proto
 from bench.commands.common import add_plugin_argument, csv_list, load_plugins, parse_modes, resolve_device
 from bench.errors import BenchError
-from bench.records import write_text_atomic
+from bench.records import ensure_writable_folder, write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise BenchError(f"--dataset: {exc}") from None
     modes = parse_modes(args.modes)
+    folder = args.results / device_slug(device)
+    ensure_writable_folder(folder)
     speed = proto.SPEED["cuda"]
     rows = []
     for name in names:
@@ -64,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
             print(f"{name} {mode}: bench {ours.mean_ms:.3f} ms mean vs bare loop {bare:.3f} ms")
-    folder = args.results / device_slug(device)
-    folder.mkdir(parents=True, exist_ok=True)
     prov = provenance(device)
     text = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
     text += (

@@ -11,7 +11,7 @@ from bench import protocol as proto
 from bench.commands.common import csv_list, parse_modes, resolve_device
 from bench.errors import BenchError
 from bench.peers import SAME_WORK
-from bench.records import write_text_atomic
+from bench.records import ensure_writable_folder, write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not pairs:
         raise BenchError("no peer comparison can run; install the peers (pip install -e '.[peers]') or pick --arch")
     folder = args.results / device_slug(device)
+    ensure_writable_folder(folder)  # before any measuring: a row measured must have somewhere to go
     table = PeersTable(folder)
     done = set() if args.force else table.keys()
     handle = gpu_handle(device) if device != "cpu" else None

@@ -43,7 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--job-timeout", type=float, default=None, help="seconds per job (default: per measurement)")
     p.add_argument("--shard", default=None, help="i/n: run the i-th of n deterministic shards of the job list")
     p.add_argument("--data-root", default=None, help="dataset root: adds mIoU jobs (needs official weights)")
-    p.add_argument("--weights", default=None, help="checkpoint for the mIoU jobs: official (default) or PATH")
+    p.add_argument(
+        "--weights", default=None, help="checkpoint of the mIoU jobs: official (default), PATH, none (random weights)"
+    )
     p.add_argument("--no-report", action="store_true", help="do not regenerate tables and plots")
     add_plugin_argument(p)
     p.set_defaults(handler=run)
@@ -95,9 +97,22 @@ def run(args: argparse.Namespace) -> int:
     planned = jobs_mod.plan(names, datasets, modes, kinds=kinds, miou=args.data_root is not None, sweep_mode=sweep_mode)
     if shard:
         planned = jobs_mod.shard(planned, *shard)
-    done = set() if args.force else store.done()
+    identity = None
+    if args.data_root is not None:
+        identity = jobs_mod.miou_identity(args.weights, args.data_root)
+
+    def reusable(record: dict) -> bool:  # an mIoU of other weights or data is measured again
+        return record["kind"] != "miou" or (record.get("value") or {}).get("identity") == identity
+
+    done = set() if args.force else store.done(reusable)
     options = jobs_mod.RunOptions(
-        device=device, device_slug=slug, plugins=tuple(plugins), data_root=args.data_root, weights=args.weights
+        device=device,
+        device_slug=slug,
+        plugins=tuple(plugins),
+        data_root=args.data_root,
+        weights=args.weights,
+        eval_folder=str(store.folder / "eval"),
+        miou_identity=identity,
     )
     if cpu_skips and "latency" in kinds:
         console.print(
@@ -127,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, description=job.label)
             timeout = args.job_timeout or jobs_mod.DEFAULT_TIMEOUT_S[job.kind]
             record = jobs_mod.run_job(job, options, timeout)
-            store.append([record], replace_ok=args.force)
+            # an mIoU measured again with other weights or data replaces the older one in the tables
+            store.append([record], replace_ok=args.force or job.kind == "miou")
             if record["status"] == OK:
                 counts["ok"] += 1
                 console.print(f"  [green]ok[/]      {job.label}: {summarise(record)}")

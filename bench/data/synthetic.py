@@ -64,7 +64,10 @@ def render(rng: np.random.Generator, label: np.ndarray, noise: int) -> np.ndarra
 def _empty_dir(path: Path) -> Path:
     if path.is_dir() and any(path.iterdir()):
         raise DataError(f"{path} already holds files; generate into an empty --out folder (nothing was written)")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {path} ({exc.strerror}); pass a writable --out folder") from None
     return path
 
 

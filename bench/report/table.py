@@ -119,7 +119,27 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
             row[f"{ds}_miou"] = _value(values, name, ds, "miou", "eager", "mIoU")
             row[f"{ds}_miou_published"] = pub.miou if pub else None
         rows.append(row)
+    _add_step_costs(rows)
     return pd.DataFrame(rows)
+
+
+def _add_step_costs(rows: list[dict]) -> None:
+    """For a model that is another one plus a step (`ArchSpec.step_of`): the step's own FLOPs and latency."""
+    by_arch = {row["arch"]: row for row in rows}
+    for row in rows:
+        spec = _spec(row["arch"])
+        base = by_arch.get(spec.step_of[0]) if spec and spec.step_of else None
+        row["step"] = spec.step_of[1] if base else None
+        for ds in proto.DATASETS:
+            row[f"{ds}_step_gflops"] = _difference(row, base, f"{ds}_gflops")
+            for mode in proto.MODES:
+                row[f"{ds}_step_{mode}_ms"] = _difference(row, base, f"{ds}_latency_{mode}_ms")
+
+
+def _difference(row: dict, base: dict | None, column: str):
+    if base is None or row.get(column) is None or base.get(column) is None:
+        return None
+    return row[column] - base[column]
 
 
 def _value(values: dict, arch: str, dataset: str, kind: str, mode: str | None, field: str):
@@ -145,13 +165,19 @@ def _num(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def _pair(measured, published, digits: int, pct=None) -> str:
-    """``measured / published (Δ)`` with missing values shown as missing."""
+def _pair(measured, published, digits: int, pct=None, points: bool = False) -> str:
+    """``measured / published (Δ)`` with missing values shown as missing.
+
+    Δ is ``pct`` (relative, in %) when given, or with ``points`` the difference in the value's own
+    units (mIoU points).
+    """
     if measured is None and published is None:
         return MISSING
     text = f"{_num(measured, digits)} / {_num(published, 1)}"
     if pct is not None:
         text += f" ({pct:+.1f}%)"
+    elif points and measured is not None and published is not None:
+        text += f" ({measured - published:+.{digits}f})"
     return text
 
 
@@ -190,13 +216,14 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
             cells += [_num(_n(row[f"{ds}_{column}"]), digits) for column, _, digits in extras]
             cells += [
                 _num(_n(row[f"{ds}_fps_published"]), 1),
-                _pair(_n(row[f"{ds}_miou"]), _n(row[f"{ds}_miou_published"]), 2),
+                _pair(_n(row[f"{ds}_miou"]), _n(row[f"{ds}_miou_published"]), 2, points=True),
             ]
         lines.append(cells)
         spec = _spec(row["arch"])
         published_notes = (pub.note for pub in (spec.published.values() if spec else []) if pub.note)
         notes += [f"{row['method']} {row['encoder']}: {note}" for note in dict.fromkeys(published_notes)]
         notes += _dynamic_notes(row)
+        notes += _step_notes(row, modes)
     table = pd.DataFrame(lines, columns=headers).to_markdown(index=False, disable_numparse=True)
     footer = [
         "",
@@ -230,6 +257,27 @@ def _dynamic_notes(row) -> list[str]:
             f"max {row[f'{ds}_gflops_dynamic_max']:.1f} GFLOPs"
         )
     return notes
+
+
+def _step_notes(row, modes: list[str]) -> list[str]:
+    """A footnote with the own cost of a model's last step (`ArchSpec.step_of`), per dataset."""
+    if not _n(row.get("step")):
+        return []
+    base = _spec(_spec(row["arch"]).step_of[0])
+    parts = []
+    for ds, dsp in proto.DATASETS.items():
+        costs = [f"{row[f'{ds}_step_gflops']:.1f} GFLOPs"] if _n(row.get(f"{ds}_step_gflops")) is not None else []
+        costs += [
+            f"{row[f'{ds}_step_{m}_ms']:.2f} ms {m}" for m in modes if _n(row.get(f"{ds}_step_{m}_ms")) is not None
+        ]
+        if costs:
+            parts.append(f"{dsp.title} ({row[f'{ds}_input'] or 'x'.join(map(str, dsp.input_size))}) {', '.join(costs)}")
+    if not parts:
+        return []
+    return [
+        f"{row['method']} {row['encoder']}: the {row['step']} step alone (this row minus {base.family}'s, same device "
+        f"and mode): {'; '.join(parts)}"
+    ]
 
 
 def _has(frame: pd.DataFrame, suffix: str) -> bool:
