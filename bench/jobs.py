@@ -154,7 +154,7 @@ def measure(job: Job, options: RunOptions) -> dict:
         value["weights"] = asdict(loaded)
         value["identity"] = options.miou_identity
         if options.eval_folder is not None:
-            from bench.commands.eval import write_outputs  # noqa: PLC0415
+            from bench.evaluate.outputs import write_outputs  # noqa: PLC0415
 
             csv_path, json_path = write_outputs(result, Path(options.eval_folder), {"weights": value["weights"]})
             value["per_class_csv"], value["result_json"] = str(csv_path), str(json_path)
