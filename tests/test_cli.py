@@ -102,6 +102,7 @@ def test_table_and_plot_commands_regenerate_from_records(finished_run):
         (("run", "--arch", "toy-w4", "--measure", "vibes"), "unknown measurement 'vibes'; choose from"),
         (("plot", "--speed", "warp"), "--speed: unknown axis 'warp'; choose from eager"),
         (("overhead", "--arch", "toy-w4", "--device", "cpu"), "run it on a GPU (--device cuda)"),
+        (("run", "--arch", "toy-w4", "--job-timeout", "-1"), "--job-timeout -1: pass a positive number"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args, message):
@@ -167,3 +168,16 @@ def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path)
     assert frame.loc[0, "ade20k_miou"] == pytest.approx(newest["value"]["mIoU"], abs=1e-4)
     both = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--data-root", str(root), "--results", str(results))
     assert both.returncode == 2 and "single --dataset" in both.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("peers", "--arch", "segformer-b0", "--device", "cpu", "--results", "/dev/null/x"), "/dev/null/x"),
+        (("data", "synth", "--dataset", "ade20k", "--out", "/dev/null/x", "--num", "2"), "cannot create /dev/null/x"),
+    ],
+)
+def test_an_impossible_output_folder_is_one_line_before_any_work(args, message):
+    proc = run_bench(*args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

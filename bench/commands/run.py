@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         if k not in measurable:
             raise BenchError(f"--measure: unknown measurement {k!r}; choose from {', '.join(measurable)}")
     shard = parse_shard(args.shard)
+    if args.job_timeout is not None and not args.job_timeout > 0:
+        raise BenchError(f"--job-timeout {args.job_timeout:g}: pass a positive number of seconds per job")
     if args.data_root is not None and len(datasets) != 1:
         raise BenchError("--data-root belongs to one dataset: pass it with a single --dataset (ade20k or cityscapes)")
     if args.data_root is not None and not Path(args.data_root).is_dir():
