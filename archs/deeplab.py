@@ -376,6 +376,15 @@ class ASPPSum(nn.Module):
         output_stride=8,
         mean=CAFFE_VGG_MEAN,
         std=(1.0, 1.0, 1.0),
+        published={
+            "cityscapes": Published(
+                miou=70.4,
+                source="DeepLab v2 paper (Chen et al., TPAMI 2017), Cityscapes test set; the benchmark's entry "
+                "'DeepLabv2-CRF' (cityscapes-dataset.com, submission 134): 70.38 IoU classes",
+                note="Cityscapes test set, with the CRF, trained on the fine train set; this row is the network "
+                "alone, and segbench measures on the val set",
+            )
+        },
         notes="ResNet-101 (Caffe style: stride on the 1x1 conv; res4 all blocks dilation 2, res5 dilation 4, no "
         "multi-grid) + ASPP-L (3x3 convs to the classes at rates 6/12/18/24, summed), single scale, no CRF "
         "(the paper's MSC inputs and CRF are optional add-ons). Paper: PASCAL VOC 2012 test 79.7 mIoU with MSC, "
