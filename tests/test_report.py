@@ -113,6 +113,7 @@ def test_any_measured_speed_can_be_the_plot_axis(tmp_path):
     }  # fmt: skip
     every = {p.stem for p in write_plots(frame, tmp_path, device="cuda")}
     assert every == {"ade20k_eager", "ade20k_graph", "ade20k_graph-fp32", "ade20k_best-batch"}
+    assert write_plots(frame, tmp_path / "none", device="cuda", speeds=("compile",)) == []  # not measured: no plot
 
 
 def test_a_model_that_adds_a_step_to_another_gets_the_steps_own_cost():

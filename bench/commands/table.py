@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench import protocol as proto
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         for path in paths:
             if path.suffix.lstrip(".") in formats or path.suffix in (".png", ".svg"):
                 print(f"wrote {path}")
+        unplotted = [s for s in speeds or () if not any(p.stem.endswith(f"_{s}") for p in paths)]
+        if args.plots and unplotted:
+            print(f"note: {slug} has no {', '.join(unplotted)} measurements: no plot for that axis", file=sys.stderr)
         table_md = next((p for p in paths if p.name == "table.md"), None)
         if "md" in formats and not args.plots and table_md is not None:
             print(f"\n## {slug}\n")

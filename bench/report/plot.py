@@ -116,12 +116,15 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
 
 
 def write_plots(frame: pd.DataFrame, folder: Path, *, device: str, speeds: tuple[str, ...] | None = None) -> list[Path]:
-    """One plot per dataset and speed axis: the axes asked for, else every measured one (eager at least)."""
+    """One plot per dataset and speed axis: the axes asked for, else every measured one (eager at least).
+
+    An axis asked for that no record of the dataset measured gets no plot (rather than an empty one).
+    """
     paths = []
     for dataset in proto.DATASETS:
         for speed in speeds or tuple(SPEED_AXES):
             column = f"{dataset}_{SPEED_AXES[speed]}"
             measured = column in frame and frame[column].notna().any()
-            if measured or speed == "eager" or speeds:
+            if measured or (speed == "eager" and not speeds):
                 paths += plot_dataset(frame, dataset, speed, device, folder / "plots" / f"{dataset}_{speed}")
     return paths
