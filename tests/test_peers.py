@@ -62,8 +62,8 @@ def test_the_peers_command_writes_every_row_at_once_and_resumes(tmp_path, monkey
     (csv,) = tmp_path.glob("*/peers.csv")
     first = pd.read_csv(csv)
     assert list(first["peer"]) == ["toy peer"] and bool(first["same_work"].iloc[0])
-    # a failing peer is reported and skipped; the rows measured before it, and the earlier run's, stay
-    assert main(args) == 0
+    # a failing peer is reported and skipped (exit 1); the rows measured before it, and the earlier run's, stay
+    assert main(args) == 1
     table = pd.read_csv(csv)
     assert list(table["peer"]) == ["toy peer", "wider toy peer"]
     assert table[table["peer"] == "toy peer"]["ours_ms"].iloc[0] == first["ours_ms"].iloc[0]  # skipped, not re-run

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if counts["ok"] == 0 and counts["skipped"] == 0:
         raise BenchError("no peer comparison ran; see the failures above")
     console.print(f"wrote {table.md} and {table.csv.name}")
-    return 0
+    return 1 if counts["failed"] else 0  # as `bench run`: 1 when anything failed
 
 
 class PeersTable:
