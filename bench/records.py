@@ -33,13 +33,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def ensure_writable_folder(folder: Path) -> None:
-    """Create ``folder`` and check that files can be written in it, or a `BenchError` naming the fix."""
+def ensure_writable_folder(folder: Path, *, appendable: Iterable[Path] = ()) -> None:
+    """Create ``folder`` and check that files can be written in it, or a `BenchError` naming the fix.
+
+    Each of ``appendable`` is opened for appending too (and so created when missing).
+    """
     probe = Path(folder) / f".write-test-{uuid.uuid4().hex}"
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         probe.write_text("")
         probe.unlink()
+        for path in appendable:
+            with open(path, "a"):
+                pass
     except OSError as exc:
         raise BenchError(
             f"results folder {folder} is not writable ({exc.strerror or exc}); "
@@ -104,18 +110,8 @@ class RecordStore:
         self._lock_path = self.folder / (RECORDS_FILE + ".lock")
 
     def ensure_writable(self) -> None:
-        """Create the folder and lock file, or a `BenchError` naming the folder and the fix."""
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self._lock_path, "a"):
-                pass
-            if self.path.exists() and not os.access(self.path, os.W_OK):
-                raise PermissionError(f"{self.path} is read-only")
-        except OSError as exc:
-            raise BenchError(
-                f"results folder {self.folder} is not writable ({exc.strerror or exc}); "
-                "pass --results DIR with a folder you can write"
-            ) from None
+        """Create the folder and lock file (an existing records file must be appendable), or a `BenchError`."""
+        ensure_writable_folder(self.folder, appendable=[self._lock_path] + ([self.path] if self.path.exists() else []))
 
     @contextlib.contextmanager
     def _locked(self):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import archs
@@ -65,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.evaluate import evaluate
     from bench.evaluate.outputs import write_outputs
     from bench.provenance import device_slug, provenance
+    from bench.records import ensure_writable_folder
     from bench.weights import load_weights
 
     load_plugins(args)
@@ -74,12 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError(f"--limit {args.limit}: pass a positive number of images")
     open_dataset(args.dataset, args.data_root, args.split)  # a bad root fails before any download
     folder = Path(args.results) / device_slug(device) / "eval"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise PermissionError("not writable")
-    except OSError as exc:
-        raise BenchError(f"results folder {folder} is not writable ({exc}); pass --results DIR") from None
+    ensure_writable_folder(folder)
     num_classes = proto.dataset(args.dataset).num_classes
     # random weights (--weights none) are the same in every process and run: torchrun's ranks share one model
     torch.manual_seed(proto.MODEL_SEED)

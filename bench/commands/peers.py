@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
         for size in sizes:
             num_classes = 150 if size[0] == size[1] else 19
             gflops: dict[str, float] = {}  # counted once per pair and size, shared by its modes
+            size_text = "x".join(map(str, size))
             for mode in modes:
-                label = f"{pair.ours} vs {pair.peer} @{'x'.join(map(str, size))} {mode}"
-                if (pair.ours, pair.peer, "x".join(map(str, size)), mode) in done:
+                label = f"{pair.ours} vs {pair.peer} @{size_text} {mode}"
+                if (pair.ours, pair.peer, size_text, mode) in done:
                     counts["skipped"] += 1
                     continue
                 try:
