@@ -47,8 +47,42 @@ class SegFormerHead(nn.Module):
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
 
+        self.merged: nn.ModuleList | None = None  # set by `fuse_for_inference`
+
+    def fuse_for_inference(self) -> None:
+        """Merge each projection with its slice of the fuse convolution and with the BatchNorm (eval only).
+
+        fuse(cat_i(up(P_i f_i + b_i))) = sum_i up(F_i P_i f_i) + sum_i F_i b_i, since bilinear
+        resizing acts on each channel linearly and keeps constants; the BatchNorm is an affine map
+        per channel on top. So each stage is projected straight to E channels at its own
+        resolution, resized and summed: the 1x1 convolution over 4E channels at stride 4 (most of
+        the decoder's FLOPs) and the 4E-channel concatenation are gone. The same function, up to
+        float rounding; the state dict of the model as built is what checkpoints load into.
+        """
+        if self.merged is not None:
+            return
+        e, n = self.fuse.out_channels, len(self.linear_c)
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        bias = self.bn.bias - scale * self.bn.running_mean
+        fuse = self.fuse.weight.flatten(1)
+        merged = nn.ModuleList()
+        for i, proj in enumerate(self.linear_c):
+            part = fuse[:, (n - 1 - i) * e : (n - i) * e]  # concatenation order [c4, c3, c2, c1]
+            conv = nn.Conv2d(proj.in_channels, e, 1, bias=i == 0).to(proj.weight)
+            conv.weight.copy_((scale[:, None] * (part @ proj.weight.flatten(1)))[:, :, None, None])
+            bias = bias + scale * (part @ proj.bias)
+            merged.append(conv)
+        merged[0].bias.copy_(bias)  # one constant for the sum, on the stage that is not resized
+        del self.linear_c, self.fuse, self.bn
+        self.merged = merged
+
     def forward(self, features: list[Tensor]) -> Tensor:
         size = features[0].shape[-2:]
+        if self.merged is not None:
+            x = self.merged[0](features[0])
+            for conv, f in zip(self.merged[1:], features[1:]):
+                x = x + F.interpolate(conv(f), size=size, mode="bilinear", align_corners=False)
+            return self.classifier(F.relu(x))
         projected = [
             F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False) if i else proj(f)
             for i, (proj, f) in enumerate(zip(self.linear_c, features))

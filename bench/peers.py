@@ -9,10 +9,12 @@ FCN-R101 against torchvision's ``fcn_resnet101`` (one 3x3 convolution in its hea
 the input concatenation); DeepLabV3+ on ResNet-101 and MobileNetV2 against
 segmentation_models_pytorch's ``DeepLabV3Plus`` at our output stride 8 (its decoder is slimmer);
 DeepLabV3+ MobileNetV2 against torchvision's nearest, ``deeplabv3_mobilenet_v3_large``. Random
-weights everywhere; only speed is compared. A ratio above 1 means ours is faster: ratio = peer
-latency / our latency. Each row also carries both sides' FLOPs (our counter, same input), so a
-pair that does not compute the same amount is visible as such: ``same_work`` is true within 2%,
-and ``ratio_per_flop`` compares time per FLOP.
+weights everywhere; only speed is compared. In a ``-fused`` mode both sides run in their
+inference form (`bench.measure.fusion`: every BatchNorm folded into its convolution, on the peer
+too), and ours adds its own exact rewrites (SegFormer's merged decoder). A ratio above 1 means
+ours is faster: ratio = peer latency / our latency. Each row also carries both sides' FLOPs (our
+counter, same input, the models as built), so a pair that does not compute the same amount is
+visible as such: ``same_work`` is true within 2%, and ``ratio_per_flop`` compares time per FLOP.
 (smp's PSPNet is not paired: it has no dilated encoder and pools at stride 8 of a 3-stage
 encoder, a sixth of our PSPNet's FLOPs.)
 """
@@ -183,6 +185,9 @@ def compare(
             del model
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()
+    for side, result in results.items():  # a fused mode: what each side's inference form executes
+        if result.inference_form is not None:
+            row[f"{side}_executed_gflops"] = result.inference_form["executed_gflops"]
     row["ours_ms"], row["peer_ms"] = results["ours"].median_ms, results["peer"].median_ms
     row["ours_spread"], row["peer_spread"] = results["ours"].spread, results["peer"].spread
     row["ratio"] = row["peer_ms"] / row["ours_ms"]

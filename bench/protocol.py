@@ -70,15 +70,20 @@ SPEED = {
 # others isolate one factor each: `graph-fp32` differs from `eager` only by the graph replay (the
 # gap is CPU launch overhead), `graph-nchw` from `graph` only by the memory layout, `graph-bf16`
 # only by the precision, `eager-fp16` from `graph` only by the replay; `compile` adds
-# torch.compile (its compile time is recorded apart and excluded from the latency).
+# torch.compile (its compile time is recorded apart and excluded from the latency); the `-fused`
+# modes time the model's inference form (`bench.measure.fusion`: BatchNorm folded into its
+# convolution, a model's own exact rewrites), the same function with fewer kernels.
+_PLAIN = {"channels_last": False, "cuda_graph": False, "compile": False, "fused": False}
 MODES = {
-    "eager": {"precision": "fp32", "channels_last": False, "cuda_graph": False, "compile": False},
-    "graph": {"precision": "fp16", "channels_last": True, "cuda_graph": True, "compile": False},
-    "graph-fp32": {"precision": "fp32", "channels_last": False, "cuda_graph": True, "compile": False},
-    "graph-bf16": {"precision": "bf16", "channels_last": True, "cuda_graph": True, "compile": False},
-    "graph-nchw": {"precision": "fp16", "channels_last": False, "cuda_graph": True, "compile": False},
-    "eager-fp16": {"precision": "fp16", "channels_last": True, "cuda_graph": False, "compile": False},
-    "compile": {"precision": "fp16", "channels_last": True, "cuda_graph": True, "compile": True},
+    "eager": {**_PLAIN, "precision": "fp32"},
+    "graph": {**_PLAIN, "precision": "fp16", "channels_last": True, "cuda_graph": True},
+    "graph-fp32": {**_PLAIN, "precision": "fp32", "cuda_graph": True},
+    "graph-bf16": {**_PLAIN, "precision": "bf16", "channels_last": True, "cuda_graph": True},
+    "graph-nchw": {**_PLAIN, "precision": "fp16", "cuda_graph": True},
+    "eager-fp16": {**_PLAIN, "precision": "fp16", "channels_last": True},
+    "compile": {**_PLAIN, "precision": "fp16", "channels_last": True, "cuda_graph": True, "compile": True},
+    "eager-fused": {**_PLAIN, "precision": "fp32", "fused": True},
+    "graph-fused": {**_PLAIN, "precision": "fp16", "channels_last": True, "cuda_graph": True, "fused": True},
 }
 # Seed of the random weights every measurement builds its model with (mIoU jobs then load a checkpoint).
 MODEL_SEED = 0

@@ -4,7 +4,7 @@
 #
 #   results/regenerate-gpu.sh [BUDGET_S] [STEP ...]
 #
-# Steps, in this default order: tests realtime peers overhead eval lecture non-realtime
+# Steps, in this default order: tests realtime peers overhead eval fused lecture non-realtime
 #   tests         pytest -m gpu (CUDA modes, CUDA-graph capture of every model, GPU evaluation);
 #                 its summary goes to results/<gpu>/gpu-tests.txt
 #   realtime      bench run --suite realtime (params, FLOPs, eager/graph/graph-fp32, batch sweep)
@@ -12,6 +12,7 @@
 #   overhead      bench overhead (the harness against a bare CUDA-event loop)
 #   eval          the evaluation throughput benchmark of segformer-b0 on a generated ADE20K set of
 #                 $EVAL_IMAGES (2000) images, generated in the background while the first steps run
+#   fused         bench run --suite realtime --modes graph-fused,eager-fused (the inference forms)
 #   lecture       bench run --suite lecture
 #   non-realtime  bench run --suite non-realtime
 # Every step resumes: records already in records.jsonl and rows already in peers.csv are skipped,
@@ -34,7 +35,7 @@ START=$(date +%s)
 BUDGET=${BUDGET_S:-3600}
 if [[ ${1:-} =~ ^[0-9]+$ ]]; then BUDGET=$1; shift; fi
 STEPS=("$@")
-[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(tests realtime peers overhead eval lecture non-realtime)
+[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(tests realtime peers overhead eval fused lecture non-realtime)
 PYTHON=${PYTHON:-python3}
 RESERVE=40  # seconds kept for the tables, plots and archive
 LOG=${SEGBENCH_OUT:+$SEGBENCH_OUT/log.txt}
@@ -130,7 +131,8 @@ for s in "${STEPS[@]}"; do
         peers) step peers 600 bench peers --device "$DEVICE" ;;
         overhead) step overhead 180 bench overhead --device "$DEVICE" ;;
         eval) step eval 300 run_eval ;;
-        *) say "unknown step $s (choose from tests realtime peers overhead eval lecture non-realtime)"; exit 2 ;;
+        fused) step fused 300 bench run --suite realtime --modes graph-fused,eager-fused --no-report --device "$DEVICE" ;;
+        *) say "unknown step $s (choose from tests realtime peers overhead eval fused lecture non-realtime)"; exit 2 ;;
     esac
 done
 

@@ -44,6 +44,7 @@ def test_run_records_every_measurement_and_writes_table_and_plots(finished_run):
             "channels_last": False,
             "cuda_graph": False,
             "compile": False,
+            "fused": False,
         }
         or latency["dataset"] == "cityscapes"
     )

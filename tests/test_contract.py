@@ -13,6 +13,7 @@ import torch
 import archs
 from archs import base
 from bench.measure.flops import count_flops
+from bench.measure.fusion import fuse_for_inference
 from bench.measure.speed import inference_step
 from bench.protocol import DATASETS
 
@@ -83,13 +84,50 @@ def _captured_prediction(step):
 @pytest.mark.parametrize("name", NAMES)
 def test_inference_step_captures_into_a_cuda_graph(name):
     model = archs.build(name, num_classes=19).cuda()
-    # fp32 as mode `graph-fp32` runs it; fp16 autocast with channels_last as mode `graph` does
-    for precision, layout, agree in (("fp32", torch.contiguous_format, 0.999), ("fp16", torch.channels_last, 0.99)):
-        model = model.to(memory_format=layout)
+    # fp32 as mode `graph-fp32` runs it; fp16 autocast with channels_last as mode `graph` does, then
+    # the same in its inference form as `graph-fused` does
+    for precision, layout, agree, fused in (
+        ("fp32", torch.contiguous_format, 0.999, False),
+        ("fp16", torch.channels_last, 0.99, False),
+        ("fp16", torch.channels_last, 0.99, True),
+    ):
         x = torch.randn(1, 3, 256, 512, device="cuda").contiguous(memory_format=layout)
+        if fused:
+            fuse_for_inference(model, x)
+        model = model.to(memory_format=layout)
         with torch.no_grad():
             step = inference_step(model, x, precision)
             eager = step()
             out = _captured_prediction(step)
         share = (out == eager).float().mean().item()
-        assert share > agree, f"{name} {precision}: the replayed graph agrees with eager on {share:.4f} of pixels"
+        assert share > agree, (
+            f"{name} {precision}{' fused' * fused}: the replayed graph agrees with eager on {share:.4f} of pixels"
+        )
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Running statistics and affine parameters away from their initial values, so folding them is not trivial."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            if module.affine:
+                module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_form_computes_the_same_function(name):
+    model = archs.build(name, num_classes=19)
+    _randomise_batchnorm(model)
+    x = torch.randn(1, 3, *SMALL)
+    with torch.no_grad():
+        before = model(x)
+        report = fuse_for_inference(model, x)
+        after = model(x)
+    scale = before.abs().max().item()
+    assert (after - before).abs().max().item() <= 1e-4 * scale + 1e-5, f"{name}: {report.as_dict()}"
+    has_norms = report.folded + report.kept > 0
+    assert not has_norms or report.folded > 0, f"{name}: no BatchNorm folded ({report.as_dict()})"

@@ -5,7 +5,7 @@ import pytest
 
 from bench.records import new_record
 from bench.report.plot import pareto_front, write_plots
-from bench.report.table import MISSING, build_frame, to_markdown
+from bench.report.table import MISSING, build_frame, measured_modes, to_markdown
 from tests import toy_models  # noqa: F401 - registers toy-*
 
 
@@ -87,6 +87,28 @@ def test_roofline_overhead_and_sweep_columns_come_from_the_records_and_the_devic
     assert row["ade20k_launch_overhead_pct"] == 75.0 and row["ade20k_bound"] == "launch"
     assert row["ade20k_best_batch"] == 16 and row["ade20k_images_s_best"] == 2000.0
     assert pd.isna(build_frame(GPU_RECORDS).set_index("arch").loc["toy-w8", "ade20k_peak_graph_pct"])  # no ceilings
+
+
+def test_a_fused_mode_rate_counts_what_its_inference_form_executes():
+    fused = rec(
+        "toy-w8",
+        "ade20k",
+        "latency",
+        {"fps": 1000.0, "median_ms": 1.0, "spread": 0.001, "inference_form": {"executed_gflops": 2.0}},
+        mode="graph-fused",
+    )
+    frame = build_frame([*GPU_RECORDS, fused], peaks=PEAKS)
+    row = frame.set_index("arch").loc["toy-w8"]
+    assert row["ade20k_tflops_graph-fused"] == 2 * 2e9 / 1e-3 / 1e12  # 4 TFLOP/s: 2 executed GFLOPs, not 5
+    assert row["ade20k_gflops"] == 5.0  # the table's count stays the model's as built
+    assert "graph-fused" in measured_modes(frame, "cuda")
+
+
+def test_cpu_tables_show_the_cpu_modes_that_were_measured():
+    cpu = [{**r, "device": "cpu"} for r in RECORDS]
+    assert measured_modes(build_frame(cpu), "cpu") == ["eager"]
+    fused = rec("toy-w8", "ade20k", "latency", {"fps": 10.0, "median_ms": 100.0, "spread": 0.01}, mode="eager-fused")
+    assert measured_modes(build_frame([*cpu, fused]), "cpu") == ["eager", "eager-fused"]
 
 
 def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(tmp_path):

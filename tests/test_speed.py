@@ -33,7 +33,7 @@ def test_cpu_latency_statistics_are_consistent():
     assert result.peak_memory_mb is None and result.energy_j_per_frame is None
 
 
-@pytest.mark.parametrize("mode", [m for m in MODES if m != "eager"])
+@pytest.mark.parametrize("mode", [m for m in MODES if m not in ("eager", "eager-fused")])
 def test_every_mode_but_eager_fp32_needs_cuda(mode):
     assert needs_cuda(mode)
     with pytest.raises(ModeUnavailable, match="CUDA"):

@@ -21,7 +21,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--arch", action="append", default=[], help="only these of our models (default: all with peers)")
     p.add_argument("--sizes", default="512x512,1024x2048", help="comma-separated HxW input sizes")
-    p.add_argument("--modes", default="eager,graph", help="speed modes (graph needs CUDA)")
+    p.add_argument(
+        "--modes",
+        default="eager,graph,graph-fused",
+        help="speed modes (graph modes need CUDA; on a CPU the others are left out)",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/<device>/peers.md|csv")
     p.add_argument("--force", action="store_true", help="measure again the rows already in peers.csv")
@@ -152,5 +156,8 @@ class PeersTable:
             "its segbench commit); ratio = peer ms / our ms (> 1: ours faster). Random weights; a step is forward + "
             "resize + argmax, median latency (protocol "
             f"v{proto.PROTOCOL_VERSION}). Classes: 150 at square sizes, 19 otherwise. GFLOPs: fvcore with segbench's "
-            f"handles, one multiply-add = one FLOP; same_work: both sides within {100 * SAME_WORK:.0f}%.\n"
+            f"handles, one multiply-add = one FLOP, counted on the models as built; same_work: both sides within "
+            f"{100 * SAME_WORK:.0f}%. A -fused mode times both sides in their inference form (BatchNorm folded into "
+            "its convolution on both; ours also with its own exact rewrites); *_executed_gflops: what that form "
+            "computes.\n"
         )

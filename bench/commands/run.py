@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if cpu_skips and "latency" in kinds:
         console.print(
-            f"[yellow]note:[/] mode {', '.join(cpu_skips)} needs a CUDA GPU; on the CPU only eager speed is measured"
+            f"[yellow]note:[/] mode {', '.join(cpu_skips)} needs a CUDA GPU; "
+            "on the CPU only modes eager and eager-fused run"
         )
     console.print(
         f"segbench run: {len(names)} architectures x {len(datasets)} datasets, {len(planned)} jobs on "

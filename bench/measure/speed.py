@@ -3,7 +3,9 @@
 CUDA: cudnn.benchmark on, warm-up, then timed repeats with a pair of CUDA events around every
 step. The graph modes capture the whole step into one CUDA graph and time its replay; ``compile``
 runs the step through torch.compile first (the compile time is recorded apart, never in the
-latency). CPU: the same loop timed with ``time.perf_counter`` (eager fp32 only).
+latency); the ``-fused`` modes first rewrite the model into its inference form
+(`bench.measure.fusion`). CPU: the same loop timed with ``time.perf_counter`` (fp32 eager modes
+only).
 
 The number of steps per repeat adapts to the model (a repeat lasts at least ``min_repeat_s``);
 the spread of the repeats is recorded and a measurement whose spread exceeds
@@ -26,6 +28,8 @@ from torch import nn
 
 from bench.errors import is_out_of_memory
 from bench.measure import nvml
+from bench.measure.flops import count_flops
+from bench.measure.fusion import fuse_for_inference
 from bench.protocol import COMPILE_MODE, MAX_SPREAD, MODES, SpeedProtocol, needs_cuda
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -64,6 +68,7 @@ class LatencyResult:
     throttled: bool = False
     compile_s: float | None = None
     tf32: bool | None = None
+    inference_form: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -140,10 +145,11 @@ def _percentile(values: list[float], q: float) -> float:
 def prepare_step(
     model: nn.Module, input_size: tuple[int, int], *, device: torch.device, mode: str, protocol: SpeedProtocol
 ):
-    """The step of ``mode`` ready to time (compiled, captured), and the compile time in seconds (or None).
+    """The step of ``mode`` ready to time (fused, compiled, captured), the compile time in seconds (or None)
+    and, in a fused mode, what the fusion did with the FLOPs its inference form executes (or None).
 
     Call under ``torch.no_grad()`` with ``device`` current (`_on`); a graph mode resets the device's
-    peak-memory statistics before its capture.
+    peak-memory statistics before its capture. A fused mode rewrites ``model`` in place.
     """
     settings = MODES[mode]
     on_cuda = device.type == "cuda"
@@ -152,8 +158,13 @@ def prepare_step(
     if on_cuda:
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format).eval()
+    model = model.to(device=device).eval()
     x = torch.randn(protocol.batch, 3, *input_size, device=device).contiguous(memory_format=memory_format)
+    form = None
+    if settings["fused"]:
+        form = fuse_for_inference(model, x).as_dict()
+        form["executed_gflops"] = count_flops(model, input_size, device=device).gflops
+    model = model.to(memory_format=memory_format)
     compile_s = None
     if settings["compile"]:
         model = torch.compile(model, mode=COMPILE_MODE)
@@ -164,7 +175,7 @@ def prepare_step(
         torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
     fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] else step
-    return fn, compile_s
+    return fn, compile_s, form
 
 
 def bare_latency(
@@ -179,7 +190,7 @@ def bare_latency(
     if device.type != "cuda":
         raise ModeUnavailable("the bare CUDA-event loop needs a CUDA GPU")
     with torch.no_grad(), _on(device):
-        fn, _ = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
+        fn, _, _ = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
         for _ in range(protocol.warmup_steps):
             fn()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -214,7 +225,7 @@ def measure_latency(
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     with torch.no_grad(), _on(device):
-        fn, compile_s = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
+        fn, compile_s, form = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
         timer = _time_cuda if on_cuda else _time_cpu
         warm = timer(fn, protocol.warmup_steps)
         if on_cuda and not MODES[mode]["cuda_graph"]:
@@ -255,6 +266,7 @@ def measure_latency(
         unstable=spread > MAX_SPREAD,
         throttled=nvml.throttled(before, after),
         compile_s=compile_s,
+        inference_form=form,
         tf32=bool(torch.backends.cudnn.allow_tf32) if on_cuda else None,
     )
 

@@ -102,7 +102,10 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
                 row[f"{ds}_spread_{mode}_pct"] = _scaled(_value(values, name, ds, "latency", mode, "spread"), 100)
                 row[f"{ds}_unstable_{mode}"] = _value(values, name, ds, "latency", mode, "unstable")
                 row[f"{ds}_throttled_{mode}"] = _value(values, name, ds, "latency", mode, "throttled")
-                tflops = roofline.achieved_tflops(gflops * 1e9, latency) if gflops and latency else None
+                # a fused mode's rate counts what its inference form executes, not the architecture's count
+                executed = (_value(values, name, ds, "latency", mode, "inference_form") or {}).get("executed_gflops")
+                work = executed if settings["fused"] else gflops
+                tflops = roofline.achieved_tflops(work * 1e9, latency) if work and latency else None
                 tf32 = _value(values, name, ds, "latency", mode, "tf32")
                 share = roofline.share_of_peak(tflops, peaks, settings["precision"], tf32) if tflops else None
                 row[f"{ds}_tflops_{mode}"] = tflops
@@ -286,10 +289,14 @@ def _has(frame: pd.DataFrame, suffix: str) -> bool:
 
 
 def measured_modes(frame: pd.DataFrame, device: str) -> list[str]:
-    """The speed modes a table shows: on a GPU eager and graph always, the others where measured; on a CPU eager."""
-    if device == "cpu":
-        return [m for m in proto.MODES if not proto.needs_cuda(m)]
-    return [m for m in proto.MODES if m in ("eager", "graph") or _has(frame, f"fps_{m}")]
+    """The speed modes a table shows: eager always and graph on a GPU, the others where measured (a CPU runs
+    only the modes without CUDA)."""
+    always = ("eager",) if device == "cpu" else ("eager", "graph")
+    return [
+        m
+        for m in proto.MODES
+        if (m in always or _has(frame, f"fps_{m}")) and not (device == "cpu" and proto.needs_cuda(m))
+    ]
 
 
 def _flags(row, ds: str, mode: str) -> str:
@@ -339,9 +346,10 @@ def to_speed_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | No
         "",
         f"Measured on: {_device_line(device, provenance)}. Device ceilings (matmul TFLOP/s, copy TB/s): {ceilings}.",
         "TFLOP/s: 2 x the model's fvcore multiply-adds per image / median latency (the step's resize and argmax "
-        "add to the time, not to the count); % peak: against the matmul ceiling of the mode's precision "
-        "(fp32 against TF32 when cuDNN may use it). Launch overhead: 1 - graph-fp32 / eager latency, the share of "
-        "the eager step that CUDA-graph replay removes; bound = launch when it is 50% or more. "
+        "add to the time, not to the count; a -fused mode counts what its inference form executes); % peak: "
+        "against the matmul ceiling of the mode's precision (fp32 against TF32 when cuDNN may use it). "
+        "Launch overhead: 1 - graph-fp32 / eager latency, the share of the eager step that CUDA-graph replay "
+        "removes; bound = launch when it is 50% or more. "
         f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled.",
     ]
     return "".join(parts) + "\n".join(footer[1:]) + "\n"

@@ -1,0 +1,184 @@
+"""The inference form of a model: the same function, fewer kernels (the ``fused`` speed modes).
+
+Two rewrites, both exact in real arithmetic (outputs differ by float rounding only):
+
+1. Every module that defines ``fuse_for_inference()`` is asked to rewrite itself (a model's own
+   algebra: SegFormer's decoder merges each projection with its slice of the fuse convolution).
+2. Every BatchNorm (eval mode, running statistics) whose only input is the output of a
+   convolution that nothing else reads is folded into that convolution
+   (`torch.nn.utils.fusion.fuse_conv_bn_weights`) and replaced by ``nn.Identity``.
+
+Which pairs qualify is observed, not guessed from module names: one probe forward runs under a
+``TorchFunctionMode`` that counts, for each convolution's output, every operation that reads it.
+A convolution whose output is read twice (a residual taken before the norm, say) keeps its norm.
+Models from other libraries get the same BatchNorm folding, so a ``fused`` mode compares like
+with like; only rewrite 1 is a model's own.
+
+FLOPs are counted on the model as built (the published architecture); a fused latency record
+adds the FLOPs its inference form executes, which is what its achieved TFLOP/s is computed from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_TAG = "_segbench_conv_output"
+# Reading a tensor's metadata is not reading its values.
+_METADATA = {"size", "dim", "numel", "stride", "is_contiguous", "data_ptr", "element_size", "get_device"}
+
+
+@dataclass
+class FusionReport:
+    """What `fuse_for_inference` changed.
+
+    Args:
+        rewritten: qualified names of the modules that rewrote themselves (their own
+            ``fuse_for_inference``).
+        folded: number of BatchNorms folded into their convolution.
+        kept: number of BatchNorms left as they are (input not a convolution read only by them,
+            shared between convolutions, or without running statistics).
+    """
+
+    rewritten: list[str] = field(default_factory=list)
+    folded: int = 0
+    kept: int = 0
+
+    def as_dict(self) -> dict:
+        return {"rewritten": self.rewritten, "folded_batchnorms": self.folded, "kept_batchnorms": self.kept}
+
+
+class _ReadCounter(TorchFunctionMode):
+    """Counts the value reads of every tensor tagged as a convolution's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[int, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name not in _METADATA and name != "__get__":  # __get__: a property (shape, dtype)
+            leaves, _ = tree_flatten((args, kwargs))
+            for leaf in leaves:
+                tag = getattr(leaf, _TAG, None) if isinstance(leaf, torch.Tensor) else None
+                if tag is not None:
+                    self.reads[tag[1]] = self.reads.get(tag[1], 0) + 1
+        return func(*args, **kwargs)
+
+
+def _foldable_norm(norm: nn.Module) -> bool:
+    return (
+        isinstance(norm, _NORMS)
+        and not norm.training
+        and norm.track_running_stats
+        and norm.running_mean is not None
+        and norm.running_var is not None
+    )
+
+
+def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, nn.Module]]:
+    """(convolution, BatchNorm) pairs where the norm's every input is a convolution output it alone reads."""
+    calls: list[tuple[nn.Module, int]] = []  # (norm, tag of its input or -1) per norm call
+    conv_of: dict[int, nn.Module] = {}  # tag -> the convolution that produced it
+    handles = []
+
+    def tag_output(conv, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            tag = len(conv_of)
+            conv_of[tag] = conv
+            setattr(output, _TAG, (conv, tag))
+
+    def note_input(norm, inputs):
+        found = getattr(inputs[0], _TAG, None) if inputs and isinstance(inputs[0], torch.Tensor) else None
+        calls.append((norm, -1 if found is None else found[1]))
+
+    for module in model.modules():
+        if isinstance(module, _CONVS):
+            handles.append(module.register_forward_hook(tag_output))
+        elif _foldable_norm(module):
+            handles.append(module.register_forward_pre_hook(note_input))
+    counter = _ReadCounter()
+    try:
+        with torch.no_grad(), counter:
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    by_norm: dict[nn.Module, set] = {}
+    for norm, tag in calls:
+        by_norm.setdefault(norm, set()).add(None if tag < 0 or counter.reads.get(tag) != 1 else conv_of[tag])
+    tags_of: dict[nn.Module, int] = {}
+    for conv in conv_of.values():
+        tags_of[conv] = tags_of.get(conv, 0) + 1
+    calls_of: dict[nn.Module, int] = {}
+    for norm, _ in calls:
+        calls_of[norm] = calls_of.get(norm, 0) + 1
+    pairs = []
+    for norm, convs in by_norm.items():
+        if len(convs) != 1 or None in convs:
+            continue
+        conv = next(iter(convs))
+        # every output of the convolution goes to this norm (none elsewhere, no other norm)
+        if tags_of[conv] == calls_of[norm] and _fold_supported(conv, norm):
+            pairs.append((conv, norm))
+    return pairs
+
+
+def _fold_supported(conv: nn.Module, norm: nn.Module) -> bool:
+    return conv.out_channels == norm.num_features and not (isinstance(conv, _TRANSPOSED) and conv.groups != 1)
+
+
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is a child (a shared module has several parents)."""
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if child is old:
+                setattr(parent, name, new)
+
+
+def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> FusionReport:
+    """Rewrite ``model`` (in eval mode, in place) into its inference form; see the module docstring.
+
+    Args:
+        model: the model, already on the device and in the memory format it will run in.
+        example: an input of the shape it will run on (one probe forward).
+    """
+    if model.training:
+        raise ValueError("fuse_for_inference rewrites a model in eval mode (call model.eval() first)")
+    report = FusionReport()
+    with torch.no_grad():
+        for name, module in list(model.named_modules()):
+            rewrite = getattr(module, "fuse_for_inference", None)
+            if callable(rewrite):
+                rewrite()
+                report.rewritten.append(name or type(model).__name__)
+        pairs = _observe(model, example)
+        for conv, norm in pairs:
+            weight, bias = fuse_conv_bn_weights(
+                conv.weight,
+                conv.bias,
+                norm.running_mean,
+                norm.running_var,
+                norm.eps,
+                norm.weight,
+                norm.bias,
+                transpose=isinstance(conv, _TRANSPOSED),
+            )
+            conv.weight, conv.bias = weight, bias
+            _replace(model, norm, nn.Identity())
+        report.folded = len(pairs)
+        report.kept = sum(1 for m in model.modules() if isinstance(m, _NORMS))
+    return report
+
+
+__all__ = ["FusionReport", "fuse_for_inference"]

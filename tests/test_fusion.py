@@ -1,0 +1,133 @@
+"""The inference form (`bench.measure.fusion`): BatchNorm folding where it is exact, a model's own rewrites."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import archs
+from archs.segformer import convert_hf_state_dict
+from bench.measure.flops import count_flops
+from bench.measure.fusion import fuse_for_inference
+from bench.measure.speed import measure_latency
+from bench.protocol import SpeedProtocol
+from tests.test_contract import _randomise_batchnorm
+from tests.test_segformer import hf_model
+
+FAST = SpeedProtocol(warmup_steps=1, repeats=2, min_steps=2, min_repeat_s=0.0, max_repeat_s=1.0)
+
+
+class ReadTwice(nn.Module):
+    """The convolution's output feeds the norm and, again, the residual: folding would change the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class SharedNorm(nn.Module):
+    """One norm after two different convolutions: it cannot be folded into both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.a(x)) + self.bn(self.b(x))
+
+
+class Foldable(nn.Module):
+    """Conv -> BN, transposed conv -> BN, a shared conv -> BN block applied twice, and a norm after a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.up = nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.up_bn = nn.BatchNorm2d(4)
+        self.shared = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+        self.flat_bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        y = self.up_bn(self.up(self.block(x)))
+        y = self.shared(self.shared(y))
+        return self.flat_bn(y.flatten(2)).view_as(y)
+
+
+def _check(model, x):
+    _randomise_batchnorm(model)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        report = fuse_for_inference(model, x)
+        after = model(x)
+    assert (after - before).abs().max().item() <= 1e-5 * before.abs().max().item() + 1e-6
+    return report
+
+
+def test_norms_fold_into_convolutions_and_transposed_convolutions():
+    report = _check(Foldable(), torch.randn(2, 3, 8, 8))
+    # block, up and shared fold (shared once, though applied twice); the norm after a view stays
+    assert (report.folded, report.kept) == (3, 1)
+
+
+@pytest.mark.parametrize("model", [ReadTwice, SharedNorm])
+def test_a_norm_is_kept_where_folding_would_change_the_function(model):
+    report = _check(model(), torch.randn(1, 3, 8, 8))
+    assert report.folded == 0 and report.kept == 1
+
+
+def test_a_model_in_training_mode_is_refused():
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_for_inference(Foldable().train(), torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("variant", ["b0", "b2"])
+def test_merged_segformer_decoder_equals_hf_and_drops_the_fuse_convolution(variant):
+    hf = hf_model(variant, 150)
+    ours = archs.build(f"segformer-{variant}", num_classes=150)
+    ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
+    x = torch.randn(1, 3, 256, 320)
+    built = count_flops(ours, (256, 320)).total
+    with torch.no_grad():
+        expected = hf(pixel_values=x).logits
+        report = fuse_for_inference(ours, x)
+        got = ours(x)
+    assert report.rewritten == ["decode_head"]
+    assert (got - expected).abs().max().item() <= 1e-4
+    # the 1x1 convolution over 4E channels at stride 4 is what goes: E * 4E multiply-adds per output pixel
+    width = 256 if variant == "b0" else 768
+    saved = built - count_flops(ours, (256, 320)).total
+    assert saved >= width * 4 * width * (256 // 4) * (320 // 4)
+
+
+def test_the_hf_peer_folds_its_decoder_norm():
+    hf = hf_model("b0", 19)
+    with torch.no_grad():
+        report = fuse_for_inference(hf, torch.randn(1, 3, 64, 64))
+    assert report.folded == 1 and report.kept == 0
+
+
+def test_a_fused_mode_runs_on_a_cpu_and_records_the_inference_form():
+    model = archs.build("segformer-b0", num_classes=19)
+    result = measure_latency(model, (64, 64), device="cpu", mode="eager-fused", protocol=FAST)
+    form = result.inference_form
+    assert form["rewritten"] == ["decode_head"]
+    built = count_flops(archs.build("segformer-b0", num_classes=19), (64, 64)).gflops
+    assert 0 < form["executed_gflops"] < built
+    plain = measure_latency(archs.build("segformer-b0", num_classes=19), (64, 64), device="cpu", protocol=FAST)
+    assert plain.inference_form is None
+
+
+def test_a_fused_model_still_traces_without_uncounted_operators():
+    model = archs.build("fcn-mobilenetv2", num_classes=19)
+    fuse_for_inference(model, torch.randn(1, 3, 64, 64))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert count_flops(model, (64, 64)).uncounted == {}
+    with torch.no_grad():
+        assert F.softmax(model(torch.randn(1, 3, 64, 64)), 1).isfinite().all()
