@@ -15,7 +15,7 @@ from archs import UnknownArchError
 from bench import __version__
 from bench.errors import BenchError
 
-COMMANDS = ("run", "eval", "table", "plot", "list", "env", "peers", "overhead", "data", "weights")
+COMMANDS = ("run", "eval", "table", "plot", "list", "env", "peers", "overhead", "profile", "data", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,11 +4,14 @@
 #
 #   results/regenerate-gpu.sh [BUDGET_S] [STEP ...]
 #
-# Steps, in this default order: tests realtime peers overhead eval fused lecture non-realtime
+# Steps, in this default order: tests realtime peers profile overhead eval fused lecture non-realtime
 #   tests         pytest -m gpu (CUDA modes, CUDA-graph capture of every model, GPU evaluation);
 #                 its summary goes to results/<gpu>/gpu-tests.txt
 #   realtime      bench run --suite realtime (params, FLOPs, eager/graph/graph-fp32, batch sweep)
-#   peers         bench peers (ours against HF / torchvision / smp, same process and mode)
+#   peers         bench peers (ours against HF / torchvision / smp, same process and mode; SegFormer-B5
+#                 at 1024x2048, then B0 and DeepLab v3 at 512x512, then the rest)
+#   profile       bench profile: time per operator of SegFormer-B5 at 1024x2048 (ours in graph and
+#                 graph-fused, HF's in graph) and of DeepLab v3 R101 at 512x512 (ours and torchvision's)
 #   overhead      bench overhead (the harness against a bare CUDA-event loop)
 #   eval          the evaluation throughput benchmark of segformer-b0 on a generated ADE20K set of
 #                 $EVAL_IMAGES (2000) images, generated in the background while the first steps run
@@ -35,7 +38,7 @@ START=$(date +%s)
 BUDGET=${BUDGET_S:-3600}
 if [[ ${1:-} =~ ^[0-9]+$ ]]; then BUDGET=$1; shift; fi
 STEPS=("$@")
-[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(tests realtime peers overhead eval fused lecture non-realtime)
+[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(tests realtime peers profile overhead eval fused lecture non-realtime)
 PYTHON=${PYTHON:-python3}
 RESERVE=40  # seconds kept for the tables, plots and archive
 LOG=${SEGBENCH_OUT:+$SEGBENCH_OUT/log.txt}
@@ -113,6 +116,25 @@ run_tests() {
     return "$rc"
 }
 
+run_peers() {  # the rows the targets name first (a cut step keeps them), then every pair and size
+    local rc=0
+    bench peers --device "$DEVICE" --arch segformer-b5 --sizes 1024x2048 || rc=$?
+    bench peers --device "$DEVICE" --arch segformer-b0,deeplabv3-r101-os8 --sizes 512x512 || rc=$?
+    bench peers --device "$DEVICE" || rc=$?
+    return "$rc"
+}
+
+run_profiles() {
+    local rc=0 mode
+    [[ $DEVICE == cpu ]] && mode=eager || mode=graph
+    bench profile segformer-b5 --dataset cityscapes --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    bench profile segformer-b5 --dataset cityscapes --mode "$mode-fused" --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    bench profile segformer-b5 --dataset cityscapes --mode "$mode" --peer --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    bench profile deeplabv3-r101-os8 --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    bench profile deeplabv3-r101-os8 --mode "$mode" --peer --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    return "$rc"
+}
+
 run_eval() {
     while [[ -n ${SYNTH:-} ]] && kill -0 "$SYNTH" 2>/dev/null; do sleep 1; done  # not this shell's child
     [[ -f $ADE.done ]] || { cat "$ADE.log"; return 1; }
@@ -120,7 +142,7 @@ run_eval() {
         --no-progress --device "$DEVICE"
 }
 
-export -f bench run_tests run_eval
+export -f bench run_tests run_peers run_profiles run_eval
 export PYTHON FOLDER ADE SYNTH DEVICE
 for s in "${STEPS[@]}"; do
     case $s in
@@ -128,11 +150,12 @@ for s in "${STEPS[@]}"; do
         realtime | lecture | non-realtime)
             cap=600; [[ $s == realtime ]] || cap=1800
             step "$s" "$cap" bench run --suite "$s" --no-report --device "$DEVICE" ;;
-        peers) step peers 600 bench peers --device "$DEVICE" ;;
+        peers) step peers 600 run_peers ;;
+        profile) step profile 240 run_profiles ;;
         overhead) step overhead 180 bench overhead --device "$DEVICE" ;;
         eval) step eval 300 run_eval ;;
         fused) step fused 300 bench run --suite realtime --modes graph-fused,eager-fused --no-report --device "$DEVICE" ;;
-        *) say "unknown step $s (choose from tests realtime peers overhead eval fused lecture non-realtime)"; exit 2 ;;
+        *) say "unknown step $s (choose from tests realtime peers profile overhead eval fused lecture non-realtime)"; exit 2 ;;
     esac
 done
 

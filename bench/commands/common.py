@@ -51,6 +51,17 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
+def parse_size(text: str, option: str) -> tuple[int, int]:
+    """``HxW`` as (H, W) positive ints; a `BenchError` naming ``option`` otherwise."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BenchError(f"{option}: {text!r} is not HxW (e.g. 512x512)") from None
+    if h <= 0 or w <= 0:
+        raise BenchError(f"{option}: {text!r} needs a positive height and width (e.g. 512x512)")
+    return h, w
+
+
 def resolve_device(requested: str | None) -> str:
     """``cuda``/``cuda:N``/``cpu``; default cuda when available. A `BenchError` without a GPU."""
     import torch

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import protocol as proto
-from bench.commands.common import csv_list, parse_modes, resolve_device
+from bench.commands.common import csv_list, parse_modes, parse_size, resolve_device
 from bench.errors import BenchError
 from bench.peers import SAME_WORK
 from bench.records import ensure_writable_folder, write_text_atomic
@@ -32,14 +32,6 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        return h, w
-    except ValueError:
-        raise BenchError(f"--sizes: {text!r} is not HxW (e.g. 512x512)") from None
-
-
 KEY = ["ours", "peer", "input", "mode"]
 
 
@@ -54,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     modes = parse_modes(args.modes)
     if device == "cpu":
         modes = [m for m in modes if not proto.needs_cuda(m)]
-    sizes = [parse_size(s) for s in csv_list([args.sizes])]
+    sizes = [parse_size(s, "--sizes") for s in csv_list([args.sizes])]
     pairs = peers.select(csv_list(args.arch))
     skipped = sorted({p.requires for p in pairs if not peers.available(p)})
     if skipped:

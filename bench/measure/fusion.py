@@ -20,6 +20,7 @@ adds the FLOPs its inference form executes, which is what its achieved TFLOP/s i
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -61,7 +62,7 @@ class _ReadCounter(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.reads: dict[int, int] = {}
+        self.reads: Counter[int] = Counter()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -71,7 +72,7 @@ class _ReadCounter(TorchFunctionMode):
             for leaf in leaves:
                 tag = getattr(leaf, _TAG, None) if isinstance(leaf, torch.Tensor) else None
                 if tag is not None:
-                    self.reads[tag[1]] = self.reads.get(tag[1], 0) + 1
+                    self.reads[tag] += 1
         return func(*args, **kwargs)
 
 
@@ -95,11 +96,11 @@ def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, n
         if isinstance(output, torch.Tensor):
             tag = len(conv_of)
             conv_of[tag] = conv
-            setattr(output, _TAG, (conv, tag))
+            setattr(output, _TAG, tag)
 
     def note_input(norm, inputs):
         found = getattr(inputs[0], _TAG, None) if inputs and isinstance(inputs[0], torch.Tensor) else None
-        calls.append((norm, -1 if found is None else found[1]))
+        calls.append((norm, -1 if found is None else found))
 
     for module in model.modules():
         if isinstance(module, _CONVS):
@@ -116,20 +117,16 @@ def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, n
 
     by_norm: dict[nn.Module, set] = {}
     for norm, tag in calls:
-        by_norm.setdefault(norm, set()).add(None if tag < 0 or counter.reads.get(tag) != 1 else conv_of[tag])
-    tags_of: dict[nn.Module, int] = {}
-    for conv in conv_of.values():
-        tags_of[conv] = tags_of.get(conv, 0) + 1
-    calls_of: dict[nn.Module, int] = {}
-    for norm, _ in calls:
-        calls_of[norm] = calls_of.get(norm, 0) + 1
+        by_norm.setdefault(norm, set()).add(None if tag < 0 or counter.reads[tag] != 1 else conv_of[tag])
+    outputs_of = Counter(conv_of.values())  # calls of each convolution
+    calls_of = Counter(norm for norm, _ in calls)
     pairs = []
     for norm, convs in by_norm.items():
         if len(convs) != 1 or None in convs:
             continue
         conv = next(iter(convs))
         # every output of the convolution goes to this norm (none elsewhere, no other norm)
-        if tags_of[conv] == calls_of[norm] and _fold_supported(conv, norm):
+        if outputs_of[conv] == calls_of[norm] and _fold_supported(conv, norm):
             pairs.append((conv, norm))
     return pairs
 

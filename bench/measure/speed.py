@@ -143,13 +143,16 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def prepare_step(
-    model: nn.Module, input_size: tuple[int, int], *, device: torch.device, mode: str, protocol: SpeedProtocol
-):
+    model: nn.Module, input_size: tuple[int, int], *, device: torch.device, mode: str, protocol: SpeedProtocol,
+    capture: bool = True,
+):  # fmt: skip
     """The step of ``mode`` ready to time (fused, compiled, captured), the compile time in seconds (or None)
     and, in a fused mode, what the fusion did with the FLOPs its inference form executes (or None).
 
     Call under ``torch.no_grad()`` with ``device`` current (`_on`); a graph mode resets the device's
     peak-memory statistics before its capture. A fused mode rewrites ``model`` in place.
+    ``capture=False`` leaves a graph mode's step uncaptured: the same kernels, launched one by one
+    (what a profiler can attribute to operators).
     """
     settings = MODES[mode]
     on_cuda = device.type == "cuda"
@@ -174,7 +177,7 @@ def prepare_step(
         step()
         torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
-    fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] else step
+    fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] and capture else step
     return fn, compile_s, form
 
 
