@@ -57,3 +57,10 @@ def test_bad_options_are_one_line_errors(tmp_path, args, message):
     )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_a_graph_mode_is_profiled_on_the_device_uncaptured():
+    result = profile_step(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=FAST, steps=2)
+    assert result.timed_on == "device" and result.total_ms > 0
+    assert any("conv" in o.name for o in result.operators)  # kernels attributed to operators, not to a graph
