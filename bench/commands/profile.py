@@ -96,9 +96,9 @@ def _markdown(result, subject: str, size: str, mode: str, top: int, prov: dict) 
         frame.to_markdown(index=False, floatfmt=".3f"),
         "",
         f"Profiled with torch.profiler on {where}, torch {prov.get('torch')}, segbench "
-        f"{(prov.get('git_commit') or '?')[:10]}: {result.steps} steps after the protocol's warm-up, batch 1, "
-        "random input; a step is forward + resize + argmax as `bench run` times it, a graph mode uncaptured "
-        "(its kernels launched one by one)."
+        f"{(prov.get('git_commit') or '?')[:10]}: {result.steps} step{'s' * (result.steps != 1)} after the "
+        "protocol's warm-up, batch 1, random input; a step is forward + resize + argmax as `bench run` times "
+        "it, a graph mode uncaptured (its kernels launched one by one)."
         + (f" Inference form: {result.inference_form}." if result.inference_form else ""),
         "",
     ]
