@@ -49,6 +49,7 @@ class SegFormerHead(nn.Module):
 
         self.merged: nn.ModuleList | None = None  # set by `fuse_for_inference`
 
+    @torch.no_grad()
     def fuse_for_inference(self) -> None:
         """Merge each projection with its slice of the fuse convolution and with the BatchNorm (eval only).
 
@@ -61,6 +62,8 @@ class SegFormerHead(nn.Module):
         """
         if self.merged is not None:
             return
+        if self.training:
+            raise ValueError("the decoder merges with its BatchNorm's running statistics: call .eval() first")
         e, n = self.fuse.out_channels, len(self.linear_c)
         scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
         bias = self.bn.bias - scale * self.bn.running_mean

@@ -106,6 +106,14 @@ def test_merged_segformer_decoder_equals_hf_and_drops_the_fuse_convolution(varia
     assert saved >= width * 4 * width * (256 // 4) * (320 // 4)
 
 
+def test_the_segformer_decoder_merges_only_in_eval_mode_and_needs_no_no_grad():
+    head = archs.build("segformer-b0", num_classes=19).decode_head
+    with pytest.raises(ValueError, match="eval"):
+        head.train().fuse_for_inference()
+    head.eval().fuse_for_inference()  # with autograd on: the merge itself runs without it
+    assert head.merged is not None and not hasattr(head, "fuse")
+
+
 def test_the_hf_peer_folds_its_decoder_norm():
     hf = hf_model("b0", 19)
     with torch.no_grad():

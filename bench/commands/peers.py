@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--modes",
         default="eager,graph,graph-fused",
-        help="speed modes (graph modes need CUDA; on a CPU the others are left out)",
+        help="speed modes (graph modes need CUDA and are left out on a CPU)",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/<device>/peers.md|csv")
