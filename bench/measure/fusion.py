@@ -147,7 +147,7 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> FusionReport:
     """Rewrite ``model`` (in eval mode, in place) into its inference form; see the module docstring.
 
     Args:
-        model: the model, already on the device and in the memory format it will run in.
+        model: the model, already on the device it will run on.
         example: an input of the shape it will run on (one probe forward).
     """
     if model.training:
