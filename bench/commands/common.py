@@ -51,6 +51,16 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
+def parse_dataset(name: str):
+    """The `bench.protocol.DatasetProtocol` of ``--dataset name``; a `BenchError` naming the choices otherwise."""
+    from bench import protocol as proto
+
+    try:
+        return proto.dataset(name)
+    except ValueError as exc:
+        raise BenchError(f"--dataset: {exc}") from None
+
+
 def parse_size(text: str, option: str) -> tuple[int, int]:
     """``HxW`` as (H, W) positive ints; a `BenchError` naming ``option`` otherwise."""
     try:

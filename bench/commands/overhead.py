@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, csv_list, load_plugins, parse_modes, resolve_device
+from bench.commands.common import (
+    add_plugin_argument,
+    csv_list,
+    load_plugins,
+    parse_dataset,
+    parse_modes,
+    resolve_device,
+)
 from bench.errors import BenchError
 from bench.records import ensure_writable_folder, write_text_atomic
 
@@ -38,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if device == "cpu":
         raise BenchError("bench overhead compares CUDA-event loops: run it on a GPU (--device cuda)")
     names = csv_list(args.arch) or get_suite("realtime").names()
-    try:
-        ds = proto.dataset(args.dataset)
-    except ValueError as exc:
-        raise BenchError(f"--dataset: {exc}") from None
+    ds = parse_dataset(args.dataset)
     modes = parse_modes(args.modes)
     folder = args.results / device_slug(device)
     ensure_writable_folder(folder)

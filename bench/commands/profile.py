@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, load_plugins, parse_size, resolve_device
+from bench.commands.common import add_plugin_argument, load_plugins, parse_dataset, parse_size, resolve_device
 from bench.errors import BenchError
 from bench.records import ensure_writable_folder, write_text_atomic
 
@@ -47,10 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise BenchError(f"{option} {value}: give a positive number")
     spec = archs.get_spec(args.arch)  # an unknown name: the registry's error with the closest names
-    try:
-        ds = proto.dataset(args.dataset)
-    except ValueError as exc:
-        raise BenchError(f"--dataset: {exc}") from None
+    ds = parse_dataset(args.dataset)
     size = parse_size(args.size, "--size") if args.size else proto.input_size(spec, ds.name)
     if args.peer:
         pair = next((p for p in peers.select([spec.name]) if peers.available(p)), None)

@@ -9,7 +9,14 @@ from pathlib import Path
 import archs
 from bench import jobs as jobs_mod
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, csv_list, load_plugins, parse_modes, resolve_device
+from bench.commands.common import (
+    add_plugin_argument,
+    csv_list,
+    load_plugins,
+    parse_dataset,
+    parse_modes,
+    resolve_device,
+)
 from bench.errors import BenchError
 from bench.provenance import device_slug
 from bench.records import OK, RecordStore
@@ -71,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
         archs.get_spec(name)
     datasets = csv_list([args.dataset])
     for d in datasets:
-        try:
-            proto.dataset(d)
-        except ValueError as exc:
-            raise BenchError(f"--dataset: {exc}") from None
+        parse_dataset(d)
     modes = parse_modes(args.modes)
     device = resolve_device(args.device)
     cpu_skips = [m for m in modes if device == "cpu" and proto.needs_cuda(m)]
