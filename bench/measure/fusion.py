@@ -135,12 +135,12 @@ def _fold_supported(conv: nn.Module, norm: nn.Module) -> bool:
     return conv.out_channels == norm.num_features and not (isinstance(conv, _TRANSPOSED) and conv.groups != 1)
 
 
-def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    """Put ``new`` wherever ``old`` is a child (a shared module has several parents)."""
-    for parent in model.modules():
+def _replace_with_identity(model: nn.Module, modules: set[nn.Module]) -> None:
+    """Put ``nn.Identity()`` wherever one of ``modules`` is a child (a shared module has several parents)."""
+    for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if child is old:
-                setattr(parent, name, new)
+            if child in modules:
+                setattr(parent, name, nn.Identity())
 
 
 def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> FusionReport:
@@ -172,7 +172,7 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> FusionReport:
                 transpose=isinstance(conv, _TRANSPOSED),
             )
             conv.weight, conv.bias = weight, bias
-            _replace(model, norm, nn.Identity())
+        _replace_with_identity(model, {norm for _, norm in pairs})
         report.folded = len(pairs)
         report.kept = sum(1 for m in model.modules() if isinstance(m, _NORMS))
     return report
