@@ -1,21 +1,27 @@
 """The common contract, parametrised over every built-in registered model (no per-model test code).
 
 Each model: a complete spec; forward on a small non-square input gives finite float logits of the
-right shape at the spec's output stride; the FLOP count leaves no operator uncounted; on a GPU
-the whole inference step captures into a CUDA graph and replays the eager prediction.
+right shape at the spec's output stride; the FLOP count leaves no operator uncounted; the whole
+inference step (and its inference form) runs on the meta device at both protocol sizes, which no
+forward that reads tensor values on the host can do; on a GPU the step captures into a CUDA graph
+and replays the eager prediction.
 """
 
+import contextlib
 import math
+from unittest import mock
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import archs
 from archs import base
 from bench.measure.flops import count_flops
 from bench.measure.fusion import fuse_for_inference
 from bench.measure.speed import inference_step
-from bench.protocol import DATASETS
+from bench.protocol import DATASETS, input_size
 
 SMALL = (128, 192)
 
@@ -62,6 +68,125 @@ def test_forward_shape_and_flop_coverage(name):
     count = count_flops(model, SMALL)
     assert count.uncounted == {}, f"{name}: operators without a FLOP handle: {count.uncounted}"
     assert count.total > 0 and math.isfinite(count.gflops)
+
+
+class _HostTensors(TorchDispatchMode):
+    """Records the host tensors (more than a scalar) that enter a forward running on the meta device.
+
+    On a GPU each of them is a host-to-device copy inside the forward, which a CUDA graph cannot
+    capture: an operator given a host tensor, or a tensor made from Python data (``torch.tensor``,
+    ``torch.as_tensor``). 0-d tensors pass: PyTorch hands them to kernels as scalars.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self._patches: list = []
+
+    def _recording(self, make):
+        def wrapper(*args, **kwargs):
+            tensor = make(*args, **kwargs)
+            if tensor.dim() > 0:
+                self.found.append(f"torch.{make.__name__} of shape {tuple(tensor.shape)} from host data")
+            return tensor
+
+        return wrapper
+
+    def __enter__(self):
+        names = ("tensor", "as_tensor")
+        self._patches = [mock.patch.object(torch, n, self._recording(getattr(torch, n))) for n in names]
+        for patch in self._patches:
+            patch.start()
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        for patch in self._patches:
+            patch.stop()
+        return super().__exit__(*exc_info)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for leaf in tree_leaves((args, kwargs)):
+            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta" and leaf.dim() > 0:
+                self.found.append(f"{func} given a {leaf.device.type} tensor of shape {tuple(leaf.shape)}")
+        return func(*args, **kwargs)
+
+
+def _meta_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, list[str]]:
+    """The inference step run on meta: its prediction (None if it raised) and what keeps it from a CUDA graph.
+
+    A meta tensor has no values, so ``.item()``, ``bool(tensor)``, ``nonzero`` and any Python
+    control flow on tensor data raise; a host tensor meeting a meta tensor raises or is recorded.
+    """
+    host = _HostTensors()
+    try:
+        with torch.no_grad(), host:
+            prediction = inference_step(model, x, "fp32")()
+    except (RuntimeError, NotImplementedError) as exc:
+        return None, host.found + [f"{type(exc).__name__}: {str(exc).splitlines()[0]}"]
+    return prediction, host.found
+
+
+@pytest.fixture
+def meta_autocast(monkeypatch):
+    """``torch.autocast`` for models that disable it locally: autocast has no meta backend (nothing to disable)."""
+    real = torch.autocast
+
+    def autocast(device_type, *args, **kwargs):
+        return contextlib.nullcontext() if device_type == "meta" else real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+
+
+class _Forward(torch.nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize(
+    "forward, capturable",
+    [
+        (lambda x: x * x.mean().item(), False),
+        (lambda x: x if x.mean() > 0 else -x, False),  # Python control flow on a value
+        (lambda x: x + x.flatten()[x.flatten() > 0].sum(), False),  # a data-dependent shape
+        (lambda x: x * torch.ones(3).view(1, 3, 1, 1), False),  # a tensor made on the host
+        (lambda x: x * torch.tensor([1.0, 2.0, 3.0], device=x.device).view(1, 3, 1, 1), False),
+        (lambda x: x * torch.arange(3, device=x.device).view(1, 3, 1, 1), True),
+        (lambda x: x * torch.tensor(2.0) + x.shape[-1], True),  # scalars and shapes are fine
+    ],
+)
+def test_the_meta_step_tells_what_a_cuda_graph_cannot_capture(forward, capturable):
+    prediction, problems = _meta_step(_Forward(forward), torch.randn(1, 3, 8, 8, device="meta"))
+    assert (problems == []) is capturable, problems
+    assert (prediction is not None) or not capturable
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_step_needs_no_tensor_values_on_the_host(name, meta_autocast):
+    """The step runs on the meta device (shapes only, no memory) at both protocol sizes, plain and fused.
+
+    What keeps a forward from being captured into a CUDA graph, or makes it synchronise with the
+    host, fails here (see `_meta_step`): the capture contract checked without a GPU (the `gpu`
+    test below captures for real).
+    """
+    spec = archs.get_spec(name)
+    with torch.device("meta"):
+        model = archs.build(name, num_classes=19)
+    # the plain form at one protocol size, the inference form at the other (a meta forward of the
+    # large models takes seconds: shape functions run in Python)
+    for dataset, fused in (("ade20k", False), ("cityscapes", True)):
+        size = input_size(spec, dataset)
+        x = torch.randn(1, 3, *size, device="meta")
+        if fused:
+            with torch.no_grad():
+                fuse_for_inference(model, x)  # once, before a capture
+        prediction, problems = _meta_step(model, x)
+        assert problems == [], f"{name} at {size}{' fused' * fused}: {problems[:3]}"
+        assert prediction.shape == (1, *size)
 
 
 def _captured_prediction(step):
