@@ -152,8 +152,11 @@ def import_models(module: str) -> None:
     """Import a module whose import registers models (``--plugin`` on the command line)."""
     try:
         importlib.import_module(module)
-    except ImportError as exc:
-        raise UnknownArchError(f"cannot import model module {module!r}: {exc}") from exc
+    except Exception as exc:  # a plugin that fails to import (or registers a taken name) is the user's to fix
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise UnknownArchError(
+            f"cannot import model module {module!r} ({type(exc).__name__}: {reason}); fix the module or drop --plugin"
+        ) from exc
 
 
 def _load() -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
-from archs import UnknownArchError
 from bench import __version__
 from bench.errors import BenchError
 
@@ -36,13 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGES = tuple(str(Path(__file__).resolve().parent.parent / name) for name in ("bench", "archs"))
+_default_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """segbench's own warnings as one line, like its errors; everyone else's as Python prints them."""
+    if str(Path(filename).resolve()).startswith(_PACKAGES):
+        return f"bench: warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
-        return int(args.handler(args) or 0)
-    except (BenchError, UnknownArchError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+        from archs import UnknownArchError  # imports torch: inside the try, where Ctrl-C is handled
+
+        args = build_parser().parse_args(argv)
+        try:
+            return int(args.handler(args) or 0)
+        except (BenchError, UnknownArchError) as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("bench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -7,6 +7,11 @@ class BenchError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), for a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 # What the allocators say when memory runs out (CUDA's caching allocator, the host's, and cuBLAS's or
 # cuDNN's own workspace allocations: CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED).
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "status_alloc_failed")

@@ -33,10 +33,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def ensure_writable_folder(folder: Path, *, appendable: Iterable[Path] = ()) -> None:
+def ensure_writable_folder(
+    folder: Path,
+    *,
+    appendable: Iterable[Path] = (),
+    what: str = "results folder",
+    fix: str = "pass --results DIR with a folder you can write",
+) -> None:
     """Create ``folder`` and check that files can be written in it, or a `BenchError` naming the fix.
 
-    Each of ``appendable`` is opened for appending too (and so created when missing).
+    Each of ``appendable`` is opened for appending too (and so created when missing). ``what`` and
+    ``fix`` name the folder and the remedy in the error.
     """
     probe = Path(folder) / f".write-test-{uuid.uuid4().hex}"
     try:
@@ -47,10 +54,7 @@ def ensure_writable_folder(folder: Path, *, appendable: Iterable[Path] = ()) -> 
             with open(path, "a"):
                 pass
     except OSError as exc:
-        raise BenchError(
-            f"results folder {folder} is not writable ({exc.strerror or exc}); "
-            "pass --results DIR with a folder you can write"
-        ) from None
+        raise BenchError(f"{what} {folder} is not writable ({exc.strerror or exc}); {fix}") from None
 
 
 def record_key(record: dict) -> tuple:
@@ -69,6 +73,20 @@ def new_record(**fields) -> dict:
     return {"schema": SCHEMA, "id": uuid.uuid4().hex, **fields}
 
 
+# Fields every record has, and their types (a line without them is not a record).
+_REQUIRED = {"arch": str, "dataset": str, "kind": str, "protocol": str, "device_slug": str, "status": str}
+
+
+def is_record(obj) -> bool:
+    """True for a JSON object with every field a record has (`record_key`'s and ``status``), typed as written."""
+    return (
+        isinstance(obj, dict)
+        and all(isinstance(obj.get(key), kind) for key, kind in _REQUIRED.items())
+        and isinstance(obj.get("mode"), (str, type(None)))
+        and isinstance(obj.get("value"), (dict, type(None)))
+    )
+
+
 def read_records(path: Path) -> list[dict]:
     """Every parsable record of ``path``; a torn or corrupt line is skipped with a warning."""
     records = []
@@ -81,7 +99,7 @@ def read_records(path: Path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or "arch" not in record:
+            if not is_record(record):
                 raise ValueError("not a record")
         except ValueError:
             warnings.warn(f"{path}:{number}: skipping a torn or corrupt line ({len(line)} bytes)", stacklevel=2)

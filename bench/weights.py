@@ -19,7 +19,7 @@ import pickle
 import re
 import urllib.error
 import urllib.request
-import zipfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,8 @@ import archs
 from archs import ArchSpec, Weights
 from bench import __version__
 from bench import protocol as proto
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
+from bench.records import ensure_writable_folder
 
 CACHE_ENV = "SEGBENCH_WEIGHTS"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -191,6 +192,7 @@ def fetch(spec: ArchSpec | str, dataset: str, *, force: bool = False, progress: 
             f"the {spec.name} {dataset} checkpoint is on Google Drive ({weights.uri}), which serves it to browsers "
             "only: download it there and pass --weights PATH (it loads through the spec's converter)"
         )
+    ensure_writable_folder(folder, what="checkpoint cache", fix=f"set {CACHE_ENV} to a folder you can write")
     errors = []
     for url in download_urls(weights.uri):
         dest = folder / url.rsplit("/", 1)[-1]
@@ -219,13 +221,16 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise BenchError(f"--weights {path}: no such file; pass a checkpoint file, or `official`")
+    unreadable = "pass a state dict saved with torch.save or safetensors (a fetched file: delete it and fetch it again)"
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             obj = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the error below says what is wrong with the file
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if refused:
@@ -235,11 +240,10 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             ) from None
         reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
         reason = reason[1].strip() if reason else "unpickling failed"
-        raise BenchError(f"{path}: not a readable checkpoint ({reason}); fetch it again") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise BenchError(
-            f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]}); fetch it again"
-        ) from None
+        raise BenchError(f"{path}: not a readable checkpoint ({reason}); {unreadable}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler or parser in many ways
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        raise BenchError(f"{path}: not a readable checkpoint ({reason}); {unreadable}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):

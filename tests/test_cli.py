@@ -104,6 +104,12 @@ def test_table_and_plot_commands_regenerate_from_records(finished_run):
         (("plot", "--speed", "warp"), "--speed: unknown axis 'warp'; choose from eager"),
         (("overhead", "--arch", "toy-w4", "--device", "cpu"), "run it on a GPU (--device cuda)"),
         (("run", "--arch", "toy-w4", "--job-timeout", "-1"), "--job-timeout -1: pass a positive number"),
+        (("run", "--arch", "toy-w4", "--job-timeout", "inf"), "--job-timeout inf: pass a positive number"),
+        (("run", "--arch", "toy-w4", "--weights", "/nope.pth"), "--weights is the checkpoint of the mIoU jobs"),
+        (("run", "--arch", "toy-w4", "--dataset", ","), "nothing to measure: datasets none"),
+        (("run", "--arch", "toy-w4", "--modes", "graph", "--measure", "latency", "--device", "cpu"), "CUDA GPU only"),
+        (("table", "--protocol", "99"), "no successful record of protocol '99' in"),
+        (("profile", "segformer-b0", "--size", "8x8", "--steps", "1"), "cannot run at --size 8x8"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args, message):

@@ -38,6 +38,21 @@ def test_unknown_arch_without_peer_is_an_error():
         peers.select(["toy-w4"])
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (("--modes", "graph,graph-fused"), "CUDA modes only; on a CPU pass --modes eager"),
+        (("--sizes", ","), "--sizes: pass at least one HxW"),
+    ],
+)
+def test_a_peers_run_with_nothing_to_time_on_a_cpu_is_an_error(tmp_path, capsys, options, message):
+    from bench.cli import main
+
+    assert main(["peers", "--device", "cpu", "--arch", "segformer-b0", "--results", str(tmp_path), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("variant", ["b0", "b2"])
 def test_hf_segformer_peer_is_the_same_size_as_ours(variant):
     peer = peers.hf_segformer(variant)(150)

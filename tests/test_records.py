@@ -43,6 +43,25 @@ def test_torn_last_line_is_skipped_and_next_append_starts_a_new_line(tmp_path):
         assert [r["arch"] for r in read_records(store.path)] == ["a", "b"]
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"arch": "x", "dataset": "ade20k", "protocol": "1", "device_slug": "dev", "status": "ok"},  # no kind
+        {**rec("x"), "value": "not an object"},
+        {**rec("x"), "device_slug": None},
+        ["a", "list"],
+    ],
+)
+def test_a_line_that_is_not_a_whole_record_is_skipped(tmp_path, line):
+    store = RecordStore(tmp_path, "dev")
+    store.append([rec("a")])
+    with open(store.path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    store.append([rec("b")])
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert [r["arch"] for r in store.read()] == ["a", "b"]
+
+
 def test_unwritable_results_folder_is_a_one_line_error(tmp_path):
     from bench.errors import BenchError
 

@@ -27,6 +27,23 @@ def test_duplicate_registration_is_refused():
         archs.register(spec)(lambda *, num_classes: None)
 
 
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        ("raise RuntimeError('broken at import')", "RuntimeError: broken at import"),
+        ("def f(:\n", "SyntaxError"),
+        ("import archs\narchs.register(archs.get_spec('toy-w4'))(lambda *, num_classes: None)\n", "registered twice"),
+    ],
+)
+def test_a_plugin_module_that_fails_to_import_is_a_one_line_error(tmp_path, monkeypatch, source, reason):
+    (tmp_path / "plugin_under_test.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "plugin_under_test", raising=False)
+    with pytest.raises(archs.UnknownArchError, match="cannot import model module 'plugin_under_test'") as info:
+        base.import_models("plugin_under_test")
+    assert reason in str(info.value) and "\n" not in str(info.value)
+
+
 def test_bad_scale_is_refused():
     with pytest.raises(ValueError, match="scale"):
         archs.ArchSpec(name="x", family="X", encoder="X", scale="fast", paper="", year=2020, output_stride=8)

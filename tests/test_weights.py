@@ -157,6 +157,23 @@ def test_pickled_code_never_runs(tmp_path):
         read_checkpoint(tmp_path / "junk.pth")
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("text.pth", b"e\x00some text that the unpickler reads as opcodes"),
+        ("numbers.pth", b"101 102 103\n"),
+        ("garbage.safetensors", b"\xff" * 64),
+        ("empty.safetensors", b""),
+        ("plain.pkl", __import__("pickle").dumps({"w": [1, 2, 3]}, protocol=4)),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(BenchError, match=r"not a readable checkpoint|holds no tensors") as info:
+        read_checkpoint(tmp_path / name)
+    assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_keys_that_do_not_fit_are_listed_in_one_error(tmp_path):
     spec = ArchSpec(name="toy-keys", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
     state = ToyNet(150, 4).state_dict()

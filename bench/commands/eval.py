@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit {args.limit}: pass a positive number of images")
+    if args.workers is not None and args.workers < 0:
+        raise BenchError(f"--workers {args.workers}: pass 0 (decode in this process) or more worker processes")
     open_dataset(args.dataset, args.data_root, args.split)  # a bad root fails before any download
     folder = Path(args.results) / device_slug(device) / "eval"
     ensure_writable_folder(folder)

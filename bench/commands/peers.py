@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench import protocol as proto
 from bench.commands.common import csv_list, parse_modes, parse_size, resolve_device
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.peers import SAME_WORK
 from bench.records import ensure_writable_folder, write_text_atomic
 
@@ -45,8 +45,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     modes = parse_modes(args.modes)
     if device == "cpu":
-        modes = [m for m in modes if not proto.needs_cuda(m)]
+        gpu_only = [m for m in modes if proto.needs_cuda(m)]
+        modes = [m for m in modes if m not in gpu_only]
+        if not modes:
+            raise BenchError(f"--modes {','.join(gpu_only)}: CUDA modes only; on a CPU pass --modes eager,eager-fused")
     sizes = [parse_size(s, "--sizes") for s in csv_list([args.sizes])]
+    if not sizes:
+        raise BenchError("--sizes: pass at least one HxW, e.g. --sizes 512x512,1024x2048")
     pairs = peers.select(csv_list(args.arch))
     skipped = sorted({p.requires for p in pairs if not peers.available(p)})
     if skipped:
@@ -120,7 +125,9 @@ class PeersTable:
             try:
                 self.frame = pd.read_csv(self.csv)
             except (OSError, ValueError, pd.errors.ParserError) as exc:
-                raise BenchError(f"{self.csv}: unreadable ({exc}); move it aside or pass --force") from None
+                raise BenchError(
+                    f"{self.csv}: unreadable ({first_line(exc)}); move it aside and rerun (a new one is started)"
+                ) from None
             if not set(KEY) <= set(self.frame.columns):
                 raise BenchError(f"{self.csv}: not a peers table (no {', '.join(KEY)} columns); move it aside")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench import protocol as proto
 from bench.commands.common import add_plugin_argument, load_plugins, parse_dataset, parse_size, resolve_device
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line, is_out_of_memory
 from bench.records import ensure_writable_folder, write_text_atomic
 
 
@@ -60,10 +60,18 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable_folder(folder)
     size_text = "x".join(map(str, size))
     print(f"profiling {subject} at {size_text}, {mode}, {args.steps} steps on {device}")
-    result = profile_step(
-        model, size, device=device, mode=mode, protocol=proto.SPEED["cpu" if device == "cpu" else "cuda"],
-        steps=args.steps,
-    )  # fmt: skip
+    try:
+        result = profile_step(
+            model, size, device=device, mode=mode, protocol=proto.SPEED["cpu" if device == "cpu" else "cuda"],
+            steps=args.steps,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            raise BenchError(f"{subject} at {size_text}: out of memory on {device}; pass a smaller --size") from None
+        if args.size is None:
+            raise
+        reason = first_line(exc)
+        raise BenchError(f"{subject} cannot run at --size {args.size} ({reason}); pass a larger --size") from None
     text = _markdown(result, subject, size_text, mode, args.top, provenance(device))
     name = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{subject}-{size_text}-{mode}").strip("-").lower()
     path = folder / f"{name}.md"

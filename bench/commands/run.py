@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -89,18 +90,28 @@ def run(args: argparse.Namespace) -> int:
         if k not in measurable:
             raise BenchError(f"--measure: unknown measurement {k!r}; choose from {', '.join(measurable)}")
     shard = parse_shard(args.shard)
-    if args.job_timeout is not None and not args.job_timeout > 0:
+    if args.job_timeout is not None and not (math.isfinite(args.job_timeout) and args.job_timeout > 0):
         raise BenchError(f"--job-timeout {args.job_timeout:g}: pass a positive number of seconds per job")
     if args.data_root is not None and len(datasets) != 1:
         raise BenchError("--data-root belongs to one dataset: pass it with a single --dataset (ade20k or cityscapes)")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise BenchError(f"--data-root {args.data_root}: no such folder; pass the dataset's root folder")
+    if args.weights is not None and args.data_root is None:
+        raise BenchError("--weights is the checkpoint of the mIoU jobs: pass it with --data-root DIR")
+    if args.weights not in (None, "official", "none") and not Path(args.weights).expanduser().is_file():
+        raise BenchError(f"--weights {args.weights}: no such file; pass a checkpoint file, official or none")
 
     slug = device_slug(device)
     store = RecordStore(args.results, slug)
     store.ensure_writable()
     sweep_mode = proto.SWEEP_MODE if device != "cpu" else "eager"
     planned = jobs_mod.plan(names, datasets, modes, kinds=kinds, miou=args.data_root is not None, sweep_mode=sweep_mode)
+    if not planned:
+        cpu_only = f" (every mode asked for, {', '.join(cpu_skips)}, runs on a CUDA GPU only)" if not modes else ""
+        raise BenchError(
+            f"nothing to measure: datasets {','.join(datasets) or 'none'}, measurements {','.join(kinds) or 'none'}, "
+            f"modes {','.join(modes) or 'none'}{cpu_only}; pass --dataset, --measure or --modes with at least one value"
+        )
     if shard:
         planned = jobs_mod.shard(planned, *shard)
     identity = None

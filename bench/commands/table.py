@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from bench import protocol as proto
 from bench.commands.common import add_plugin_argument, csv_list, load_plugins
 from bench.errors import BenchError
-from bench.records import iter_record_files
+from bench.records import RECORDS_FILE, ensure_writable_folder, iter_record_files, read_records
 
 
 def register(subparsers) -> None:
@@ -50,8 +51,17 @@ def run(args: argparse.Namespace) -> int:
         for speed in speeds:
             if speed not in SPEED_AXES:
                 raise BenchError(f"--speed: unknown axis {speed!r}; choose from {', '.join(SPEED_AXES)}")
+    written, untouched = 0, []
     for slug in device_folders(args.results, args.device):
+        ensure_writable_folder(args.results / slug)
         paths = write_reports(args.results, slug, args.protocol, plots=args.plots, speeds=speeds)
+        if not paths:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the corrupt lines were reported by the first read
+                found = sorted({r["protocol"] for r in read_records(args.results / slug / RECORDS_FILE)})
+            untouched.append(f"{args.results / slug} (protocols there: {', '.join(found) or 'none readable'})")
+            continue
+        written += 1
         for path in paths:
             if path.suffix.lstrip(".") in formats or path.suffix in (".png", ".svg"):
                 print(f"wrote {path}")
@@ -62,4 +72,12 @@ def run(args: argparse.Namespace) -> int:
         if "md" in formats and not args.plots and table_md is not None:
             print(f"\n## {slug}\n")
             print(table_md.read_text())
+    if not written:
+        raise BenchError(
+            f"no successful record of protocol {args.protocol!r} in {'; '.join(untouched)}: nothing to tabulate; "
+            "run `bench run` first, or pass --protocol with a version the records have"
+        )
+    for folder in untouched:
+        print(f"note: no successful record of protocol {args.protocol!r} in {folder}: its tables are left as they are",
+              file=sys.stderr)  # fmt: skip
     return 0

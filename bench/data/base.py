@@ -56,13 +56,18 @@ def first_sample(batch: list[Sample]) -> Sample:
     return batch[0]
 
 
+def _reason(exc: Exception, path: Path) -> str:
+    """PIL's message without the path the error already names ("cannot identify image file")."""
+    return str(exc).replace(f" '{path}'", "").replace(f"'{path}'", "the file")
+
+
 def read_image(path: Path) -> np.ndarray:
     """``uint8 (H, W, 3)`` RGB; a `DataError` naming the file when it cannot be decoded."""
     try:
         with Image.open(path) as img:
             return np.array(img.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).replace(f"'{path}'", "the file")
+        reason = _reason(exc, path)
         raise DataError(f"cannot read image {path} ({reason}); replace the file with an intact copy") from None
 
 
@@ -73,7 +78,7 @@ def read_label(path: Path) -> np.ndarray:
             mode = img.mode
             array = np.array(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).replace(f"'{path}'", "the file")
+        reason = _reason(exc, path)
         raise DataError(f"cannot read label map {path} ({reason}); replace the file with an intact copy") from None
     if array.ndim != 2:
         raise DataError(

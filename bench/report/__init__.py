@@ -20,19 +20,21 @@ def write_reports(
 ) -> list[Path]:
     """Regenerate table.md, table.csv (speed.md) and the plots of one device folder; returns the paths.
 
+    A folder without a successful record of ``protocol`` is left as it is (no paths).
+
     Args:
         speeds: the speed axes plotted (`bench.report.plot.SPEED_AXES`); default: every measured mode.
     """
     store = RecordStore(Path(results), device_slug)
     records = store.read()
-    if not records:
+    latest = [r for r in records if r.get("status") == "ok" and r.get("protocol") == protocol]
+    if not latest:  # nothing to tabulate: the tables already there stay as they are
         return []
     stored = read_peaks(store.folder)
     peaks = stored["peaks"] if stored else None
     frame = build_frame(records, protocol, peaks)
-    latest = [r for r in records if r.get("status") == "ok" and r.get("protocol") == protocol]
-    provenance = latest[-1].get("provenance") if latest else None
-    device = latest[-1]["device"] if latest else "cpu"
+    provenance = latest[-1].get("provenance")
+    device = latest[-1]["device"]
     paths = write_table(frame, store.folder, device=device, provenance=provenance, peaks=peaks)
     if plots:
         paths += write_plots(frame, store.folder, device=device, speeds=speeds)
