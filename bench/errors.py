@@ -18,7 +18,14 @@ OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` reports exhausted device or host memory (torch's OutOfMemoryError, MemoryError, ...)."""
-    return type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or any(
-        marker in str(exc).lower() for marker in OOM_MARKERS
-    )
+    """Whether ``exc``, or an error it was raised from or while handling, reports exhausted device or host
+    memory (torch's OutOfMemoryError, MemoryError, an allocator's message)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or any(
+            marker in str(exc).lower() for marker in OOM_MARKERS
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -50,13 +50,14 @@ def test_spread_flag_follows_the_repeats():
 class OutOfMemoryFrom(ToyNet):
     """Runs out of device memory from a batch size on (what a real GPU does past its memory)."""
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, error=None) -> None:
         super().__init__(5)
         self.batch = batch
+        self.error = error or torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
     def forward(self, x):
         if x.shape[0] >= self.batch:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+            raise self.error
         return super().forward(x)
 
 
@@ -71,6 +72,19 @@ def test_batch_sweep_reports_images_per_second_and_stops_at_the_memory_limit():
     assert [p["batch"] for p in cut.points] == [1, 2] and cut.stopped == "out of memory at batch 4"
     with pytest.raises(torch.cuda.OutOfMemoryError, match="not even batch 1"):
         sweep_batches(OutOfMemoryFrom(1), (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2))
+    # an allocation failing inside a CUDA-graph capture can surface as an invalidated capture
+    invalidated = RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    def sweep(model):
+        return sweep_batches(model, (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2, 4))
+
+    cut = sweep(OutOfMemoryFrom(2, invalidated))
+    assert [p["batch"] for p in cut.points] == [1]
+    assert cut.stopped.startswith("the CUDA-graph capture failed at batch 2")
+    with pytest.raises(RuntimeError, match="previous error during capture"):  # batch 1 must capture: a real defect
+        sweep(OutOfMemoryFrom(1, invalidated))
+    with pytest.raises(ValueError, match="a bug"):  # anything else is a defect too, reported as it is
+        sweep(OutOfMemoryFrom(2, ValueError("a bug")))
 
 
 def test_a_sweep_job_is_recorded_by_bench_run(tmp_path):
@@ -103,6 +117,14 @@ def test_roofline_arithmetic():
     assert roofline.peak_key("bf16", None) == "matmul_bf16_tflops"
     assert roofline.share_of_peak(80.0, {"matmul_fp16_tflops": 800.0}, "fp16", None) == pytest.approx(0.1)
     assert roofline.share_of_peak(80.0, None, "fp16", None) is None
+    # fp32: convolutions at the TF32 ceiling (cuDNN's default), matmuls and attention at the fp32 one
+    peaks = {"matmul_tf32_tflops": 400.0, "matmul_fp32_tflops": 50.0}
+    split = {"conv": 3e9, "addmm": 1.5e9, "scaled_dot_product_attention": 0.5e9}
+    assert roofline.ceiling_tflops(peaks, "fp32", True, False, split) == pytest.approx(5 / (3 / 400 + 2 / 50))
+    assert roofline.ceiling_tflops(peaks, "fp32", True, True, split) == pytest.approx(400.0)
+    assert roofline.ceiling_tflops(peaks, "fp32", False, None, split) == pytest.approx(50.0)
+    assert roofline.ceiling_tflops(peaks, "fp32", True, None, None) == 400.0  # no split: one ceiling for all
+    assert roofline.ceiling_tflops({"matmul_tf32_tflops": 400.0}, "fp32", True, False, split) is None
     assert roofline.launch_overhead_share(10.0, 4.0) == pytest.approx(0.6)
     assert roofline.launch_overhead_share(10.0, None) is None
     assert roofline.bound(0.6) == "launch" and roofline.bound(0.2) == "GPU"
@@ -161,3 +183,10 @@ def test_library_workspace_failures_count_as_out_of_memory():
     assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
     assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
+    try:  # an error raised while handling (or from) an out-of-memory one
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")  # noqa: B904
+    except RuntimeError as chained:
+        assert is_out_of_memory(chained)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import archs
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit {args.limit}: pass a positive number of images")
+    if args.benchmark and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BenchError("--benchmark times one process on one GPU against its model alone: run it without torchrun")
     if args.workers is not None and args.workers < 0:
         raise BenchError(f"--workers {args.workers}: pass 0 (decode in this process) or more worker processes")
     open_dataset(args.dataset, args.data_root, args.split)  # a bad root fails before any download

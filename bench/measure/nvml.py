@@ -6,6 +6,7 @@ query is not supported by the GPU: telemetry never fails a measurement.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -38,13 +39,22 @@ def _query(fn, *args):
 
 
 def handle(cuda_index: int = 0, uuid: str | None = None):
-    """The NVML handle of a CUDA device (by UUID when given, which respects CUDA_VISIBLE_DEVICES)."""
+    """The NVML handle of a CUDA device (by UUID when given, which respects CUDA_VISIBLE_DEVICES).
+
+    torch gives the UUID without NVML's prefix: ``GPU-`` for a whole GPU, ``MIG-`` for a MIG slice.
+    The CUDA index stands in only where it is NVML's too (no CUDA_VISIBLE_DEVICES); otherwise a UUID
+    that NVML does not know gives None (no telemetry) rather than another device's handle.
+    """
     if not available():
         return None
     if uuid:
-        found = _query(pynvml.nvmlDeviceGetHandleByUUID, uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-        if found is not None:
-            return found
+        names = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
+        for name in names:
+            found = _query(pynvml.nvmlDeviceGetHandleByUUID, name)
+            if found is not None:
+                return found
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            return None
     return _query(pynvml.nvmlDeviceGetHandleByIndex, cuda_index)
 
 

@@ -47,6 +47,7 @@ def _time_ms(fn, min_iters: int = 20) -> float:
         torch.cuda.synchronize()
         return start.elapsed_time(end)
 
+    timed(1)  # library set-up (cuBLAS handles, kernel selection) out of the estimate
     estimate = timed(3) / 3
     timed(max(1, math.ceil(WARMUP_MS / max(estimate, 1e-3))))
     iters = max(min_iters, math.ceil(TIMED_MS / max(estimate, 1e-3)))
@@ -119,9 +120,42 @@ def achieved_tflops(macs_per_image: float, latency_ms: float, batch: int = 1) ->
     return 2.0 * macs_per_image * batch / (latency_ms / 1000.0) / 1e12
 
 
-def share_of_peak(tflops: float, peaks: dict | None, precision: str, tf32: bool | None) -> float | None:
-    """Achieved TFLOP/s over the device's ceiling for the precision (None without ceilings)."""
-    ceiling = (peaks or {}).get(peak_key(precision, tf32))
+def ceiling_tflops(
+    peaks: dict | None,
+    precision: str,
+    tf32: bool | None,
+    tf32_matmul: bool | None = None,
+    by_operator: dict | None = None,
+) -> float | None:
+    """The ceiling a step of ``precision`` is compared with (None without ceilings).
+
+    In fp32, cuDNN convolutions may run in TF32 (``tf32``: cuDNN's default) while matmuls, attention
+    and the rest run in true fp32 unless ``tf32_matmul`` (PyTorch's default: off). With the FLOP
+    count's split by operator, the ceiling is the rate at which each part at its own ceiling would
+    run the whole: total / (conv / conv ceiling + rest / rest ceiling). Without the split, ``tf32``
+    picks one ceiling for all.
+    """
+    peaks = peaks or {}
+    if precision != "fp32" or not by_operator:
+        return peaks.get(peak_key(precision, tf32))
+    conv = sum(v for k, v in by_operator.items() if "conv" in k)
+    rest = sum(by_operator.values()) - conv
+    parts = [(conv, peaks.get(peak_key("fp32", tf32))), (rest, peaks.get(peak_key("fp32", tf32_matmul)))]
+    if any(flops and not peak for flops, peak in parts) or not conv + rest:
+        return None
+    return (conv + rest) / sum(flops / peak for flops, peak in parts if flops)
+
+
+def share_of_peak(
+    tflops: float,
+    peaks: dict | None,
+    precision: str,
+    tf32: bool | None,
+    tf32_matmul: bool | None = None,
+    by_operator: dict | None = None,
+) -> float | None:
+    """Achieved TFLOP/s over `ceiling_tflops` (None without ceilings)."""
+    ceiling = ceiling_tflops(peaks, precision, tf32, tf32_matmul, by_operator)
     return tflops / ceiling if ceiling else None
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import is_out_of_memory
+from bench.errors import first_line, is_out_of_memory
 from bench.measure import nvml
 from bench.measure.flops import count_flops
 from bench.measure.fusion import fuse_for_inference
@@ -67,7 +67,8 @@ class LatencyResult:
     unstable: bool = False
     throttled: bool = False
     compile_s: float | None = None
-    tf32: bool | None = None
+    tf32: bool | None = None  # cuDNN convolutions may use TF32
+    tf32_matmul: bool | None = None  # matmuls (linear layers, attention) may use TF32
     inference_form: dict | None = None
 
     def as_dict(self) -> dict:
@@ -271,6 +272,7 @@ def measure_latency(
         compile_s=compile_s,
         inference_form=form,
         tf32=bool(torch.backends.cudnn.allow_tf32) if on_cuda else None,
+        tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32) if on_cuda else None,
     )
 
 
@@ -335,13 +337,19 @@ def sweep_batches(
                 model, input_size, device=device, mode=mode, protocol=replace(protocol, batch=batch)
             )
         except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
+            if is_out_of_memory(exc):
+                stopped = f"out of memory at batch {batch}"
+            elif points and "captur" in str(exc).lower():
+                # an allocation that fails inside a CUDA-graph capture can surface as an invalidated capture
+                stopped = f"the CUDA-graph capture failed at batch {batch} ({first_line(exc, 100)})"
+            else:
                 raise
-            stopped = f"out of memory at batch {batch}"
-            break
-        finally:
             if device.type == "cuda":
-                torch.cuda.empty_cache()
+                with contextlib.suppress(RuntimeError):  # the error above is the one worth reporting
+                    torch.cuda.empty_cache()
+            break
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         points.append(
             {
                 "batch": batch,

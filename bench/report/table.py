@@ -106,8 +106,11 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
                 executed = (_value(values, name, ds, "latency", mode, "inference_form") or {}).get("executed_gflops")
                 work = executed if settings["fused"] else gflops
                 tflops = roofline.achieved_tflops(work * 1e9, latency) if work and latency else None
-                tf32 = _value(values, name, ds, "latency", mode, "tf32")
-                share = roofline.share_of_peak(tflops, peaks, settings["precision"], tf32) if tflops else None
+                share = None
+                if tflops:
+                    flags = [_value(values, name, ds, "latency", mode, key) for key in ("tf32", "tf32_matmul")]
+                    split = _value(values, name, ds, "flops", None, "by_operator")
+                    share = roofline.share_of_peak(tflops, peaks, settings["precision"], *flags, split)
                 row[f"{ds}_tflops_{mode}"] = tflops
                 row[f"{ds}_peak_{mode}_pct"] = _scaled(share, 100)
             row[f"{ds}_compile_s"] = _value(values, name, ds, "latency", "compile", "compile_s")
@@ -347,7 +350,8 @@ def to_speed_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | No
         f"Measured on: {_device_line(device, provenance)}. Device ceilings (matmul TFLOP/s, copy TB/s): {ceilings}.",
         "TFLOP/s: 2 x the model's fvcore multiply-adds per image / median latency (the step's resize and argmax "
         "add to the time, not to the count; a -fused mode counts what its inference form executes); % peak: "
-        "against the matmul ceiling of the mode's precision (fp32 against TF32 when cuDNN may use it). "
+        "against the matmul ceiling of the mode's precision (fp32: convolutions against TF32 when cuDNN may use it, "
+        "matmuls and attention against fp32 unless TF32 matmuls are on, weighted by the FLOP count's split). "
         "Launch overhead: 1 - graph-fp32 / eager latency, the share of the eager step that CUDA-graph replay "
         "removes; bound = launch when it is 50% or more. "
         f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled.",
