@@ -245,11 +245,18 @@ def _randomise_batchnorm(model: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_inference_form_computes_the_same_function(name):
-    model = archs.build(name, num_classes=19)
+    # float64: in float32 the folded weights' rounding flips near-tied max-pooling switches (DeconvNet's
+    # and SegNet's unpooling reuses them), which moves whole values: a different function only by rounding
+    torch.manual_seed(0)
+    model = archs.build(name, num_classes=19).double()
     _randomise_batchnorm(model)
-    x = torch.randn(1, 3, *SMALL)
+    x = torch.randn(1, 3, *SMALL, dtype=torch.float64)
     with torch.no_grad():
-        before = model(x)
+        try:
+            before = model(x)
+        except RuntimeError:  # parts kept in float32 on purpose (the CRF, EncNet's encoding, GSCNN's Canny)
+            model, x = model.float(), x.float()
+            before = model(x)
         report = fuse_for_inference(model, x)
         after = model(x)
     scale = before.abs().max().item()
