@@ -115,8 +115,8 @@ def test_roofline_arithmetic():
     assert roofline.peak_key("fp32", True) == "matmul_tf32_tflops"
     assert roofline.peak_key("fp32", False) == "matmul_fp32_tflops"
     assert roofline.peak_key("bf16", None) == "matmul_bf16_tflops"
-    assert roofline.share_of_peak(80.0, {"matmul_fp16_tflops": 800.0}, "fp16", None) == pytest.approx(0.1)
-    assert roofline.share_of_peak(80.0, None, "fp16", None) is None
+    assert roofline.share_of_peak(80.0, roofline.ceiling_tflops({"matmul_fp16_tflops": 800.0}, "fp16", None)) == 0.1
+    assert roofline.share_of_peak(80.0, roofline.ceiling_tflops(None, "fp16", None)) is None
     # fp32: convolutions at the TF32 ceiling (cuDNN's default), matmuls and attention at the fp32 one
     peaks = {"matmul_tf32_tflops": 400.0, "matmul_fp32_tflops": 50.0}
     split = {"conv": 3e9, "addmm": 1.5e9, "scaled_dot_product_attention": 0.5e9}

@@ -146,16 +146,8 @@ def ceiling_tflops(
     return (conv + rest) / sum(flops / peak for flops, peak in parts if flops)
 
 
-def share_of_peak(
-    tflops: float,
-    peaks: dict | None,
-    precision: str,
-    tf32: bool | None,
-    tf32_matmul: bool | None = None,
-    by_operator: dict | None = None,
-) -> float | None:
-    """Achieved TFLOP/s over `ceiling_tflops` (None without ceilings)."""
-    ceiling = ceiling_tflops(peaks, precision, tf32, tf32_matmul, by_operator)
+def share_of_peak(tflops: float, ceiling: float | None) -> float | None:
+    """Achieved TFLOP/s over a `ceiling_tflops` (None without one)."""
     return tflops / ceiling if ceiling else None
 
 

@@ -110,7 +110,8 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
                 if tflops:
                     flags = [_value(values, name, ds, "latency", mode, key) for key in ("tf32", "tf32_matmul")]
                     split = _value(values, name, ds, "flops", None, "by_operator")
-                    share = roofline.share_of_peak(tflops, peaks, settings["precision"], *flags, split)
+                    ceiling = roofline.ceiling_tflops(peaks, settings["precision"], *flags, split)
+                    share = roofline.share_of_peak(tflops, ceiling)
                 row[f"{ds}_tflops_{mode}"] = tflops
                 row[f"{ds}_peak_{mode}_pct"] = _scaled(share, 100)
             row[f"{ds}_compile_s"] = _value(values, name, ds, "latency", "compile", "compile_s")
