@@ -289,21 +289,34 @@ def measure_device_peaks(device: str, timeout_s: float = DEFAULT_TIMEOUT_S["peak
     return run_in_child("bench peaks", timeout_s, _measure_peaks, device)
 
 
-def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
-    """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
-    started = time.monotonic()
-    message = run_in_child(f"bench {job.label}", timeout_s, _measure_job, job, options)
-    settings = {
+def job_settings(job: Job) -> dict:
+    """What ``job`` is measured with: input size and classes (the spec's), and its mode's settings."""
+    return {
         "input_size": list(proto.input_size(archs.get_spec(job.arch), job.dataset)),
         "num_classes": proto.dataset(job.dataset).num_classes,
         **(proto.MODES[job.mode] if job.mode else {}),
     }
+
+
+def is_current(record: dict) -> bool:
+    """Whether ``record`` was taken at the input size and classes its job has now (a spec may change them)."""
+    if record["arch"] not in archs.list_archs() or record["dataset"] not in proto.DATASETS:
+        return True  # a plugin not loaded this run, or an old dataset: nothing to compare with
+    settings = record.get("settings") or {}
+    current = job_settings(Job(record["arch"], record["dataset"], record["kind"]))
+    return all(settings.get(k) == v for k, v in current.items())
+
+
+def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
+    """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
+    started = time.monotonic()
+    message = run_in_child(f"bench {job.label}", timeout_s, _measure_job, job, options)
     return new_record(
         arch=job.arch,
         dataset=job.dataset,
         kind=job.kind,
         mode=job.mode,
-        settings=settings,
+        settings=job_settings(job),
         protocol=proto.PROTOCOL_VERSION,
         device=options.device.split(":")[0],
         device_slug=options.device_slug,

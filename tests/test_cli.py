@@ -77,6 +77,31 @@ def test_rerun_skips_recorded_and_force_redoes(finished_run):
     assert "2 ok" in forced.stderr and len(records(results)) == before + 2
 
 
+def test_a_record_taken_at_another_input_size_is_measured_again_and_kept(finished_run, tmp_path):
+    """A spec that changes its input size (or classes) makes its recorded counts stale, not reusable."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(finished_run[0], results)
+    (path,) = results.glob("*/records.jsonl")
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if (record["arch"], record["dataset"], record["kind"]) == ("toy-w4", "ade20k", "flops"):
+            current = record["settings"]["input_size"]
+            record["settings"]["input_size"] = [32, 32]
+            record["value"]["gflops"] = 123.0
+            lines[i] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "flops")
+    assert proc.returncode == 0 and "1 ok, 0 failed, 1 skipped" in proc.stderr, proc.stderr
+    flops = [r for r in records(results) if (r["arch"], r["dataset"], r["kind"]) == ("toy-w4", "ade20k", "flops")]
+    assert [r["settings"]["input_size"] for r in flops] == [[32, 32], current]  # the old one is kept, not lost
+    frame = pd.read_csv(path.parent / "table.csv").set_index("arch")
+    assert frame.loc["toy-w4", "ade20k_gflops"] == pytest.approx(flops[-1]["value"]["gflops"])
+    assert frame.loc["toy-w4", "ade20k_input"] == "x".join(map(str, current))
+
+
 def test_table_and_plot_commands_regenerate_from_records(finished_run):
     results, _ = finished_run
     (folder,) = [p.parent for p in results.glob("*/records.jsonl")]

@@ -41,6 +41,7 @@ from bench.errors import BenchError
 from bench.measure.flops import count_flops
 from bench.measure.params import count_params
 from bench.protocol import dataset as protocol_dataset
+from bench.protocol import input_size
 
 TOL = 1e-4
 NAMES = (
@@ -207,7 +208,9 @@ PUBLISHED_FLOPS = [
 def test_flops_agree_with_published(name, dataset):
     protocol = protocol_dataset(dataset)
     published = archs.get_spec(name).published[dataset]
-    count = count_flops(archs.build(name, protocol.num_classes), published.input_size or protocol.input_size)
+    size = input_size(archs.get_spec(name), dataset)  # where the harness counts it
+    assert size == (published.input_size or protocol.input_size)
+    count = count_flops(archs.build(name, protocol.num_classes), size)
     assert count.uncounted == {}
     assert agrees(count.gflops, published.gflops, 0.05), (count.gflops, published.gflops)
 

@@ -55,6 +55,17 @@ def test_list_filters_by_scale():
     assert archs.list() == archs.list_archs()
 
 
+def test_a_published_count_at_its_own_size_is_measured_at_that_size():
+    """The tables compare a count with the published one only when both are at the same input size."""
+    from bench.protocol import input_size
+
+    sized = [(n, ds, p.input_size) for n in archs.list_archs() for ds, p in archs.get_spec(n).published.items()]
+    sized = [(n, ds, size) for n, ds, size in sized if size is not None]
+    assert ("auto-deeplab-f48", "cityscapes", (1025, 2049)) in sized
+    for name, ds, size in sized:
+        assert input_size(archs.get_spec(name), ds) == size, (name, ds)
+
+
 @pytest.fixture
 def plugin_distribution(tmp_path, monkeypatch):
     """An installed distribution (dist-info on sys.path) exposing a `segbench.archs` entry point."""

@@ -118,10 +118,14 @@ def run(args: argparse.Namespace) -> int:
     if args.data_root is not None:
         identity = jobs_mod.miou_identity(args.weights, args.data_root)
 
-    def reusable(record: dict) -> bool:  # an mIoU of other weights or data is measured again
+    def reusable(record: dict) -> bool:
+        """A record taken at another input size, or an mIoU of other weights or data, is measured again."""
+        if not jobs_mod.is_current(record):
+            return False
         return record["kind"] != "miou" or (record.get("value") or {}).get("identity") == identity
 
     done = set() if args.force else store.done(reusable)
+    outdated = set() if args.force else store.done() - done  # measured again, and the new record replaces them
     options = jobs_mod.RunOptions(
         device=device,
         device_slug=slug,
@@ -131,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
         eval_folder=str(store.folder / "eval"),
         miou_identity=identity,
     )
+    stale = sum(job.key(slug) in outdated for job in planned)
+    if stale:
+        console.print(
+            f"[yellow]note:[/] {stale} recorded measurement(s) were taken at another input size or classes, or with "
+            "other weights or data: measured again (the older records stay in the file; the tables use the newest)"
+        )
     if cpu_skips and "latency" in kinds:
         console.print(
             f"[yellow]note:[/] mode {', '.join(cpu_skips)} needs a CUDA GPU; "
@@ -160,8 +170,7 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, description=job.label)
             timeout = args.job_timeout or jobs_mod.DEFAULT_TIMEOUT_S[job.kind]
             record = jobs_mod.run_job(job, options, timeout)
-            # an mIoU measured again with other weights or data replaces the older one in the tables
-            store.append([record], replace_ok=args.force or job.kind == "miou")
+            store.append([record], replace_ok=args.force or job.key(slug) in outdated)
             if record["status"] == OK:
                 counts["ok"] += 1
                 console.print(f"  [green]ok[/]      {job.label}: {summarise(record)}")
