@@ -241,6 +241,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
         reason = reason[1].strip() if reason else "unpickling failed"
         raise BenchError(f"{path}: not a readable checkpoint ({reason}); {unreadable}") from None
+    except MemoryError:
+        size = path.stat().st_size / 2**30
+        raise BenchError(f"{path}: loading it ({size:.1f} GiB) ran out of memory; free memory and run again") from None
+    except OSError as exc:  # the file is there but cannot be read: not a damaged checkpoint
+        raise BenchError(f"{path}: cannot be read ({first_line(exc)}); check its permissions and the disk") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler or parser in many ways
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise BenchError(f"{path}: not a readable checkpoint ({reason}); {unreadable}") from None

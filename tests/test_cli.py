@@ -137,7 +137,33 @@ def test_table_and_plot_commands_regenerate_from_records(finished_run):
         (("profile", "segformer-b0", "--size", "8x8", "--steps", "1"), "cannot run at --size 8x8"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args, message):
+def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args, message, capsys, monkeypatch):
+    """`bench.cli.main` in this process (the cases below run the real command line in a subprocess)."""
+    import warnings
+
+    from bench.cli import main
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() installs its own
+    results, _ = finished_run
+    paths = list(results.rglob("records.jsonl"))
+    before = {p: p.read_bytes() for p in paths}
+    code = main([*args, *PLUGIN, "--results", str(results)])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert {p: p.read_bytes() for p in paths} == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("run", "--arch", "toy-w5"), "unknown architecture 'toy-w5'; did you mean"),
+        (("run", "--arch", "toy-w4", "--device", "cuda"), "no CUDA GPU is visible"),
+        (("run", "--arch", "toy-w4", "--plugin", "no_such_module"), "cannot import model module 'no_such_module'"),
+    ],
+)
+def test_bad_input_from_the_command_line_is_one_line_and_nonzero(finished_run, args, message):
     results, _ = finished_run
     paths = list(results.rglob("records.jsonl"))
     before = {p: p.read_bytes() for p in paths}

@@ -174,6 +174,22 @@ def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, name, conten
     assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("raised", "says"),
+    [(MemoryError(), "ran out of memory; free memory"), (PermissionError(13, "Permission denied"), "permissions")],
+)
+def test_a_checkpoint_that_cannot_be_loaded_is_not_called_damaged(tmp_path, monkeypatch, raised, says):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "fine.pth")
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(BenchError, match=says) as info:
+        read_checkpoint(tmp_path / "fine.pth")
+    assert "not a readable checkpoint" not in str(info.value) and str(tmp_path / "fine.pth") in str(info.value)
+
+
 def test_keys_that_do_not_fit_are_listed_in_one_error(tmp_path):
     spec = ArchSpec(name="toy-keys", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
     state = ToyNet(150, 4).state_dict()
