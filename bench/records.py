@@ -145,8 +145,10 @@ class RecordStore:
         return read_records(self.path)
 
     def done(self, reusable=None) -> set[tuple]:
-        """Keys of the measurements already recorded ``ok`` (and, given ``reusable(record)``, for which it is true)."""
-        return {record_key(r) for r in self.read() if r.get("status") == OK and (reusable is None or reusable(r))}
+        """Keys of the measurements already recorded ``ok``; given ``reusable(record)``, those whose newest
+        ``ok`` record (the one the tables show) it holds true for."""
+        newest = {record_key(r): r for r in self.read() if r.get("status") == OK}
+        return {key for key, r in newest.items() if reusable is None or reusable(r)}
 
     def append(self, records: Iterable[dict], *, replace_ok: bool = False) -> list[dict]:
         """Append ``records`` atomically; an ``ok`` record whose key is already ``ok`` is dropped.
