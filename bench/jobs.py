@@ -302,9 +302,9 @@ def is_current(record: dict) -> bool:
     """Whether ``record`` was taken at the input size and classes its job has now (a spec may change them)."""
     if record["arch"] not in archs.list_archs() or record["dataset"] not in proto.DATASETS:
         return True  # a plugin not loaded this run, or an old dataset: nothing to compare with
-    settings = record.get("settings") or {}
+    settings = record.get("settings") or {}  # a setting the record does not name cannot be compared
     current = job_settings(Job(record["arch"], record["dataset"], record["kind"]))
-    return all(settings.get(k) == v for k, v in current.items())
+    return all(settings[k] == v for k, v in current.items() if k in settings)
 
 
 def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:

@@ -45,6 +45,19 @@ def test_markdown_shows_missing_as_missing_and_says_what_was_measured_where():
     assert f"| {MISSING} / 0.0 " in w4  # published FLOPs without a measurement
 
 
+def test_a_record_taken_at_another_size_than_its_spec_gives_now_is_footnoted():
+    stale = rec("toy-w4", "ade20k", "flops", {"gflops": 0.5, "input_size": [32, 32]})
+    stale["settings"] = {"input_size": [32, 32], "num_classes": 150}  # toy-w4's spec says 64x64
+    frame = build_frame([*RECORDS, stale])
+    assert frame.set_index("arch").loc["toy-w4", "outdated"] == "ADE20K flops at 32x32, 150 classes"
+    assert pd.isna(frame.set_index("arch").loc["toy-w8", "outdated"])
+    text = to_markdown(frame, device="cuda")
+    assert (
+        "Toy" in text
+        and "than its spec gives now (ADE20K flops at 32x32, 150 classes); `bench run` measures these again" in text
+    )
+
+
 def test_pareto_front_keeps_only_undominated_points():
     points = [(10, 30), (20, 25), (5, 40), (8, 20), (20, 10)]
     assert pareto_front(points) == [(5, 40), (10, 30), (20, 25)]

@@ -15,6 +15,7 @@ import pandas as pd
 import archs
 from bench import protocol as proto
 from bench.compare import delta
+from bench.jobs import is_current
 from bench.measure import roofline
 from bench.records import OK, record_key, write_text_atomic
 
@@ -34,6 +35,14 @@ def latest_ok(records: list[dict], protocol: str = proto.PROTOCOL_VERSION) -> di
         if record.get("status") == OK and record.get("protocol") == protocol:
             latest[record_key(record)] = record  # file order is append order: the last one wins
     return latest
+
+
+def _taken_at(record: dict) -> str:
+    """``Cityscapes latency eager at 1024x2048, 19 classes``: what a record measured, and at what."""
+    settings = record.get("settings") or {}
+    size = "x".join(map(str, settings.get("input_size") or ["?"]))
+    what = " ".join(filter(None, (record["kind"], record.get("mode"))))
+    return f"{proto.DATASETS[record['dataset']].title} {what} at {size}, {settings.get('num_classes', '?')} classes"
 
 
 def _spec(name: str):
@@ -81,6 +90,8 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
             params = _value(values, name, "cityscapes", "params", None, "params_m")
         pub_params = next((p.params_m for p in published.values() if p.params_m is not None), None)
         row.update(params_m=params, params_m_published=pub_params, params_delta_pct=_pct(params, pub_params))
+        outdated = [_taken_at(r) for (arch, *_), r in values.items() if arch == name and not is_current(r)]
+        row["outdated"] = "; ".join(outdated) or None
         for ds in proto.DATASETS:
             pub = published.get(ds)
             gflops = _value(values, name, ds, "flops", None, "gflops")
@@ -229,6 +240,11 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
         spec = _spec(row["arch"])
         published_notes = (pub.note for pub in (spec.published.values() if spec else []) if pub.note)
         notes += [f"{row['method']} {row['encoder']}: {note}" for note in dict.fromkeys(published_notes)]
+        if _n(row.get("outdated")):
+            notes.append(
+                f"{row['method']} {row['encoder']}: measured at another input size or class count than its spec "
+                f"gives now ({row['outdated']}); `bench run` measures these again"
+            )
         notes += _dynamic_notes(row)
         notes += _step_notes(row, modes)
     table = pd.DataFrame(lines, columns=headers).to_markdown(index=False, disable_numparse=True)
