@@ -69,6 +69,16 @@ def record_key(record: dict) -> tuple:
     )
 
 
+def latest_ok(records: Iterable[dict], protocol: str | None = None) -> dict[tuple, dict]:
+    """The newest ``ok`` record per measurement key (the one the tables show), of one protocol version
+    when ``protocol`` is given."""
+    latest: dict[tuple, dict] = {}
+    for record in records:
+        if record.get("status") == OK and protocol in (None, record.get("protocol")):
+            latest[record_key(record)] = record  # file order is append order: the last one wins
+    return latest
+
+
 def new_record(**fields) -> dict:
     return {"schema": SCHEMA, "id": uuid.uuid4().hex, **fields}
 
@@ -147,8 +157,7 @@ class RecordStore:
     def done(self, reusable=None) -> set[tuple]:
         """Keys of the measurements already recorded ``ok``; given ``reusable(record)``, those whose newest
         ``ok`` record (the one the tables show) it holds true for."""
-        newest = {record_key(r): r for r in self.read() if r.get("status") == OK}
-        return {key for key, r in newest.items() if reusable is None or reusable(r)}
+        return {key for key, r in latest_ok(self.read()).items() if reusable is None or reusable(r)}
 
     def append(self, records: Iterable[dict], *, replace_ok: bool = False) -> list[dict]:
         """Append ``records`` atomically; an ``ok`` record whose key is already ``ok`` is dropped.

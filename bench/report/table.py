@@ -17,7 +17,7 @@ from bench import protocol as proto
 from bench.compare import delta
 from bench.jobs import is_current
 from bench.measure import roofline
-from bench.records import OK, record_key, write_text_atomic
+from bench.records import latest_ok, write_text_atomic
 
 MISSING = "—"
 GROUP_TITLES = {"realtime": "Real-Time", "non-realtime": "Non Real-Time"}
@@ -26,15 +26,6 @@ FLOPS_NOTE = (
     "(the published figures' convention); norms, resizes, pooling and attention matmuls counted, "
     "element-wise activations not."
 )
-
-
-def latest_ok(records: list[dict], protocol: str = proto.PROTOCOL_VERSION) -> dict[tuple, dict]:
-    """The newest ``ok`` record per measurement key, of one protocol version only."""
-    latest: dict[tuple, dict] = {}
-    for record in records:
-        if record.get("status") == OK and record.get("protocol") == protocol:
-            latest[record_key(record)] = record  # file order is append order: the last one wins
-    return latest
 
 
 def _taken_at(record: dict) -> str:
