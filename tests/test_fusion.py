@@ -128,6 +128,7 @@ def test_a_fused_mode_runs_on_a_cpu_and_records_the_inference_form():
     assert form["rewritten"] == ["decode_head"]
     built = count_flops(archs.build("segformer-b0", num_classes=19), (64, 64)).gflops
     assert 0 < form["executed_gflops"] < built
+    assert sum(form["executed_by_operator"].values()) / 1e9 == form["executed_gflops"]  # the ceiling's split
     plain = measure_latency(archs.build("segformer-b0", num_classes=19), (64, 64), device="cpu", protocol=FAST)
     assert plain.inference_form is None
 

@@ -117,6 +117,18 @@ def test_a_fused_mode_rate_counts_what_its_inference_form_executes():
     assert "graph-fused" in measured_modes(frame, "cuda")
 
 
+def test_a_fused_fp32_mode_splits_its_ceiling_by_what_its_inference_form_executes():
+    # built: all convolution (TF32 ceiling 400); executed: half of it, the other half true-fp32 matmuls (50)
+    built = rec("toy-w8", "ade20k", "flops", {"gflops": 4.0, "by_operator": {"conv": 4_000_000_000}})
+    form = {"executed_gflops": 4.0, "executed_by_operator": {"conv": 2_000_000_000, "linear": 2_000_000_000}}
+    timing = {"fps": 1000.0, "median_ms": 1.0, "spread": 0.001, "tf32": True, "tf32_matmul": False}
+    fused = rec("toy-w8", "ade20k", "latency", {**timing, "inference_form": form}, mode="eager-fused")
+    plain = rec("toy-w8", "ade20k", "latency", timing, mode="eager")
+    row = build_frame([built, fused, plain], peaks=PEAKS).set_index("arch").loc["toy-w8"]
+    assert row["ade20k_peak_eager_pct"] == pytest.approx(100 * 8.0 / 400.0)
+    assert row["ade20k_peak_eager-fused_pct"] == pytest.approx(100 * 8.0 / (4.0 / (2.0 / 400.0 + 2.0 / 50.0)))
+
+
 def test_cpu_tables_show_the_cpu_modes_that_were_measured():
     cpu = [{**r, "device": "cpu"} for r in RECORDS]
     assert measured_modes(build_frame(cpu), "cpu") == ["eager"]

@@ -167,7 +167,9 @@ def prepare_step(
     form = None
     if settings["fused"]:
         form = fuse_for_inference(model, x).as_dict()
-        form["executed_gflops"] = count_flops(model, input_size, device=device).gflops
+        executed = count_flops(model, input_size, device=device)
+        form["executed_gflops"] = executed.gflops
+        form["executed_by_operator"] = executed.by_operator  # the fp32 ceiling's split (roofline.ceiling_tflops)
     model = model.to(memory_format=memory_format)
     compile_s = None
     if settings["compile"]:

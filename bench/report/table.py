@@ -105,13 +105,15 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
                 row[f"{ds}_unstable_{mode}"] = _value(values, name, ds, "latency", mode, "unstable")
                 row[f"{ds}_throttled_{mode}"] = _value(values, name, ds, "latency", mode, "throttled")
                 # a fused mode's rate counts what its inference form executes, not the architecture's count
-                executed = (_value(values, name, ds, "latency", mode, "inference_form") or {}).get("executed_gflops")
-                work = executed if settings["fused"] else gflops
+                form = _value(values, name, ds, "latency", mode, "inference_form") or {}
+                work = form.get("executed_gflops") if settings["fused"] else gflops
                 tflops = roofline.achieved_tflops(work * 1e9, latency) if work and latency else None
                 share = None
                 if tflops:
                     flags = [_value(values, name, ds, "latency", mode, key) for key in ("tf32", "tf32_matmul")]
                     split = _value(values, name, ds, "flops", None, "by_operator")
+                    if settings["fused"]:  # what the inference form executes (none in a record that predates it)
+                        split = form.get("executed_by_operator")
                     ceiling = roofline.ceiling_tflops(peaks, settings["precision"], *flags, split)
                     share = roofline.share_of_peak(tflops, ceiling)
                 row[f"{ds}_tflops_{mode}"] = tflops
