@@ -6,6 +6,7 @@ with its ``status`` and the error's first line; the suite goes on with the next 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -247,6 +248,36 @@ def _job_context():
         _context = mp.get_context("forkserver")
         _context.set_forkserver_preload(["bench.warm_imports"])
     return _context
+
+
+def start_job_server() -> None:
+    """Start the fork server now, without waiting for it: its imports overlap the caller's planning.
+
+    The first job would start it anyway; started early, the seconds it spends importing torch and
+    the registry pass while `bench run` imports the same and plans its jobs.
+    """
+    from multiprocessing import forkserver
+
+    _job_context()
+    forkserver.ensure_running()
+
+
+def stop_job_server() -> None:
+    """End the fork server now, even in the middle of its imports (a run that stops early does not wait).
+
+    The server would end by itself once its imports are done and its run has exited, but until
+    then it holds the run's stdout and stderr open. This kills it and lets multiprocessing reap
+    it (`ForkServer._stop`, the hook of CPython's own tests); a later job starts a new one.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    pid, stop = getattr(server, "_forkserver_pid", None), getattr(server, "_stop", None)
+    if pid is None or stop is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    stop()
 
 
 def run_in_child(name: str, timeout_s: float, fn, *args) -> dict:

@@ -128,3 +128,17 @@ def test_a_killed_run_leaves_no_process_behind(tmp_path):
     while any(_alive(pid) for pid in left) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in left if _alive(pid)]
+
+
+def test_the_job_server_stops_at_once_even_while_it_imports_and_a_later_job_starts_another():
+    from multiprocessing import forkserver
+
+    from bench import jobs
+
+    jobs.start_job_server()
+    pid = forkserver._forkserver._forkserver_pid
+    assert _alive(pid)
+    jobs.stop_job_server()  # a run that ended before its first job: it must not wait for the imports
+    assert not _alive(pid)
+    assert jobs.run_in_child("bench test", 120, dict) == {"status": "ok"}
+    jobs.stop_job_server()

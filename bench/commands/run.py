@@ -69,6 +69,14 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    jobs_mod.start_job_server()  # its imports overlap the planning below
+    try:
+        return _run(args)
+    finally:
+        jobs_mod.stop_job_server()
+
+
+def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
