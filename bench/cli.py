@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -62,3 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """The console script (and ``python -m bench``): `main`, then the process ends at once.
+
+    Every file a command writes is closed before `main` returns (records are also fsynced), so
+    what the immediate exit skips is only the interpreter's teardown of torch and the registry, a
+    few seconds per command. An error `main` does not handle still ends with its traceback.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`bench list | head`) or a closed stream
+            pass
+    os._exit(code)
