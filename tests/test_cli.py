@@ -190,10 +190,10 @@ def test_list_shows_suites_and_plugin_models():
     assert "toy-w4" in proc.stdout and "realtime" in proc.stdout
 
 
-def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path):
-    assert (
-        run_bench("data", "synth", "--dataset", "ade20k", "--out", str(tmp_path / "data"), "--num", "3").returncode == 0
-    )
+def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["data", "synth", "--dataset", "ade20k", "--out", str(tmp_path / "data"), "--num", "3"]) == 0
     results = tmp_path / "results"
     root = tmp_path / "data" / "ADEChallengeData2016"
     args = ("--arch", "toy-w4", "--dataset", "ade20k", "--measure", "params", "--results", str(results))
@@ -224,8 +224,9 @@ def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path)
     assert newest["value"]["identity"]["weights"].startswith("sha256:")
     frame = pd.read_csv(next(results.glob("*/table.csv")))
     assert frame.loc[0, "ade20k_miou"] == pytest.approx(newest["value"]["mIoU"], abs=1e-4)
-    both = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--data-root", str(root), "--results", str(results))
-    assert both.returncode == 2 and "single --dataset" in both.stderr
+    capsys.readouterr()
+    both = main(["run", *PLUGIN, "--arch", "toy-w4", "--data-root", str(root), "--results", str(results)])
+    assert both == 2 and "single --dataset" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
