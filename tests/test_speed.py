@@ -1,12 +1,22 @@
 """Latency measurement: statistics on the CPU; CUDA modes on a GPU (marker gpu)."""
 
 import json
+import resource
+import sys
 
 import pytest
 import torch
 
 from bench.measure import nvml, roofline
-from bench.measure.speed import ModeUnavailable, bare_latency, inference_step, measure_latency, sweep_batches
+from bench.measure.speed import (
+    HOST_MEMORY_CACHED,
+    ModeUnavailable,
+    bare_latency,
+    host_memory_cached,
+    inference_step,
+    measure_latency,
+    sweep_batches,
+)
 from bench.protocol import MAX_SPREAD, MODES, SPEED, SpeedProtocol, needs_cuda
 from tests.conftest import run_bench
 from tests.toy_models import ToyNet
@@ -31,6 +41,25 @@ def test_cpu_latency_statistics_are_consistent():
     assert result.fps == pytest.approx(1000.0 / result.median_ms)
     assert len(result.repeat_medians_ms) == 3 and result.spread >= 0
     assert result.peak_memory_mb is None and result.energy_j_per_frame is None
+    assert result.host_memory == (HOST_MEMORY_CACHED if sys.platform == "linux" else None)
+
+
+def _page_faults_of_big_tensors(times: int = 5) -> int:
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        torch.empty(2**24).fill_(1.0)  # 64 MiB, freed at once: far above glibc's default mmap threshold
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_cpu_steps_reuse_the_memory_they_free_instead_of_faulting_it_in_again():
+    default = _page_faults_of_big_tensors()
+    with host_memory_cached(torch.device("cpu")) as kept:
+        _page_faults_of_big_tensors(1)  # the first one maps the pages
+        cached = _page_faults_of_big_tensors()
+    assert kept == HOST_MEMORY_CACHED
+    assert default >= 5 and cached * 4 < default
+    assert _page_faults_of_big_tensors() * 4 > default  # glibc's defaults again once the timing is over
 
 
 @pytest.mark.parametrize("mode", [m for m in MODES if m not in ("eager", "eager-fused")])

@@ -7,6 +7,11 @@ latency); the ``-fused`` modes first rewrite the model into its inference form
 (`bench.measure.fusion`). CPU: the same loop timed with ``time.perf_counter`` (fp32 eager modes
 only).
 
+On a CPU the timed steps keep the memory they free in the C heap (`host_memory_cached`), as the
+CUDA caching allocator keeps it on a GPU: with glibc's defaults every tensor above its mmap
+threshold is a fresh mapping whose pages the kernel zeroes again at each step, which at 1024x2048
+costs as much as the convolutions. The record says so (``host_memory``).
+
 The number of steps per repeat adapts to the model (a repeat lasts at least ``min_repeat_s``);
 the spread of the repeats is recorded and a measurement whose spread exceeds
 `bench.protocol.MAX_SPREAD` is flagged ``unstable``; the SM clock and temperature are read before
@@ -17,6 +22,8 @@ and after, and a clock that dropped (or an NVML throttle reason other than idle)
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import math
 import statistics
 import time
@@ -70,9 +77,50 @@ class LatencyResult:
     tf32: bool | None = None  # cuDNN convolutions may use TF32
     tf32_matmul: bool | None = None  # matmuls (linear layers, attention) may use TF32
     inference_form: dict | None = None
+    host_memory: str | None = None  # on a CPU: how freed memory was kept between steps (`host_memory_cached`)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# glibc's mallopt parameters (malloc.h) and its defaults (a 128 KiB mmap and trim threshold).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+_HOST_CACHE_BYTES = 2**31 - 1  # the largest value mallopt takes (a C int)
+HOST_MEMORY_CACHED = "glibc heap kept between steps (mmap and trim thresholds 2 GiB)"
+
+
+def _glibc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    if libc is None or not all(hasattr(libc, f) for f in ("mallopt", "malloc_trim", "gnu_get_libc_version")):
+        return None  # not glibc (musl, macOS): its allocator is left as it is
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
+
+
+@contextlib.contextmanager
+def host_memory_cached(device: torch.device):
+    """While timing on a CPU, let glibc keep freed memory in its heap instead of unmapping it.
+
+    Yields `HOST_MEMORY_CACHED` when it did (glibc, CPU) and None otherwise; on leaving, glibc's
+    default thresholds are set again and the heap is trimmed.
+    """
+    libc = _glibc() if device.type == "cpu" else None
+    if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, _HOST_CACHE_BYTES):
+        yield None
+        return
+    try:
+        libc.mallopt(_M_TRIM_THRESHOLD, _HOST_CACHE_BYTES)
+        yield HOST_MEMORY_CACHED
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def inference_step(model: nn.Module, x: torch.Tensor, precision: str):
@@ -230,8 +278,9 @@ def measure_latency(
     """
     device = torch.device(device)
     on_cuda = device.type == "cuda"
-    with torch.no_grad(), _on(device):
+    with torch.no_grad(), _on(device), contextlib.ExitStack() as timing:
         fn, compile_s, form = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
+        host_memory = timing.enter_context(host_memory_cached(device))  # the steps, not the preparation
         timer = _time_cuda if on_cuda else _time_cpu
         warm = timer(fn, protocol.warmup_steps)
         if on_cuda and not MODES[mode]["cuda_graph"]:
@@ -273,6 +322,7 @@ def measure_latency(
         throttled=nvml.throttled(before, after),
         compile_s=compile_s,
         inference_form=form,
+        host_memory=host_memory,
         tf32=bool(torch.backends.cudnn.allow_tf32) if on_cuda else None,
         tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32) if on_cuda else None,
     )
