@@ -2,7 +2,6 @@
 
 import json
 import resource
-import sys
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from bench.measure import nvml, roofline
 from bench.measure.speed import (
     HOST_MEMORY_CACHED,
     ModeUnavailable,
+    _glibc,
     bare_latency,
     host_memory_cached,
     inference_step,
@@ -41,7 +41,7 @@ def test_cpu_latency_statistics_are_consistent():
     assert result.fps == pytest.approx(1000.0 / result.median_ms)
     assert len(result.repeat_medians_ms) == 3 and result.spread >= 0
     assert result.peak_memory_mb is None and result.energy_j_per_frame is None
-    assert result.host_memory == (HOST_MEMORY_CACHED if sys.platform == "linux" else None)
+    assert result.host_memory == (HOST_MEMORY_CACHED if _glibc() else None)
 
 
 def _page_faults_of_big_tensors(times: int = 5) -> int:
@@ -51,7 +51,7 @@ def _page_faults_of_big_tensors(times: int = 5) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+@pytest.mark.skipif(not _glibc(), reason="glibc's allocator")
 def test_cpu_steps_reuse_the_memory_they_free_instead_of_faulting_it_in_again():
     default = _page_faults_of_big_tensors()
     with host_memory_cached(torch.device("cpu")) as kept:

@@ -9,8 +9,8 @@ only).
 
 On a CPU the timed steps keep the memory they free in the C heap (`host_memory_cached`), as the
 CUDA caching allocator keeps it on a GPU: with glibc's defaults every tensor above its mmap
-threshold is a fresh mapping whose pages the kernel zeroes again at each step, which at 1024x2048
-costs as much as the convolutions. The record says so (``host_memory``).
+threshold is a fresh mapping whose pages the kernel zeroes again at each step, which can double
+a 1024x2048 step. The record says so (``host_memory``).
 
 The number of steps per repeat adapts to the model (a repeat lasts at least ``min_repeat_s``);
 the spread of the repeats is recorded and a measurement whose spread exceeds
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import math
 import statistics
 import time
@@ -90,14 +90,15 @@ _HOST_CACHE_BYTES = 2**31 - 1  # the largest value mallopt takes (a C int)
 HOST_MEMORY_CACHED = "glibc heap kept between steps (mmap and trim thresholds 2 GiB)"
 
 
+@functools.cache
 def _glibc():
-    name = ctypes.util.find_library("c")
+    """glibc, or None where the C library is another one (musl, macOS): its allocator is left as it is."""
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL("libc.so.6")  # glibc's soname
     except OSError:
         return None
-    if libc is None or not all(hasattr(libc, f) for f in ("mallopt", "malloc_trim", "gnu_get_libc_version")):
-        return None  # not glibc (musl, macOS): its allocator is left as it is
+    if not all(hasattr(libc, f) for f in ("mallopt", "malloc_trim", "gnu_get_libc_version")):
+        return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
     return libc
@@ -108,7 +109,8 @@ def host_memory_cached(device: torch.device):
     """While timing on a CPU, let glibc keep freed memory in its heap instead of unmapping it.
 
     Yields `HOST_MEMORY_CACHED` when it did (glibc, CPU) and None otherwise; on leaving, glibc's
-    default thresholds are set again and the heap is trimmed.
+    default thresholds are set again (as fixed values: glibc no longer raises them by itself) and
+    the heap is trimmed.
     """
     libc = _glibc() if device.type == "cpu" else None
     if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, _HOST_CACHE_BYTES):
