@@ -111,9 +111,9 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
                 share = None
                 if tflops:
                     flags = [_value(values, name, ds, "latency", mode, key) for key in ("tf32", "tf32_matmul")]
-                    split = _value(values, name, ds, "flops", None, "by_operator")
-                    if settings["fused"]:  # what the inference form executes (none in a record that predates it)
-                        split = form.get("executed_by_operator")
+                    # a fused mode's split is its inference form's (none in a record that predates it)
+                    built = _value(values, name, ds, "flops", None, "by_operator")
+                    split = form.get("executed_by_operator") if settings["fused"] else built
                     ceiling = roofline.ceiling_tflops(peaks, settings["precision"], *flags, split)
                     share = roofline.share_of_peak(tflops, ceiling)
                 row[f"{ds}_tflops_{mode}"] = tflops
