@@ -154,10 +154,17 @@ class RecordStore:
     def read(self) -> list[dict]:
         return read_records(self.path)
 
-    def done(self, reusable=None) -> set[tuple]:
-        """Keys of the measurements already recorded ``ok``; given ``reusable(record)``, those whose newest
-        ``ok`` record (the one the tables show) it holds true for."""
-        return {key for key, r in latest_ok(self.read()).items() if reusable is None or reusable(r)}
+    def done(self) -> set[tuple]:
+        """Keys of the measurements already recorded ``ok``."""
+        return self.triage()[0]
+
+    def triage(self, reusable=None) -> tuple[set[tuple], set[tuple]]:
+        """The keys recorded ``ok``, from one read of the file, as (kept, outdated): whether ``reusable`` holds
+        for the newest ``ok`` record of the key (every key is kept without ``reusable``)."""
+        kept, outdated = set(), set()
+        for key, record in latest_ok(self.read()).items():
+            (kept if reusable is None or reusable(record) else outdated).add(key)
+        return kept, outdated
 
     def append(self, records: Iterable[dict], *, replace_ok: bool = False) -> list[dict]:
         """Append ``records`` atomically; an ``ok`` record whose key is already ``ok`` is dropped.

@@ -37,9 +37,10 @@ def test_reuse_is_judged_on_the_newest_ok_record_the_one_the_tables_show(tmp_pat
     store.append([rec("a", value={"weights": "B"})], replace_ok=True)
     store.append([rec("a", status="error")])  # a failure after them changes nothing
     asks_for = lambda weights: lambda r: r["value"]["weights"] == weights  # noqa: E731
-    assert store.done(asks_for("B")) == {record_key(rec("a"))}
-    assert store.done(asks_for("A")) == set()  # an older record of A is not what the table shows
-    assert store.done() == {record_key(rec("a"))}
+    key = record_key(rec("a"))
+    assert store.triage(asks_for("B")) == ({key}, set())
+    assert store.triage(asks_for("A")) == (set(), {key})  # an older record of A is not what the table shows
+    assert store.done() == {key}
 
 
 def test_torn_last_line_is_skipped_and_next_append_starts_a_new_line(tmp_path):

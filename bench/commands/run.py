@@ -132,8 +132,8 @@ def _run(args: argparse.Namespace) -> int:
             return False
         return record["kind"] != "miou" or (record.get("value") or {}).get("identity") == identity
 
-    done = set() if args.force else store.done(reusable)
-    outdated = set() if args.force else store.done() - done  # measured again, and the new record replaces them
+    # outdated: measured again, and the new record replaces them
+    done, outdated = (set(), set()) if args.force else store.triage(reusable)
     options = jobs_mod.RunOptions(
         device=device,
         device_slug=slug,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from bench import protocol as proto
 from bench.commands.common import add_plugin_argument, csv_list, load_plugins
 from bench.errors import BenchError
-from bench.records import RECORDS_FILE, ensure_writable_folder, iter_record_files, read_records
+from bench.records import RecordStore, ensure_writable_folder, iter_record_files
 
 
 def register(subparsers) -> None:
@@ -54,11 +53,10 @@ def run(args: argparse.Namespace) -> int:
     written, untouched = 0, []
     for slug in device_folders(args.results, args.device):
         ensure_writable_folder(args.results / slug)
-        paths = write_reports(args.results, slug, args.protocol, plots=args.plots, speeds=speeds)
+        records = RecordStore(args.results, slug).read()
+        paths = write_reports(args.results, slug, args.protocol, plots=args.plots, speeds=speeds, records=records)
         if not paths:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the corrupt lines were reported by the first read
-                found = sorted({r["protocol"] for r in read_records(args.results / slug / RECORDS_FILE)})
+            found = sorted({r["protocol"] for r in records})
             untouched.append(f"{args.results / slug} (protocols there: {', '.join(found) or 'none readable'})")
             continue
         written += 1

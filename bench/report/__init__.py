@@ -17,6 +17,7 @@ def write_reports(
     protocol: str = proto.PROTOCOL_VERSION,
     plots: bool = True,
     speeds: tuple[str, ...] | None = None,
+    records: list[dict] | None = None,
 ) -> list[Path]:
     """Regenerate table.md, table.csv (speed.md) and the plots of one device folder; returns the paths.
 
@@ -24,9 +25,11 @@ def write_reports(
 
     Args:
         speeds: the speed axes plotted (`bench.report.plot.SPEED_AXES`); default: every measured mode.
+        records: the folder's records when the caller has read them already (default: read here).
     """
     store = RecordStore(Path(results), device_slug)
-    records = store.read()
+    if records is None:
+        records = store.read()
     latest = [r for r in records if r.get("status") == "ok" and r.get("protocol") == protocol]
     if not latest:  # nothing to tabulate: the tables already there stay as they are
         return []
