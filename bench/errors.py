@@ -12,6 +12,12 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
 
 
+def described(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: first line`` of ``exc`` (its type's name alone when it has no message), for a record or a report."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
+
+
 # What the allocators say when memory runs out (CUDA's caching allocator, the host's, and cuBLAS's or
 # cuDNN's own workspace allocations: CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED).
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "status_alloc_failed")

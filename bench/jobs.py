@@ -17,7 +17,7 @@ from pathlib import Path
 
 import archs
 from bench import protocol as proto
-from bench.errors import is_out_of_memory
+from bench.errors import described, is_out_of_memory
 from bench.provenance import provenance
 from bench.records import new_record
 
@@ -163,11 +163,6 @@ def measure(job: Job, options: RunOptions) -> dict:
     raise ValueError(f"unknown measurement kind {job.kind!r}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def _die_with(parent_pid: int) -> None:
     """End this child as soon as the `bench run` process ``parent_pid`` is gone (a killed run leaves no orphan).
 
@@ -208,7 +203,7 @@ def _call(conn, parent_pid: int, fn, *args) -> None:
     except BaseException as exc:  # every failure becomes a record
         message = {
             "status": "oom" if is_out_of_memory(exc) else "error",
-            "error": _first_line(exc),
+            "error": described(exc),
             "traceback": traceback.format_exc(limit=-8)[-4000:],
         }
     conn.send(message)

@@ -31,7 +31,7 @@ import archs
 from archs import ArchSpec, Weights
 from bench import __version__
 from bench import protocol as proto
-from bench.errors import BenchError, first_line
+from bench.errors import BenchError, described, first_line
 from bench.records import ensure_writable_folder
 
 CACHE_ENV = "SEGBENCH_WEIGHTS"
@@ -247,8 +247,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     except OSError as exc:  # the file is there but cannot be read: not a damaged checkpoint
         raise BenchError(f"{path}: cannot be read ({first_line(exc)}); check its permissions and the disk") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler or parser in many ways
-        reason = f"{type(exc).__name__}: {first_line(exc)}"
-        raise BenchError(f"{path}: not a readable checkpoint ({reason}); {unreadable}") from None
+        raise BenchError(f"{path}: not a readable checkpoint ({described(exc, 160)}); {unreadable}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):

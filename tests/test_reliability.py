@@ -142,3 +142,11 @@ def test_the_job_server_stops_at_once_even_while_it_imports_and_a_later_job_star
     assert not _alive(pid)
     assert jobs.run_in_child("bench test", 120, dict) == {"status": "ok"}
     jobs.stop_job_server()
+
+
+def test_an_error_is_described_by_its_type_and_first_line():
+    from bench.errors import described
+
+    assert described(RuntimeError("shapes differ\n  at layer 3")) == "RuntimeError: shapes differ"
+    assert described(KeyError()) == "KeyError"  # no message: the type alone, no dangling colon
+    assert described(ValueError("x" * 300), 160) == "ValueError: " + "x" * 160

@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench import protocol as proto
 from bench.commands.common import csv_list, parse_modes, parse_size, resolve_device
-from bench.errors import BenchError, first_line
+from bench.errors import BenchError, described, first_line
 from bench.peers import SAME_WORK
 from bench.records import ensure_writable_folder, write_text_atomic
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                 except Exception as exc:  # one peer failing (e.g. out of memory) must not end the comparison
                     counts["failed"] += 1
-                    console.print(f"  [red]failed[/] {label}: {type(exc).__name__}: {exc}")
+                    console.print(f"  [red]failed[/] {label}: {described(exc)}")
                     continue
                 row["commit"] = commit
                 table.add(row, prov)  # written at once: a run cut short keeps what it measured
