@@ -58,6 +58,23 @@ def test_a_record_taken_at_another_size_than_its_spec_gives_now_is_footnoted():
     )
 
 
+def test_the_device_line_names_the_newest_commit_and_how_many_the_records_span(tmp_path):
+    from bench.records import RecordStore
+    from bench.report import write_reports
+
+    store = RecordStore(tmp_path, "dev")
+    commits = ["a" * 40, None, "b" * 40, "e" * 40, "c" * 40]
+    store.append({**r, "provenance": {"gpu_name": "Test GPU", "git_commit": c}} for r, c in zip(RECORDS, commits))
+    write_reports(tmp_path, "dev", plots=False)
+    text = (tmp_path / "dev" / "table.md").read_text()
+    # the protocol-1 records name a, b and c, one names none, and e is protocol 0's; the newest is c
+    assert "segbench cccccccccc (the newest record's; the records span 3 commits, each record names its own)" in text
+    one = RecordStore(tmp_path / "one", "dev")
+    one.append([{**RECORDS[0], "provenance": {"gpu_name": "Test GPU", "git_commit": "d" * 40}}])
+    write_reports(tmp_path / "one", "dev", plots=False)
+    assert "segbench dddddddddd." in (tmp_path / "one" / "dev" / "table.md").read_text()
+
+
 def test_pareto_front_keeps_only_undominated_points():
     points = [(10, 30), (20, 25), (5, 40), (8, 20), (20, 10)]
     assert pareto_front(points) == [(5, 40), (10, 30), (20, 25)]

@@ -38,7 +38,8 @@ def write_reports(
     frame = build_frame(records, protocol, peaks)
     provenance = latest[-1].get("provenance")
     device = latest[-1]["device"]
-    paths = write_table(frame, store.folder, device=device, provenance=provenance, peaks=peaks)
+    commits = len({(r.get("provenance") or {}).get("git_commit") for r in latest} - {None})
+    paths = write_table(frame, store.folder, device=device, provenance=provenance, peaks=peaks, commits=commits)
     if plots:
         paths += write_plots(frame, store.folder, device=device, speeds=speeds)
     reported = Path(results) / "reported.csv"

@@ -192,8 +192,11 @@ def _pair(measured, published, digits: int, pct=None, points: bool = False) -> s
     return text
 
 
-def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = None) -> str:
-    """The Markdown table with its footnotes (protocol, device, FLOP convention, spec notes)."""
+def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = None, commits: int = 1) -> str:
+    """The Markdown table with its footnotes (protocol, device, FLOP convention, spec notes).
+
+    ``provenance`` is the newest record's; ``commits`` how many segbench commits the records were taken at.
+    """
     speed = "CPU" if device == "cpu" else "GPU"
     modes = measured_modes(frame, device)
     extras = [
@@ -250,7 +253,7 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
         f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled. "
         "img/s best batch: the batch sweep's best throughput (speed.md lists every mode, the roofline and the "
         "launch overhead).",
-        f"Measured on: {_device_line(device, provenance)}. Published FPS come from the papers' own GPUs "
+        f"Measured on: {_device_line(device, provenance, commits)}. Published FPS come from the papers' own GPUs "
         "(SegFormer: V100) and are not comparable with ours.",
         FLOPS_NOTE,
         "Params: inference-time parameters (training-only auxiliary heads excluded).",
@@ -321,7 +324,9 @@ def _fps_cell(row, ds: str, mode: str) -> str:
     return _num(_n(row[f"{ds}_fps_{mode}"]), 1) + _flags(row, ds, mode)
 
 
-def to_speed_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None, peaks: dict | None) -> str:
+def to_speed_markdown(
+    frame: pd.DataFrame, *, device: str, provenance: dict | None, peaks: dict | None, commits: int = 1
+) -> str:
     """Every measured speed mode per dataset: latency, spread, achieved TFLOP/s, % of peak, launch overhead."""
     modes = measured_modes(frame, device)
     parts = []
@@ -357,7 +362,8 @@ def to_speed_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | No
     ceilings = ", ".join(f"{k} {v:.1f}" for k, v in (peaks or {}).items()) or "not measured"
     footer = [
         "",
-        f"Measured on: {_device_line(device, provenance)}. Device ceilings (matmul TFLOP/s, copy TB/s): {ceilings}.",
+        f"Measured on: {_device_line(device, provenance, commits)}. "
+        f"Device ceilings (matmul TFLOP/s, copy TB/s): {ceilings}.",
         "TFLOP/s: 2 x the model's fvcore multiply-adds per image / median latency (the step's resize and argmax "
         "add to the time, not to the count; a -fused mode counts what its inference form executes); % peak: "
         "against the matmul ceiling of the mode's precision (fp32: convolutions against TF32 when cuDNN may use it, "
@@ -379,26 +385,40 @@ def _n(value):
         return value
 
 
-def _device_line(device: str, prov: dict | None) -> str:
+def _device_line(device: str, prov: dict | None, commits: int = 1) -> str:
+    """Where the newest record was measured; ``commits``: how many segbench commits all the records name."""
     prov = prov or {}
     if device == "cpu":
         what = f"CPU ({prov.get('cpu', 'unknown')}, {prov.get('torch_threads', '?')} threads) — not a GPU number"
     else:
         what = f"{prov.get('gpu_name', 'GPU')}, driver {prov.get('driver', '?')}, CUDA {prov.get('cuda', '?')}"
     commit = prov.get("git_commit")
-    return f"{what}; torch {prov.get('torch', '?')}" + (f"; segbench {commit[:10]}" if commit else "")
+    line = f"{what}; torch {prov.get('torch', '?')}" + (f"; segbench {commit[:10]}" if commit else "")
+    if commit and commits > 1:
+        line += f" (the newest record's; the records span {commits} commits, each record names its own)"
+    return line
 
 
 def write_table(
-    frame: pd.DataFrame, folder: Path, *, device: str, provenance: dict | None, peaks: dict | None = None
+    frame: pd.DataFrame,
+    folder: Path,
+    *,
+    device: str,
+    provenance: dict | None,
+    peaks: dict | None = None,
+    commits: int = 1,
 ) -> list[Path]:
     """table.md, table.csv and (where speed was measured on a GPU) speed.md of one device folder."""
     folder.mkdir(parents=True, exist_ok=True)
     md, csv = folder / "table.md", folder / "table.csv"
-    write_text_atomic(md, to_markdown(frame, device=device, provenance=provenance))
+    write_text_atomic(md, to_markdown(frame, device=device, provenance=provenance, commits=commits))
     write_text_atomic(csv, frame.to_csv(index=False, float_format="%.6g"))
     paths = [md, csv]
-    speed = to_speed_markdown(frame, device=device, provenance=provenance, peaks=peaks) if device != "cpu" else ""
+    speed = (
+        to_speed_markdown(frame, device=device, provenance=provenance, peaks=peaks, commits=commits)
+        if device != "cpu"
+        else ""
+    )
     if speed:
         write_text_atomic(folder / "speed.md", speed)
         paths.append(folder / "speed.md")
