@@ -86,6 +86,20 @@ def test_plots_are_written_only_for_measured_speed_modes(tmp_path):
     assert names == ["ade20k_eager.png", "ade20k_eager.svg"]  # nothing to plot for Cityscapes
 
 
+def test_the_legend_lists_what_is_plotted_and_a_model_without_miou_is_named_under_the_plot(tmp_path, monkeypatch):
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")  # text stays text in the SVG
+    records = [*RECORDS, rec("icnet", "ade20k", "latency", {"fps": 30.0, "median_ms": 33.3}, mode="eager")]
+    write_plots(build_frame(records), tmp_path, device="cuda")
+    svg = (tmp_path / "plots" / "ade20k_eager.svg").read_text()
+    assert "not plotted, no ADE20K mIoU: ICNet PSPNet-50 (half width)" in svg  # ICNet publishes no ADE20K mIoU
+    assert "measured FPS, published mIoU" in svg and "published FPS and mIoU" in svg
+    assert "measured FPS, measured mIoU" not in svg  # no mIoU was measured
+    write_plots(build_frame(RECORDS), tmp_path / "all", device="cuda")
+    assert "not plotted" not in (tmp_path / "all" / "plots" / "ade20k_eager.svg").read_text()
+
+
 GPU_RECORDS = [
     rec("toy-w8", "ade20k", "params", {"params_m": 0.0101}),
     rec("toy-w8", "ade20k", "flops", {"gflops": 5.0, "input_size": [512, 512]}),

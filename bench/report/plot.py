@@ -5,7 +5,8 @@ batch sweep's best throughput (``best-batch``, images/s).
 
 Published points are hollow; measured-speed points are filled (a circle when the mIoU was
 measured too, a diamond when it is the published mIoU). Marker area is proportional to the
-parameter count; the line is the Pareto front of the measured points.
+parameter count; the line is the Pareto front of the measured points. A model measured with no
+mIoU to place it by (neither measured nor published) is named under the plot.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     title = proto.DATASETS[dataset].title
     fps_col = f"{dataset}_{SPEED_AXES[speed]}"
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
-    measured, plotted = [], False
+    measured, kinds, no_miou = [], set(), []
     for _, row in frame.iterrows():
         size = 30 + 6 * (row["params_m"] if _ok(row["params_m"]) else row["params_m_published"] or 10)
         label = f"{row['method']} {row['encoder']}"
@@ -54,7 +55,7 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
             ax.annotate(
                 label, (pub_fps, pub_miou), fontsize=7, color="0.45", xytext=(4, -8), textcoords="offset points"
             )
-            plotted = True
+            kinds.add("published")
         fps, miou = row.get(fps_col), row.get(f"{dataset}_miou")
         marker = "o"
         if not _ok(miou):
@@ -63,8 +64,10 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
             ax.scatter(fps, miou, s=size, marker=marker, color="tab:blue", alpha=0.8, edgecolors="k", linewidths=0.6)
             ax.annotate(label, (fps, miou), fontsize=7, xytext=(4, 4), textcoords="offset points")
             measured.append((fps, miou))
-            plotted = True
-    if not plotted:
+            kinds.add(marker)
+        elif _ok(fps):
+            no_miou.append(label)
+    if not kinds:
         plt.close(fig)
         return []
     front = pareto_front(measured)
@@ -78,19 +81,15 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
         ax.set_xlabel(f"images/s at the best batch size, log scale (measured: {where}, batch sweep)")
     ax.set_ylabel(f"{title} mIoU (%)")
     ax.set_title(f"{title}: accuracy vs speed (protocol v{proto.PROTOCOL_VERSION})")
-    legend = [
-        plt.Line2D(
-            [],
-            [],
-            marker="o",
-            linestyle="",
-            markerfacecolor="none",
-            markeredgecolor="0.45",
+    legend = {
+        "published": plt.Line2D(
+            [], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.45",
             label="published FPS and mIoU",
         ),
-        plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="measured FPS, measured mIoU"),
-        plt.Line2D([], [], marker="D", linestyle="", color="tab:blue", label="measured FPS, published mIoU"),
-    ]
+        "o": plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="measured FPS, measured mIoU"),
+        "D": plt.Line2D([], [], marker="D", linestyle="", color="tab:blue", label="measured FPS, published mIoU"),
+    }  # fmt: skip
+    legend = [handle for kind, handle in legend.items() if kind in kinds]
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(
         handles=legend + handles,
@@ -102,7 +101,9 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     )
     ax.margins(x=0.12, y=0.06)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    if no_miou:  # measured, but with neither a measured nor a published mIoU to place it by
+        fig.text(0.01, 0.01, f"not plotted, no {title} mIoU: " + ", ".join(no_miou), fontsize=7, color="0.3")
+    fig.tight_layout(rect=(0, 0.03 if no_miou else 0, 1, 1))
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
