@@ -1,11 +1,14 @@
 """`bench` end to end on the CPU with the test models, and its one-line errors on bad input."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
-from tests.conftest import run_bench
+from tests.conftest import ROOT, run_bench
 
 PLUGIN = ("--plugin", "tests.toy_models")
 
@@ -188,6 +191,19 @@ def test_list_shows_suites_and_plugin_models():
     proc = run_bench("list", *PLUGIN)
     assert proc.returncode == 0, proc.stderr
     assert "toy-w4" in proc.stdout and "realtime" in proc.stdout
+
+
+def test_a_closed_stdout_pipe_stops_the_command_quietly():
+    read, write = os.pipe()
+    os.close(read)  # `bench list ... | head` after head has gone: every write fails with EPIPE
+    try:  # the listing (about 23 kB) overflows stdout's buffer inside the command, not only at exit
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "list", "--suite", "all", "--verbose"],
+            cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 
 def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path, capsys):
