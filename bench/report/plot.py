@@ -81,7 +81,7 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
         ax.set_xlabel(f"images/s at the best batch size, log scale (measured: {where}, batch sweep)")
     ax.set_ylabel(f"{title} mIoU (%)")
     ax.set_title(f"{title}: accuracy vs speed (protocol v{proto.PROTOCOL_VERSION})")
-    legend = {
+    markers = {
         "published": plt.Line2D(
             [], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.45",
             label="published FPS and mIoU",
@@ -89,7 +89,7 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
         "o": plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="measured FPS, measured mIoU"),
         "D": plt.Line2D([], [], marker="D", linestyle="", color="tab:blue", label="measured FPS, published mIoU"),
     }  # fmt: skip
-    legend = [handle for kind, handle in legend.items() if kind in kinds]
+    legend = [handle for kind, handle in markers.items() if kind in kinds]
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(
         handles=legend + handles,
