@@ -94,3 +94,18 @@ def resolve_device(requested: str | None) -> str:
     if index >= torch.cuda.device_count():
         raise BenchError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return f"cuda:{index}"
+
+
+def job_progress(console):
+    """The progress bar of a command that works through a list of jobs: the current job's label, the
+    bar, done/total and the time elapsed; it vanishes when done (each job prints its own line)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import protocol as proto
-from bench.commands.common import csv_list, parse_modes, parse_size, resolve_device
+from bench.commands.common import csv_list, job_progress, parse_modes, parse_size, resolve_device
 from bench.errors import BenchError, described, first_line
 from bench.peers import SAME_WORK
 from bench.records import ensure_writable_folder, write_text_atomic
@@ -68,38 +68,42 @@ def run(args: argparse.Namespace) -> int:
     prov = provenance(device)
     commit = (prov.get("git_commit") or "?")[:10] + ("+changes" if prov.get("git_dirty") else "")
     counts = {"ok": 0, "failed": 0, "skipped": 0}
-    for pair in pairs:
-        for size in sizes:
-            num_classes = 150 if size[0] == size[1] else 19
-            gflops: dict[str, float] = {}  # counted once per pair and size, shared by its modes
+    planned = [(pair, size, mode) for pair in pairs for size in sizes for mode in modes]
+    gflops: dict[tuple, dict[str, float]] = {}  # counted once per pair and size, shared by its modes
+    with job_progress(console) as progress:
+        task = progress.add_task("comparing", total=len(planned))
+        for pair, size, mode in planned:
             size_text = "x".join(map(str, size))
-            for mode in modes:
-                label = f"{pair.ours} vs {pair.peer} @{size_text} {mode}"
-                if (pair.ours, pair.peer, size_text, mode) in done:
-                    counts["skipped"] += 1
-                    continue
-                try:
-                    row = peers.compare(
-                        pair,
-                        size,
-                        mode,
-                        device=device,
-                        protocol=speed,
-                        num_classes=num_classes,
-                        nvml_handle=handle,
-                        gflops=gflops,
-                    )
-                except Exception as exc:  # one peer failing (e.g. out of memory) must not end the comparison
-                    counts["failed"] += 1
-                    console.print(f"  [red]failed[/] {label}: {described(exc)}")
-                    continue
-                row["commit"] = commit
-                table.add(row, prov)  # written at once: a run cut short keeps what it measured
-                counts["ok"] += 1
-                console.print(
-                    f"  {label}: {row['ours_ms']:.2f} ms vs {row['peer_ms']:.2f} ms -> {row['ratio']:.2f}x"
-                    + ("" if row["same_work"] else f" (FLOPs {row['ours_gflops']:.1f} vs {row['peer_gflops']:.1f} G)")
+            label = f"{pair.ours} vs {pair.peer} @{size_text} {mode}"
+            if (pair.ours, pair.peer, size_text, mode) in done:
+                counts["skipped"] += 1
+                progress.advance(task)
+                continue
+            progress.update(task, description=label)
+            try:
+                row = peers.compare(
+                    pair,
+                    size,
+                    mode,
+                    device=device,
+                    protocol=speed,
+                    num_classes=150 if size[0] == size[1] else 19,
+                    nvml_handle=handle,
+                    gflops=gflops.setdefault((pair.ours, pair.peer, size), {}),
                 )
+            except Exception as exc:  # one peer failing (e.g. out of memory) must not end the comparison
+                counts["failed"] += 1
+                console.print(f"  [red]failed[/] {label}: {described(exc)}")
+                progress.advance(task)
+                continue
+            row["commit"] = commit
+            table.add(row, prov)  # written at once: a run cut short keeps what it measured
+            counts["ok"] += 1
+            console.print(
+                f"  {label}: {row['ours_ms']:.2f} ms vs {row['peer_ms']:.2f} ms -> {row['ratio']:.2f}x"
+                + ("" if row["same_work"] else f" (FLOPs {row['ours_gflops']:.1f} vs {row['peer_gflops']:.1f} G)")
+            )
+            progress.advance(task)
     console.print(
         f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped (already in peers.csv)"
     )

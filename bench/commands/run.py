@@ -13,6 +13,7 @@ from bench import protocol as proto
 from bench.commands.common import (
     add_plugin_argument,
     csv_list,
+    job_progress,
     load_plugins,
     parse_dataset,
     parse_modes,
@@ -78,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     plugins = load_plugins(args)
@@ -161,14 +161,7 @@ def _run(args: argparse.Namespace) -> int:
     if device != "cpu" and {"latency", "sweep"} & set(kinds):
         _ensure_peaks(store.path.parent, device, args.force, console)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with job_progress(console) as progress:
         task = progress.add_task("measuring", total=len(planned))
         for job in planned:
             if job.key(slug) in done:
