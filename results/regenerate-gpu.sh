@@ -103,7 +103,9 @@ step() {
 for s in "${STEPS[@]}"; do
     if [[ $s == eval && ! -f $ADE.done ]]; then  # generate while the GPU works on the earlier steps
         rm -rf "$ADE"
-        ( bench data synth --dataset ade20k --out "$ADE" --num "$EVAL_IMAGES" >"$ADE.log" 2>&1 && touch "$ADE.done" ) &
+        # its own stdio: a caller that reads the script's output to its end does not wait for it
+        ( bench data synth --dataset ade20k --out "$ADE" --num "$EVAL_IMAGES" && touch "$ADE.done" ) \
+            </dev/null >"$ADE.log" 2>&1 &
         SYNTH=$!
     fi
 done
@@ -159,6 +161,13 @@ for s in "${STEPS[@]}"; do
     esac
 done
 
+if [[ -n ${SYNTH:-} ]] && kill -0 "$SYNTH" 2>/dev/null; then  # the budget ended before the eval step
+    pkill -P "$SYNTH" 2>/dev/null; kill "$SYNTH" 2>/dev/null
+fi
+if [[ -f $FOLDER/gpu-tests.log ]]; then  # the tests step was stopped at its limit before its summary
+    { echo "pytest -m gpu: stopped at its time limit"; tail -n 25 "$FOLDER/gpu-tests.log"; } >"$FOLDER/gpu-tests.txt"
+    rm -f "$FOLDER/gpu-tests.log"
+fi
 say "tables and plots of $FOLDER"
 bench table --device "$SLUG" >/dev/null 2>>"$LOG" && bench plot --device "$SLUG" 2>&1 | tail -n 3 | tee -a "$LOG"
 if [[ -n ${SEGBENCH_OUT:-} ]]; then

@@ -2,6 +2,7 @@
 
 import json
 import resource
+import time
 
 import pytest
 import torch
@@ -137,6 +138,39 @@ def test_throttling_is_a_slowdown_reason_or_a_dropped_clock():
     assert nvml.throttled({"sm_clock_mhz": 1980, "power_violation_ns": 10}, {**idle_after, "power_violation_ns": 25})
     steady = {"sm_clock_mhz": 1980, "thermal_violation_ns": 7}
     assert not nvml.throttled(steady, {**idle_after, "thermal_violation_ns": 7})
+
+
+class _FakeNVML:
+    """The two NVML energy queries, each a value or unsupported (None raises, as NVML's NotSupported)."""
+
+    def __init__(self, energy_mj, power_mw):
+        self.energy_mj, self.power_mw = list(energy_mj), power_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.energy_mj:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return self.energy_mj.pop(0)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if self.power_mw is None:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return self.power_mw
+
+
+def test_energy_from_the_counter_else_sampled_power_else_none(monkeypatch):
+    monkeypatch.setattr(nvml, "pynvml", _FakeNVML([1_000_000, 1_250_000], 300_000))
+    assert nvml.EnergyMeter("h").start().stop().joules == pytest.approx(250.0)  # the counter's mJ difference
+    monkeypatch.setattr(nvml, "pynvml", _FakeNVML([], 300_000))
+    meter = nvml.EnergyMeter("h").start()
+    deadline = time.monotonic() + 30
+    while not meter._samples and time.monotonic() < deadline:  # the sampling thread's first reading
+        time.sleep(0.01)
+    energy = meter.stop()
+    assert energy.watts == pytest.approx(300.0)  # 300 W sampled while it ran
+    monkeypatch.setattr(nvml, "pynvml", _FakeNVML([], None))  # a MIG slice: neither can be read
+    meter = nvml.EnergyMeter("h").start()
+    assert meter._thread is None and meter.stop() is None
+    assert nvml.EnergyMeter(None).start().stop() is None  # no NVML handle
 
 
 def test_roofline_arithmetic():

@@ -50,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     folder = args.results / device_slug(device)
     ensure_writable_folder(folder)
     speed = proto.SPEED["cuda"]
+    prov = provenance(device)
+    note = (
+        f"\n\nOne process on {prov.get('gpu_name')}, driver {prov.get('driver')}, torch {prov['torch']}, segbench "
+        f"{(prov.get('git_commit') or '?')[:10]}. bench: `measure_latency` (a pair of CUDA events around every step, "
+        "repeats, NVML telemetry); bare: one pair of CUDA events around the same number of steps of the same "
+        "callable. overhead = bench mean / bare mean - 1.\n"
+    )
     rows = []
     for name in names:
         spec = archs.get_spec(name)
@@ -70,14 +77,9 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
             print(f"{name} {mode}: bench {ours.mean_ms:.3f} ms mean vs bare loop {bare:.3f} ms")
-    prov = provenance(device)
-    text = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
-    text += (
-        f"\n\nOne process on {prov.get('gpu_name')}, driver {prov.get('driver')}, torch {prov['torch']}, segbench "
-        f"{(prov.get('git_commit') or '?')[:10]}. bench: `measure_latency` (a pair of CUDA events around every step, "
-        "repeats, NVML telemetry); bare: one pair of CUDA events around the same number of steps of the same "
-        "callable. overhead = bench mean / bare mean - 1.\n"
-    )
-    write_text_atomic(folder / "overhead.md", text)
+            # rewritten after every row: a run cut short keeps what it measured
+            write_text_atomic(
+                folder / "overhead.md", pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + note
+            )
     print(f"wrote {folder / 'overhead.md'}")
     return 0

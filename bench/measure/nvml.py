@@ -150,7 +150,8 @@ class EnergyMeter:
     """Energy drawn by one GPU between ``start()`` and ``stop()``.
 
     Uses the GPU's cumulative energy counter (Volta and newer); where that is not supported,
-    samples the power every 10 ms in a thread and integrates.
+    samples the power every 10 ms in a thread and integrates; where neither can be read, `stop`
+    returns None.
     """
 
     def __init__(self, h) -> None:
@@ -166,7 +167,8 @@ class EnergyMeter:
         if self._h is None:
             return self
         self._start_mj = _query(pynvml.nvmlDeviceGetTotalEnergyConsumption, self._h)
-        if self._start_mj is None:
+        # Without an energy counter, sample the power; where that cannot be read either (a MIG slice), no energy.
+        if self._start_mj is None and _query(pynvml.nvmlDeviceGetPowerUsage, self._h) is not None:
             self._running = True
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
