@@ -150,9 +150,10 @@ def register(spec: ArchSpec) -> Callable[[Callable[..., nn.Module]], Callable[..
 
 def import_models(module: str) -> None:
     """Import a module whose import registers models (``--plugin`` on the command line)."""
+    _load()  # the built-in names first: a plugin that takes one of them is the plugin's error
     try:
         importlib.import_module(module)
-    except Exception as exc:  # a plugin that fails to import (or registers a taken name) is the user's to fix
+    except (Exception, SystemExit) as exc:  # a plugin that fails to import (or takes a used name): the user's to fix
         reason = (str(exc).strip().splitlines() or [""])[0]
         raise UnknownArchError(
             f"cannot import model module {module!r} ({type(exc).__name__}: {reason}); fix the module or drop --plugin"

@@ -8,6 +8,7 @@ A command module exposes ``register(subparsers)``, which adds its parser and set
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -18,10 +19,18 @@ from bench import __version__
 from bench.errors import BenchError
 
 COMMANDS = ("run", "eval", "table", "plot", "list", "env", "peers", "overhead", "profile", "data", "weights")
+RESUMABLE = ("run", "peers", "data")  # commands that skip, on a rerun, what they already measured (or wrote)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, as segbench's own (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bench",
         description="segbench: params, FLOPs, GPU speed and mIoU of semantic-segmentation architectures.",
     )
@@ -60,12 +69,32 @@ def main(argv: list[str] | None = None) -> int:
         except (BenchError, UnknownArchError) as exc:
             print(f"bench: error: {exc}", file=sys.stderr)
             return getattr(exc, "exit_code", 2)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a file the command could not read or write that it did not name itself
+            print(f"bench: error: {_os_error(exc)}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
-        print("bench: interrupted; rerun the same command to resume", file=sys.stderr)
+        command = sys.argv[1:2] if argv is None else argv[:1]
+        resume = "; rerun the same command to resume" if command and command[0] in RESUMABLE else ""
+        print(f"bench: interrupted{resume}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of stdout went away (`bench list | head`): stop quietly, as on SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
         return 141  # 128 + SIGPIPE: what a shell reports for a command a closed pipe ended
+
+
+def _os_error(exc: OSError) -> str:
+    """An `OSError` as one line: the file, what went wrong, and what to do about it."""
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space (or write elsewhere) and rerun"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make it writable (or choose another path) and rerun"
+    else:
+        fix = "check the path and rerun"
+    return f"{where}{what}; {fix}"
 
 
 def entry() -> None:

@@ -3,8 +3,9 @@
 ``results/<device-slug>/records.jsonl`` is append-only. An append is one ``write`` of whole
 lines to a file opened with O_APPEND, under an exclusive ``flock`` on a sidecar lock file, then
 ``fsync``: concurrent `bench run` processes (one per GPU, or shards on machines sharing the
-folder) never interleave or lose lines. A line torn by a crash of an older writer is skipped by
-the reader with a warning, and the next append starts on a fresh line.
+folder) never interleave or lose lines. A line torn by a crash of an older writer, or a record whose
+values are not of the shapes the tables read, is skipped by the reader (one warning per file), and
+the next append starts on a fresh line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 
 SCHEMA = 1
 RECORDS_FILE = "records.jsonl"
@@ -26,11 +27,29 @@ OK = "ok"
 FAILED_STATUSES = ("error", "oom", "timeout", "crashed")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename: a reader sees the old file or the new, never half."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename: a reader sees the old file or the new, never half.
+
+    A failed write (no space left, a folder in the way, no permission) leaves the old file and no
+    temporary one, and is a `BenchError` naming ``path``.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BenchError(
+            f"cannot write {path} ({exc.strerror or first_line(exc)}); make it a writable file in a writable folder "
+            "with free space (or move aside what is there) and rerun"
+        ) from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_bytes_atomic` of ``text`` in UTF-8."""
+    write_bytes_atomic(path, text.encode())
 
 
 def ensure_writable_folder(
@@ -87,34 +106,136 @@ def new_record(**fields) -> dict:
 _REQUIRED = {"arch": str, "dataset": str, "kind": str, "protocol": str, "device_slug": str, "status": str}
 
 
+def is_number(value) -> bool:
+    """An int or float of JSON, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _size(value) -> bool:
+    """``[H, W]``, positive ints."""
+    return isinstance(value, list) and len(value) == 2 and all(map(_positive_int, value))
+
+
+def _flag(value) -> bool:
+    return isinstance(value, bool)
+
+
+def _split(value) -> bool:
+    """A FLOP count by operator: operator name -> number."""
+    return isinstance(value, dict) and all(isinstance(k, str) and is_number(v) for k, v in value.items())
+
+
+def _shape(*, required: tuple[str, ...] = (), **fields):
+    """A check for a dict whose ``fields`` are absent, None or pass their check (``required`` ones present)."""
+
+    def check(value) -> bool:
+        return (
+            isinstance(value, dict)
+            and all(value.get(key) is not None for key in required)
+            and all(value.get(key) is None or ok(value[key]) for key, ok in fields.items())
+        )
+
+    return check
+
+
+# What the tables, plots and run summaries read from an ``ok`` record, per kind: a record whose values
+# are of other types is skipped like a corrupt line (so `bench run` measures it again).
+_VALUE_SHAPES = {
+    "params": _shape(params_m=is_number),
+    "flops": _shape(
+        gflops=is_number,
+        input_size=_size,
+        by_operator=_split,
+        dynamic=_shape(
+            required=("gflops_mean", "gflops_min", "gflops_max", "inputs"),
+            gflops_mean=is_number,
+            gflops_min=is_number,
+            gflops_max=is_number,
+            inputs=_positive_int,
+        ),
+    ),
+    "latency": _shape(
+        median_ms=is_number,
+        fps=is_number,
+        spread=is_number,
+        energy_j_per_frame=is_number,
+        compile_s=is_number,
+        unstable=_flag,
+        throttled=_flag,
+        tf32=_flag,
+        tf32_matmul=_flag,
+        inference_form=_shape(executed_gflops=is_number, executed_by_operator=_split),
+    ),
+    "sweep": _shape(best_batch=_positive_int, images_s=is_number),
+    "miou": _shape(mIoU=is_number),
+}
+_OK_SHAPE = _shape(
+    required=("device",),
+    device=lambda v: isinstance(v, str),
+    provenance=_shape(git_commit=lambda v: isinstance(v, str)),
+    settings=_shape(input_size=_size, num_classes=_positive_int),
+)
+
+
 def is_record(obj) -> bool:
-    """True for a JSON object with every field a record has (`record_key`'s and ``status``), typed as written."""
-    return (
+    """True for a JSON object with every field a record has (`record_key`'s and ``status``), typed as written,
+    and, for an ``ok`` one, a device and values of the shapes the reports read (`_VALUE_SHAPES`)."""
+    if not (
         isinstance(obj, dict)
         and all(isinstance(obj.get(key), kind) for key, kind in _REQUIRED.items())
         and isinstance(obj.get("mode"), (str, type(None)))
         and isinstance(obj.get("value"), (dict, type(None)))
-    )
+    ):
+        return False
+    if obj["status"] != OK:
+        return True  # a failure is kept for its error; the reports read none of its values
+    value_ok = _VALUE_SHAPES.get(obj["kind"], lambda value: True)
+    return _OK_SHAPE(obj) and (obj.get("value") is None or value_ok(obj["value"]))
+
+
+# Warnings already given by this process: a file read again (each append reads it) warns once.
+_warned: set[str] = set()
 
 
 def read_records(path: Path) -> list[dict]:
-    """Every parsable record of ``path``; a torn or corrupt line is skipped with a warning."""
-    records = []
+    """Every valid record of ``path``; torn, corrupt or invalid lines are skipped with one warning.
+
+    An existing ``path`` that cannot be read (no permission, a folder) is a `BenchError`.
+    """
+    records, skipped = [], []
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return records
+    except OSError as exc:
+        raise BenchError(
+            f"{path}: cannot read the records ({exc.strerror or first_line(exc)}); make it a readable file "
+            "(chmod u+rw) or pass --results DIR with another results folder"
+        ) from None
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            if not is_record(record):
-                raise ValueError("not a record")
-        except ValueError:
-            warnings.warn(f"{path}:{number}: skipping a torn or corrupt line ({len(line)} bytes)", stacklevel=2)
-            continue
-        records.append(record)
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
+            record = None
+        if is_record(record):
+            records.append(record)
+        else:
+            skipped.append(number)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+        message = (
+            f"{path}: skipping {len(skipped)} unreadable line{'s' if len(skipped) > 1 else ''} ({shown}): torn, "
+            "corrupt or not a valid record; `bench run` measures what they held again"
+        )
+        if message not in _warned:
+            _warned.add(message)
+            warnings.warn(message, stacklevel=2)
     return records
 
 

@@ -31,6 +31,7 @@ import archs
 from archs import ArchSpec, Weights
 from bench import __version__
 from bench import protocol as proto
+from bench.data.base import expand_user
 from bench.errors import BenchError, described, first_line
 from bench.records import ensure_writable_folder
 
@@ -60,7 +61,7 @@ class LoadedWeights:
 def cache_dir() -> Path:
     """Root of the checkpoint cache (``$SEGBENCH_WEIGHTS`` or ``~/.cache/segbench/weights``)."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        return expand_user(os.environ[CACHE_ENV], f"${CACHE_ENV}")
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "segbench" / "weights"
 
@@ -218,7 +219,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     A training checkpoint's ``state_dict`` / ``model`` entry is taken, and a ``module.`` prefix
     (DataParallel) is removed.
     """
-    path = Path(path).expanduser()
+    path = expand_user(path, "--weights")
     if not path.is_file():
         raise BenchError(f"--weights {path}: no such file; pass a checkpoint file, or `official`")
     unreadable = "pass a state dict saved with torch.save or safetensors (a fetched file: delete it and fetch it again)"
@@ -319,7 +320,20 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_
             f"{source} does not fit the model: keys {'; '.join(parts)}; pass a checkpoint of this architecture "
             "(official format or segbench's own state dict)"
         )
-    model.load_state_dict(state, strict=False)
+    meta = [k for k, v in state.items() if v.is_meta]
+    if meta:
+        raise BenchError(
+            f"{source} holds meta tensors (shapes, no data: {len(meta)} of {len(state)}, first {meta[0]}); it was "
+            "saved from a model on the meta device: save the state dict of a materialised model"
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # torch's message lists every key on its own line: keep the first reason
+        reason = re.search(r"(While copying the parameter named .*)", str(exc))
+        raise BenchError(
+            f"{source} does not load into the model ({reason[1] if reason else first_line(exc)}); pass a checkpoint "
+            "of this architecture (official format or segbench's own state dict)"
+        ) from None
 
 
 def load_weights(
@@ -354,7 +368,7 @@ def load_weights(
         if entry.sha256 and sha256sum(path) != entry.sha256.lower():
             raise BenchError(f"{path}: sha256 differs from the spec's; delete it and fetch it again")
     else:
-        path = Path(weights).expanduser()
+        path = expand_user(weights, "--weights")
     state = read_checkpoint(path)
     own = model.state_dict()
     load_state_dict(model, convert(spec, dataset, state, own), num_classes=num_classes, source=str(path))

@@ -130,11 +130,17 @@ def test_table_and_plot_commands_regenerate_from_records(finished_run):
         (("run", "--arch", "toy-w4", "--modes", "turbo"), "unknown mode 'turbo'; choose from eager, graph"),
         (("run", "--arch", "toy-w4", "--measure", "vibes"), "unknown measurement 'vibes'; choose from"),
         (("plot", "--speed", "warp"), "--speed: unknown axis 'warp'; choose from eager"),
-        (("overhead", "--arch", "toy-w4", "--device", "cpu"), "run it on a GPU (--device cuda)"),
+        (("overhead", "--arch", "toy-w4", "--device", "cpu"), "run it on a GPU machine"),
+        (("run", "--arch", ""), "--arch: empty; give at least one value"),
+        (("run", "--arch", "toy-w4", "--measure", ""), "--measure: empty"),
+        (("run", "--arch", "toy-w4", "--suite", "bogus"), "unknown suite 'bogus'"),
+        (("run", "--arch", "toy-w4", "--device", "cpu:3"), "the CPU has no device index"),
+        (("profile", "toy-w4", "--size", "99999x99999"), "over 16384 pixels a side"),
+        (("profile", "fault-build"), "building fault-build failed (ValueError: injected fault in the builder)"),
         (("run", "--arch", "toy-w4", "--job-timeout", "-1"), "--job-timeout -1: pass a positive number"),
         (("run", "--arch", "toy-w4", "--job-timeout", "inf"), "--job-timeout inf: pass a positive number"),
         (("run", "--arch", "toy-w4", "--weights", "/nope.pth"), "--weights is the checkpoint of the mIoU jobs"),
-        (("run", "--arch", "toy-w4", "--dataset", ","), "nothing to measure: datasets none"),
+        (("run", "--arch", "toy-w4", "--dataset", ","), "--dataset: empty"),
         (("run", "--arch", "toy-w4", "--modes", "graph", "--measure", "latency", "--device", "cpu"), "CUDA GPU only"),
         (("table", "--protocol", "99"), "no successful record of protocol '99' in"),
         (("profile", "segformer-b0", "--size", "8x8", "--steps", "1"), "cannot run at --size 8x8"),
@@ -164,6 +170,8 @@ def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args,
         (("run", "--arch", "toy-w5"), "unknown architecture 'toy-w5'; did you mean"),
         (("run", "--arch", "toy-w4", "--device", "cuda"), "no CUDA GPU is visible"),
         (("run", "--arch", "toy-w4", "--plugin", "no_such_module"), "cannot import model module 'no_such_module'"),
+        (("run", "--job-timeout", "abc"), "invalid float value: 'abc'; see bench run --help"),  # argparse's own
+        (("nosuch",), "invalid choice: 'nosuch'"),
     ],
 )
 def test_bad_input_from_the_command_line_is_one_line_and_nonzero(finished_run, args, message):
@@ -204,6 +212,32 @@ def test_a_closed_stdout_pipe_stops_the_command_quietly():
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_under_the_output_is_one_line():
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "list", "--suite", "all", "--verbose"],
+            cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("bench: error: No space left on device; free some space"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_plugin_that_takes_a_built_in_name_is_blamed(tmp_path):
+    (tmp_path / "dup_plugin.py").write_text(
+        "import archs\n"
+        "from archs import ArchSpec, register\n"
+        "register(ArchSpec(name='segformer-b0', family='X', encoder='x', scale='realtime', paper='', year=2020,"
+        " output_stride=8))(lambda *, num_classes: None)\n"
+    )
+    proc = run_bench("list", "--plugin", "dup_plugin", env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot import model module 'dup_plugin'" in proc.stderr
+    assert "'segformer-b0' is registered twice" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path, capsys):

@@ -165,3 +165,86 @@ def test_generator_cli_refuses_a_folder_with_files(tmp_path, capsys):
     code, _, err = _bench(capsys, "data", "synth", "--dataset", "cityscapes", "--out", str(out), "--num", "2")
     assert code == 2 and "already holds files" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.png")) == before
+
+
+NO_USER = "~segbench-no-such-user"
+
+
+@pytest.mark.parametrize("dataset", ["ade20k", "cityscapes"])
+def test_a_root_in_the_home_of_no_user_is_a_one_line_error(dataset):
+    from bench.errors import BenchError
+
+    with pytest.raises(
+        BenchError, match=f"--data-root {NO_USER}/x: no such user's home .*; give the full path"
+    ) as info:
+        open_dataset(dataset, f"{NO_USER}/x")
+    assert "\n" not in str(info.value)
+
+
+def test_an_image_above_pils_bomb_limit_warns_in_one_line_and_twice_that_is_refused(ade_root, monkeypatch):
+    ds = open_dataset("ade20k", ade_root)
+    big = next(i for i, (image, _) in enumerate(ds.pairs) if Image.open(image).size == (128, 96))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 128 * 96 - 1)  # 12288 pixels: above the limit, below twice it
+    with pytest.warns(UserWarning) as caught:
+        sample = ds[big]
+    assert sample.error is None and sample.image.shape == (3, 96, 128)
+    (warning,) = caught  # one for the pair: the image's (PIL's own, two lines on stderr, is silenced)
+    assert str(warning.message).startswith(f"image {ds.pairs[big][0]} is 128x96 (0 MP), above PIL's")
+    assert warning.filename.endswith("bench/data/base.py")  # printed by the CLI as one `bench: warning:` line
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    error = ds[big].error
+    assert f"image {ds.pairs[big][0]} is too large to decode" in error and "downscaled copy" in error
+    assert "\n" not in error
+
+
+def _files(root) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generator_refuses_an_oversized_image_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "ade"
+    code, _, err = _bench(
+        capsys, "data", "synth", "--dataset", "ade20k", "--out", str(out), "--num", "1", "--size", "99999x99999"
+    )
+    assert code == 2 and "--size 99999x99999: pass at most 89 megapixels" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "raised, exit_code, says",
+    [
+        (OSError(28, "No space left on device"), 2, "(No space left on device); free space"),
+        (PermissionError(13, "Permission denied"), 2, "(Permission denied); free space or pass a writable --out"),
+        (KeyboardInterrupt(), 130, "interrupted"),  # the CLI's message
+    ],
+)
+def test_generator_leaves_no_partial_file_and_a_rerun_resumes(tmp_path, capsys, monkeypatch, raised, exit_code, says):
+    args = ["data", "synth", "--dataset", "cityscapes", "--num", "3", "--size", "32x64", "--train-ids", "--seed", "4"]
+    assert _bench(capsys, *args, "--out", str(tmp_path / "clean"))[0] == 0
+    clean = _files(tmp_path / "clean")
+    out = tmp_path / "city"
+    save, calls = Image.Image.save, []
+
+    def failing_save(self, fp, *a, **kw):
+        calls.append(fp)
+        if len(calls) == 5:  # the second pair's label map: half written, then the failure
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG half")
+            raise raised
+        return save(self, fp, *a, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    code, _, err = _bench(capsys, *args, "--out", str(out))
+    assert code == exit_code and len(err.splitlines()) == 1 and says in err, err
+    if exit_code == 2:
+        assert err.startswith("bench: error: cannot write ") and cs_data.LABEL_IDS in err.split(" (")[0]
+    written = _files(out)
+    assert not [p for p in written if p.name.endswith(".part")]  # no temporary file left
+    assert all(clean[p] == data for p, data in written.items() if not p.name.startswith("."))  # none truncated
+    assert 0 < len([p for p in written if not p.name.startswith(".")]) < len(clean)
+    monkeypatch.setattr(Image.Image, "save", save)
+    code, out_text, err = _bench(capsys, *args, "--out", str(out))  # the same command resumes
+    assert code == 0 and "holds 3 generated cityscapes pairs" in out_text, err
+    resumed = {p: d for p, d in _files(out).items() if not p.name.startswith(".")}
+    assert resumed == {p: d for p, d in clean.items() if not p.name.startswith(".")}
+    assert len(open_dataset("cityscapes", out)) == 3

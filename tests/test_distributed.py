@@ -85,3 +85,46 @@ def test_a_bad_file_on_one_rank_stops_every_rank_without_a_hang(setup, tmp_path)
     # torchrun prints its own traceback for the failed ranks; none of segbench's frames may appear
     assert not any(f'File "{ROOT / package}' in proc.stderr for package in ("bench", "archs", "tests"))
     assert not list((tmp_path / "r").glob("*/eval/*"))
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"WORLD_SIZE": "abc"}, "$WORLD_SIZE is 'abc', not a process count or rank; launch with `torchrun"),
+        ({"WORLD_SIZE": "2"}, "$WORLD_SIZE is 2 but $RANK is not set; launch with `torchrun"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "$WORLD_SIZE is 2 but $MASTER_ADDR is not set; launch with `torchrun"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+            "$RANK is 'x', not a process count or rank",
+        ),
+    ],
+)
+@pytest.mark.parametrize("with_benchmark", [False, True])
+def test_a_bad_torchrun_environment_is_a_one_line_error(
+    setup, tmp_path, monkeypatch, capsys, env, says, with_benchmark
+):
+    from bench.cli import main
+
+    _, root, _ = setup
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = ["eval", "toy-w4", "--plugin", "tests.toy_models", "--dataset", "ade20k", "--data-root", str(root)]
+    args += [
+        "--weights",
+        "none",
+        "--results",
+        str(tmp_path / "r"),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    code = main(args + (["--benchmark"] if with_benchmark else []))
+    err = capsys.readouterr().err
+    if with_benchmark and env["WORLD_SIZE"] == "2":
+        says = "--benchmark times one process"  # refused before the group is joined
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("bench: error: ") and says in err, err
+    assert not list((tmp_path / "r").glob("*/eval/*"))

@@ -329,3 +329,99 @@ def test_cuda_evaluation_equals_cpu_and_never_syncs(roots):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert int(matrix.matrix.sum()) == int((target < 19).sum())
+
+
+EVAL_ARGS = [
+    "eval",
+    "toy-w4",
+    "--plugin",
+    "tests.toy_models",
+    "--dataset",
+    "ade20k",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
+
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    from bench.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_path_in_the_home_of_no_user_is_a_one_line_error(roots, tmp_path, capsys):
+    root, results = str(roots["ade20k-small"]), str(tmp_path / "results")
+    for extra, option in (
+        (["--data-root", "~segbench-no-such-user/ade", "--weights", "none"], "--data-root"),
+        (["--data-root", root, "--weights", "~segbench-no-such-user/x.pth"], "--weights"),
+    ):
+        code, _, err = _main(capsys, *EVAL_ARGS, *extra, "--results", results)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"bench: error: {option} ~segbench-no-such-user/") and "give the full path" in err
+
+
+def test_an_image_too_large_for_memory_names_it_and_its_size(roots, tmp_path, capsys, monkeypatch):
+    from bench.evaluate import inference
+
+    def refuse(logits, size, align_corners):  # what a 12000x12000 label asks of the host: 86 GB
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 86400000000 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    monkeypatch.setattr(inference, "resize_logits", refuse)
+    results = tmp_path / "results"
+    root = roots["ade20k-small"]
+    code, out, err = _main(capsys, *EVAL_ARGS, "--data-root", str(root), "--weights", "none", "--results", str(results))
+    first = root / "images" / "validation" / "ADE_val_00000001.jpg"
+    width, height = Image.open(first).size
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"image {first} ({width}x{height}) ran out of cpu memory" in err
+    assert f"its 150-class logits at the label's size alone take {150 * width * height * 4 / 1e9:.3g} GB" in err
+    assert "evaluate a downscaled copy of it and its label map" in err
+    assert not list(results.rglob("*.json")) and "mIoU" not in out
+
+
+def test_a_builder_that_raises_is_a_one_line_error(roots, tmp_path, capsys, monkeypatch):
+    import archs
+
+    def broken_build(name, **kwargs):
+        raise ValueError("the plugin's head needs 3 stages\nmore detail on a second line")
+
+    monkeypatch.setattr(archs, "build", broken_build)
+    root = str(roots["ade20k-small"])
+    code, _, err = _main(capsys, *EVAL_ARGS, "--data-root", root, "--weights", "none", "--results", str(tmp_path))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("bench: error: building toy-w4 failed (ValueError: the plugin's head needs 3 stages); fix")
+
+
+def test_a_full_disk_loses_no_evaluation(roots, tmp_path, capsys, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    results = tmp_path / "results"
+    real = {name: getattr(Path, name) for name in ("write_text", "write_bytes")}
+
+    def full(name):
+        def write(self, *args, **kwargs):
+            if results in self.parents and "toy-w4_ade20k" in self.name:  # the result files and their temporaries
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+            return real[name](self, *args, **kwargs)
+
+        return write
+
+    for name in real:
+        monkeypatch.setattr(Path, name, full(name))
+    root = str(roots["ade20k-small"])
+    code, out, err = _main(capsys, *EVAL_ARGS, "--data-root", root, "--weights", "none", "--results", str(results))
+    assert code == 2 and len(err.splitlines()) == 1 and "No space left on device" in err, err
+    assert "per_class.csv" in err and "the whole result is on stdout, as one line of JSON" in err
+    assert "mIoU" in out  # the summary, then every number of the result
+    saved = json.loads(out.strip().splitlines()[-1])
+    assert saved["num_images"] == 3 and len(saved["confusion"]) == 150 and saved["weights"]["source"] == "none"
+    gts = _ground_truth("ade20k", roots["ade20k-small"])
+    assert np.array(saved["confusion"]).sum() == sum(int((g < 255).sum()) for g in gts)
+    assert not list(results.rglob("*toy-w4*"))  # no temporary file left either

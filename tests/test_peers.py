@@ -41,15 +41,18 @@ def test_unknown_arch_without_peer_is_an_error():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (("--modes", "graph,graph-fused"), "CUDA modes only; on a CPU pass --modes eager"),
-        (("--sizes", ","), "--sizes: pass at least one HxW"),
+        (("--modes", "graph,graph-fused"), ["CUDA modes only; on a CPU pass --modes eager"]),
+        (("--sizes", ","), ["--sizes: pass at least one HxW"]),
+        (("--modes", ""), ["bench: error: --modes", "at least one"]),  # not "--modes : CUDA modes only"
+        (("--modes", ","), ["bench: error: --modes", "at least one"]),
     ],
 )
 def test_a_peers_run_with_nothing_to_time_on_a_cpu_is_an_error(tmp_path, capsys, options, message):
     from bench.cli import main
 
     assert main(["peers", "--device", "cpu", "--arch", "segformer-b0", "--results", str(tmp_path), *options]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert all(part in err for part in message) and len(err.splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
 
 
@@ -86,3 +89,75 @@ def test_the_peers_command_writes_every_row_at_once_and_resumes(tmp_path, monkey
     assert not wide["same_work"] and wide["peer_gflops"] > wide["ours_gflops"]
     assert "broken peer" in capsys.readouterr().err
     assert "wider toy peer" in (csv.parent / "peers.md").read_text()
+
+
+@pytest.fixture
+def toy_peers(tmp_path, monkeypatch, capsys):
+    """`bench peers` on one toy pair in this process: a function of extra options -> (exit status, stderr)."""
+    import warnings
+
+    from bench.cli import main
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() installs its own
+    monkeypatch.setattr(peers, "PAIRS", (peers.PeerPair("toy-w4", "toy peer", lambda n: ToyNet(n, 8), "torch"),))
+    monkeypatch.setattr("bench.protocol.SPEED", {"cpu": FAST, "cuda": FAST})
+
+    def run(*options):
+        code = main(["peers", "--device", "cpu", "--sizes", "32x32", "--modes", "eager", "--results", str(tmp_path)])
+        return code, capsys.readouterr().err
+
+    return run
+
+
+TORN_AT = {  # where a writer was cut short: in which column, after how many of its characters
+    "after the mode": ("mode", 6),
+    "inside the mode": ("mode", 4),
+    "inside a timing": ("ratio", 2),  # 1.2345 cut to 1.: still a number
+    "inside the last value": ("commit", 3),
+}
+
+
+@pytest.mark.parametrize("column, keep", TORN_AT.values(), ids=TORN_AT.keys())
+def test_a_torn_peers_row_is_dropped_with_a_warning_and_measured_again(tmp_path, toy_peers, column, keep):
+    assert toy_peers()[0] == 0
+    (csv,) = tmp_path.glob("*/peers.csv")
+    header, row = csv.read_text().splitlines()
+    fields = row.split(",")
+    at = header.split(",").index(column)
+    csv.write_text(f"{header}\n" + ",".join(fields[:at] + [f"{fields[at]},"[:keep]]))  # a writer cut short
+    with pytest.warns(UserWarning, match=f"{csv}: dropping 1 incomplete row .*`bench peers` measures them again"):
+        code, err = toy_peers()
+    assert code == 0 and "1 ok, 0 failed, 0 skipped" in err, err
+    table = pd.read_csv(csv)
+    assert list(table["mode"]) == ["eager"] and table[["ours_ms", "peer_ms", "ratio"]].notna().all(axis=None)
+    code, err = toy_peers()  # now measured: skipped, and nothing written, so nothing said to be
+    assert code == 0 and "0 ok, 0 failed, 1 skipped" in err and "wrote" not in err, err
+    assert pd.read_csv(csv).equals(table)
+
+
+def test_a_peers_csv_that_cannot_be_written_stops_the_command_with_one_line_and_keeps_the_old_one(
+    tmp_path, toy_peers, monkeypatch
+):
+    import errno
+    from pathlib import Path
+
+    assert toy_peers()[0] == 0
+    (csv,) = tmp_path.glob("*/peers.csv")
+    before = csv.read_bytes()
+    csv.with_name("peers.md").unlink()
+    csv.write_bytes(before.replace(b",eager,", b",eager-fused,"))  # a row the next run does not skip
+    before = csv.read_bytes()
+    real = Path.write_bytes
+
+    def disk_full(path, data):
+        real(path, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    code, err = toy_peers()
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"bench: error: cannot write {csv} (No space left on device); make it a writable file in a writable folder "
+        "with free space (or move aside what is there) and rerun"
+    )
+    assert csv.read_bytes() == before and sorted(p.name for p in csv.parent.iterdir()) == ["peers.csv"]

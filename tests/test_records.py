@@ -1,17 +1,22 @@
 """Records: atomic appends, dedupe of finished measurements, torn lines, concurrent writers."""
 
+import errno
 import json
 import multiprocessing as mp
+import warnings
+from pathlib import Path
 
 import pytest
 
-from bench.records import RecordStore, new_record, read_records, record_key
+from bench.errors import BenchError
+from bench.records import RecordStore, new_record, read_records, record_key, write_text_atomic
 
 
 def rec(arch="a", status="ok", **kw):
     return new_record(
-        arch=arch, dataset="ade20k", kind="params", mode=None, protocol="1", device_slug="dev", status=status, **kw
-    )
+        arch=arch, dataset="ade20k", kind="params", mode=None, protocol="1", device="cpu", device_slug="dev",
+        status=status, **kw,
+    )  # fmt: skip
 
 
 def test_append_and_read_back(tmp_path):
@@ -50,9 +55,9 @@ def test_torn_last_line_is_skipped_and_next_append_starts_a_new_line(tmp_path):
         f.write(b'{"schema": 1, "arch": "torn", "dat')  # a writer killed mid-line
     with pytest.warns(UserWarning, match="torn"):
         assert [r["arch"] for r in store.read()] == ["a"]
-    with pytest.warns(UserWarning, match="torn"):  # an append reads the file for the keys already recorded
+    with warnings.catch_warnings():  # an append reads the file again: the same bad line is not warned of twice
+        warnings.simplefilter("error")
         store.append([rec("b")])
-    with pytest.warns(UserWarning, match="torn"):
         assert [r["arch"] for r in read_records(store.path)] == ["a", "b"]
 
 
@@ -72,8 +77,101 @@ def test_a_line_that_is_not_a_whole_record_is_skipped(tmp_path, line):
         f.write(json.dumps(line) + "\n")
     with pytest.warns(UserWarning, match="corrupt"):
         store.append([rec("b")])
-    with pytest.warns(UserWarning, match="corrupt"):
         assert [r["arch"] for r in store.read()] == ["a", "b"]
+
+
+BAD_VALUES = {
+    "provenance not an object": {**rec("x"), "provenance": "oops"},
+    "no device": {k: v for k, v in rec("x").items() if k != "device"},
+    "params_m a string": rec("x", value={"params_m": "3.7"}),
+    "params_m a list": rec("x", value={"params_m": [3.7]}),
+    "params_m a bool": rec("x", value={"params_m": True}),
+    "gflops a string": {**rec("x", value={"gflops": "1", "input_size": [64, 64]}), "kind": "flops"},
+    "input_size a word": {**rec("x", value={"gflops": 1.0, "input_size": "big"}), "kind": "flops"},
+    "input_size not positive": {**rec("x", value={"gflops": 1.0, "input_size": [64, 0]}), "kind": "flops"},
+    "median_ms a string": {**rec("x", value={"median_ms": "x", "fps": 1.0}), "kind": "latency", "mode": "eager"},
+    "settings a list": {**rec("x"), "settings": [512, 512]},
+}
+
+
+@pytest.mark.parametrize("line", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_a_whole_record_with_values_of_the_wrong_type_is_skipped_like_a_corrupt_line(tmp_path, line):
+    store = RecordStore(tmp_path, "dev")
+    store.append([rec("a")])
+    with open(store.path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    with pytest.warns(UserWarning, match=r"records.jsonl: skipping 1 unreadable line \(2\)"):
+        assert [r["arch"] for r in store.read()] == ["a"]
+    assert store.done() == {record_key(rec("a"))}  # not done: `bench run` measures it again
+    assert json.loads(store.path.read_text().splitlines()[1]) == line  # skipped, not removed
+
+
+def test_a_failed_record_is_kept_whatever_its_values(tmp_path):
+    store = RecordStore(tmp_path, "dev")
+    store.append([{**rec("a", status="error", error="boom", value={"params_m": "?"}), "provenance": "?"}])
+    assert [r["arch"] for r in store.read()] == ["a"]
+
+
+def test_many_bad_lines_give_one_warning_naming_how_many_and_where(tmp_path):
+    store = RecordStore(tmp_path, "dev")
+    store.append([rec("a")])
+    with open(store.path, "a") as f:
+        f.write("[" * 100_000 + "\n")  # too deep for the JSON parser: RecursionError, not a crash
+        f.write("garbage\n" * 30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store.append([rec("b")])  # reads the file for the keys recorded
+        assert [r["arch"] for r in read_records(store.path)] == ["a", "b"]  # read again: not warned again
+    (warning,) = caught
+    message = str(warning.message)
+    assert message.startswith(f"{store.path}: skipping 31 unreadable lines (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ...)")
+    assert "\n" not in message and "`bench run` measures what they held again" in message
+
+
+@pytest.mark.parametrize("how", ["a folder in its place", "no permission"])
+def test_a_records_file_that_cannot_be_read_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys, how):
+    from bench.cli import main
+
+    store = RecordStore(tmp_path, "dev")
+    if how == "a folder in its place":
+        store.path.mkdir(parents=True)
+    else:  # the tests run as root, who reads any file: the refusal is simulated
+        store.append([rec("a")])
+        real = Path.read_bytes
+
+        def refuse(path):
+            if path == store.path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path)
+
+        monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(BenchError, match=f"{store.path}: cannot read the records"):
+        store.read()
+    assert main(["table", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: error: {store.path}: cannot read the records (") and len(err.splitlines()) == 1
+    assert "chmod u+rw" in err and not (tmp_path / "dev" / "table.md").exists()
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_leaves_no_temporary_and_names_the_path(tmp_path, monkeypatch):
+    target = tmp_path / "table.md"
+    target.write_text("old")
+    real = Path.write_bytes
+
+    def disk_full(path, data):
+        real(path, data[:3])  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(BenchError, match=rf"cannot write {target} \(No space left on device\)"):
+        write_text_atomic(target, "new table")
+    monkeypatch.undo()
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["table.md"]
+    folder = tmp_path / "speed.md"
+    folder.mkdir()  # a folder where the file goes
+    with pytest.raises(BenchError, match=rf"cannot write {folder} \(Is a directory\)"):
+        write_text_atomic(folder, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["speed.md", "table.md"] and folder.is_dir()
 
 
 def test_unwritable_results_folder_is_a_one_line_error(tmp_path):

@@ -32,6 +32,7 @@ def test_duplicate_registration_is_refused():
     [
         ("raise RuntimeError('broken at import')", "RuntimeError: broken at import"),
         ("def f(:\n", "SyntaxError"),
+        ("import sys\nsys.exit(0)\n", "SystemExit: 0"),  # not the end of the command, with exit status 0
         ("import archs\narchs.register(archs.get_spec('toy-w4'))(lambda *, num_classes: None)\n", "registered twice"),
     ],
 )

@@ -218,3 +218,104 @@ def test_a_model_that_adds_a_step_to_another_gets_the_steps_own_cost():
 def test_measured_miou_is_shown_beside_the_published_with_the_difference_in_points():
     records = [rec("toy-w8", "ade20k", "miou", {"mIoU": 16.5}, mode="eager")]  # toy-w8 publishes 18.0
     assert "16.50 / 18.0 (-1.50)" in to_markdown(build_frame(records), device="cuda", provenance=None)
+
+
+@pytest.fixture
+def table_cli(monkeypatch, capsys):
+    """`bench.cli.main` in this process: (exit status, stderr)."""
+    import warnings
+
+    from bench.cli import main
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() installs its own
+
+    def run(*args):
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def _store(tmp_path, records):
+    from bench.records import RecordStore
+
+    store = RecordStore(tmp_path, "dev")
+    store.append(records, replace_ok=True)
+    return store
+
+
+WRONG_TYPES = {
+    "provenance a string": {**RECORDS[0], "provenance": "oops"},
+    "params_m a string": rec("toy-w8", "ade20k", "params", {"params_m": "0.01"}),
+    "gflops a list": rec("toy-w8", "ade20k", "flops", {"gflops": [1.0], "input_size": [64, 64]}),
+    "input_size a word": rec("toy-w8", "ade20k", "flops", {"gflops": 1.0, "input_size": "big"}),
+    "median_ms a string": rec("toy-w8", "ade20k", "latency", {"fps": 1.0, "median_ms": "x"}, mode="eager"),
+}
+
+
+@pytest.mark.parametrize("bad", WRONG_TYPES.values(), ids=WRONG_TYPES.keys())
+def test_a_record_of_the_wrong_value_types_is_skipped_with_a_warning_and_the_table_is_written(tmp_path, table_cli, bad):
+    store = _store(tmp_path, [*RECORDS, {**bad, "id": "bad"}])  # the newest of its key: the one tabulated
+    before = store.path.read_bytes()
+    with pytest.warns(UserWarning, match=r"records.jsonl: skipping 1 unreadable line \(6\)"):
+        code, err = table_cli("table", "--results", str(tmp_path))
+    assert code == 0, err
+    frame = pd.read_csv(tmp_path / "dev" / "table.csv").set_index("arch")
+    assert frame.loc["toy-w8", "params_m"] == 0.0101 and frame.loc["toy-w8", "ade20k_fps_eager"] == 250.0
+    assert store.path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"peaks": "x"}', '{"peaks": 5}', '{"peaks": [1, 2]}', '{"peaks": {"matmul_fp32_tflops": "b"}}', "[1]", "{", None],
+    ids=["string", "number", "list", "string ceiling", "not an object", "unparsable", "a folder"],
+)
+def test_a_malformed_peaks_file_is_ignored_with_a_warning_naming_it_and_the_fix(tmp_path, content):
+    from bench.measure.roofline import read_peaks
+    from bench.report import write_reports
+
+    _store(tmp_path, GPU_RECORDS)
+    peaks = tmp_path / "dev" / "peaks.json"
+    if content is None:
+        peaks.mkdir()
+    else:
+        peaks.write_text(content)
+    with pytest.warns(UserWarning, match=rf"{peaks}: device ceilings unreadable .*delete it, and the next GPU"):
+        paths = write_reports(tmp_path, "dev", plots=False)
+    assert {p.name for p in paths} == {"table.md", "table.csv", "speed.md", "reported.csv"}
+    assert "Device ceilings (matmul TFLOP/s, copy TB/s): not measured" in (tmp_path / "dev" / "speed.md").read_text()
+    if peaks.is_dir():
+        peaks.rmdir()
+    peaks.write_text('{"peaks": {"matmul_fp32_tflops": 50.0}, "provenance": {}}')
+    assert read_peaks(tmp_path / "dev")["peaks"] == {"matmul_fp32_tflops": 50.0}
+
+
+@pytest.mark.parametrize("target", ["reported.csv", "dev/table.md", "dev/plots"])
+def test_a_report_file_that_cannot_be_written_is_a_one_line_error_and_leaves_no_temporary(tmp_path, table_cli, target):
+    store = _store(tmp_path, RECORDS)
+    before = store.path.read_bytes()
+    path = tmp_path / target
+    if target == "dev/plots":
+        path.touch()  # a file where the folder goes
+    else:
+        path.mkdir()  # a folder where the file goes
+    code, err = table_cli("plot", "--results", str(tmp_path))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("bench: error: ") and str(path) in err and "move aside what is there" in err
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
+    assert store.path.read_bytes() == before
+
+
+def test_a_table_of_only_failed_records_says_so_not_that_the_protocol_is_wrong(tmp_path, table_cli):
+    failed = [
+        {**rec("toy-w8", "ade20k", kind, None), "status": "error", "error": f"RuntimeError: {kind} broke\n  at line"}
+        for kind in ("params", "flops")
+    ]
+    store = _store(tmp_path, failed)
+    code, err = table_cli("table", "--results", str(tmp_path))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert (
+        f"no successful record in {store.path} (2 failed, the last toy-w8 ade20k flops: RuntimeError: flops broke "
+        "at line); `bench run` measures them again" in err
+    )
+    assert "--protocol" not in err and not (tmp_path / "dev" / "table.md").exists()

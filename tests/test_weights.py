@@ -229,3 +229,48 @@ def test_weights_cli_lists_the_registry(tmp_path, monkeypatch, capsys):
     assert str(tmp_path) in out
     assert main(["weights", "fetch", "toy-w4", "--plugin", "tests.toy_models"]) == 2
     assert "toy-w4 has no official ade20k checkpoint" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_meta_tensors_is_a_one_line_error(tmp_path, monkeypatch):
+    spec = ArchSpec(name="toy-meta", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
+    model = ToyNet(150, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({k: v.to("meta") for k, v in ToyNet(150, 4).state_dict().items()}, tmp_path / "meta.pth")
+    with pytest.raises(BenchError) as info:
+        load_weights(model, spec, "ade20k", tmp_path / "meta.pth")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'meta.pth'} holds meta tensors (shapes, no data: 11 of 11, first stem.")
+    assert "save the state dict of a materialised model" in message and "\n" not in message
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is untouched
+
+    def refuse(self, state, strict=True):  # any other failure of torch's copy: its first reason, on one line
+        raise RuntimeError(
+            'Error(s) in loading state_dict for ToyNet:\n\tWhile copying the parameter named "down.bias", '
+            "an exception occurred : ('boom',).\n\tWhile copying the parameter named \"classifier.bias\", ..."
+        )
+
+    torch.save(ToyNet(150, 4).state_dict(), tmp_path / "fine.pth")
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", refuse)
+    with pytest.raises(BenchError) as info:
+        load_weights(model, spec, "ade20k", tmp_path / "fine.pth")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'fine.pth'} does not load into the model (While copying the parameter")
+    assert '"down.bias"' in message and "classifier" not in message and "\n" not in message
+
+
+def test_a_path_in_the_home_of_no_user_is_a_one_line_error(monkeypatch, capsys):
+    from bench.cli import main
+
+    spec = ArchSpec(name="toy-home", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
+    for call in (
+        lambda: read_checkpoint("~segbench-no-such-user/x.pth"),
+        lambda: load_weights(ToyNet(150, 4), spec, "ade20k", "~segbench-no-such-user/x.pth"),
+    ):
+        with pytest.raises(BenchError, match=r"^--weights ~segbench-no-such-user/x.pth: no such user's home") as info:
+            call()
+        assert "give the full path" in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setenv("SEGBENCH_WEIGHTS", "~segbench-no-such-user/weights")
+    assert main(["weights", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: $SEGBENCH_WEIGHTS ~segbench-no-such-user/weights: no such user's home")
+    assert len(err.splitlines()) == 1

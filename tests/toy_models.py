@@ -66,3 +66,10 @@ class Fault(ToyNet):
 
 for fault in ("raise", "oom", "hang", "kill"):
     register(_spec(f"fault-{fault}", input_size=SMALL))(lambda *, num_classes, _f=fault: Fault(num_classes, _f))
+
+
+def _broken_builder(*, num_classes: int):
+    raise ValueError("injected fault in the builder")
+
+
+register(_spec("fault-build", input_size=SMALL))(_broken_builder)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import archs
-from bench.errors import BenchError
+from bench.errors import BenchError, described
 
 PLUGIN_ENV = "SEGBENCH_PLUGINS"
+MAX_SIDE = 16384  # --size / --sizes: 16 times the protocol's 1024 rows; one 3-channel fp32 input is then 3 GiB
 
 
 def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
@@ -23,20 +25,25 @@ def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_plugins(args: argparse.Namespace) -> list[str]:
     """Import the --plugin modules (and $SEGBENCH_PLUGINS); returns them for child processes."""
-    modules = csv_list(args.plugin) + csv_list([os.environ.get(PLUGIN_ENV, "")])
+    modules = csv_list(args.plugin, "--plugin") + csv_list([os.environ.get(PLUGIN_ENV, "")])
     for module in modules:
         archs.import_models(module)
     return modules
 
 
-def csv_list(values: list[str] | None) -> list[str]:
-    """Flatten repeated and comma-separated options, dropping empty items, keeping order."""
+def csv_list(values: list[str] | None, option: str | None = None) -> list[str]:
+    """Flatten repeated and comma-separated options, dropping empty items, keeping order.
+
+    With ``option``, an option given with nothing in it (``--arch ""``) is a `BenchError`, not its default.
+    """
     out: list[str] = []
     for value in values or []:
         for item in value.split(","):
             item = item.strip()
             if item and item not in out:
                 out.append(item)
+    if option and values and not out:
+        raise BenchError(f"{option}: empty; give at least one value (or leave the option out for its default)")
     return out
 
 
@@ -44,7 +51,7 @@ def parse_modes(text: str) -> list[str]:
     """The speed modes of a comma-separated ``--modes``; a `BenchError` naming the choices otherwise."""
     from bench import protocol as proto
 
-    modes = csv_list([text])
+    modes = csv_list([text], "--modes")
     for mode in modes:
         if mode not in proto.MODES:
             raise BenchError(f"--modes: unknown mode {mode!r}; choose from {', '.join(proto.MODES)}")
@@ -69,6 +76,8 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
         raise BenchError(f"{option}: {text!r} is not HxW (e.g. 512x512)") from None
     if h <= 0 or w <= 0:
         raise BenchError(f"{option}: {text!r} needs a positive height and width (e.g. 512x512)")
+    if max(h, w) > MAX_SIDE:
+        raise BenchError(f"{option}: {text!r} is over {MAX_SIDE} pixels a side; the protocol's largest is 1024x2048")
     return h, w
 
 
@@ -83,6 +92,8 @@ def resolve_device(requested: str | None) -> str:
     except RuntimeError:
         raise BenchError(f"--device {requested!r}: expected cuda, cuda:N or cpu") from None
     if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise BenchError(f"--device {requested!r}: the CPU has no device index; use --device cpu")
         return "cpu"
     if device.type != "cuda":
         raise BenchError(f"--device {requested!r}: expected cuda, cuda:N or cpu")
@@ -109,3 +120,25 @@ def job_progress(console):
         console=console,
         transient=True,
     )
+
+
+def path_arg(text: str) -> Path:
+    """argparse ``type`` of a path option: ``~`` expanded; an empty or unexpandable one is a usage error."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; give a folder (or leave the option out for its default)")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of no such user
+        raise argparse.ArgumentTypeError(f"{text}: no such user's home; give the full path") from None
+
+
+def build_model(name: str, num_classes: int):
+    """``archs.build``, with a builder that fails (a plugin's) as a `BenchError` naming the model."""
+    try:
+        return archs.build(name, num_classes=num_classes)
+    except archs.UnknownArchError:
+        raise
+    except Exception as exc:
+        raise BenchError(
+            f"building {name} failed ({described(exc)}); fix the model's builder (or its --plugin module)"
+        ) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from bench.commands.common import path_arg
 from bench.errors import BenchError
 
 
@@ -18,7 +19,12 @@ def register(subparsers) -> None:
         "leftImg8bit + gtFine), to smoke-test `bench eval` on a box or benchmark its input pipeline.",
     )
     synth.add_argument("--dataset", required=True, choices=("ade20k", "cityscapes"))
-    synth.add_argument("--out", required=True, help="output folder (its split folders must be empty or absent)")
+    synth.add_argument(
+        "--out",
+        required=True,
+        type=path_arg,
+        help="output folder (its split folders must be empty or absent; rerun an interrupted command to resume)",
+    )
     synth.add_argument("--num", type=int, required=True, help="number of image/label pairs")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--size", default=None, help="HxW of every image (default: ADE20K-like sizes; 1024x2048)")
@@ -31,6 +37,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise BenchError(f"--num {args.num}: pass a positive number of images")
+    if args.seed < 0:
+        raise BenchError(f"--seed {args.seed}: pass a seed of 0 or more")
     kwargs = {"seed": args.seed}
     if args.size:
         match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", args.size)
@@ -43,6 +51,6 @@ def run_synth(args: argparse.Namespace) -> int:
             raise BenchError("--train-ids applies to --dataset cityscapes only")
         kwargs["train_ids"] = True
     root = synthetic.write(args.dataset, args.out, args.num, **kwargs)
-    print(f"wrote {args.num} {args.dataset} pairs under {root}")
+    print(f"{root} holds {args.num} generated {args.dataset} pairs")
     print(f"  try: bench eval ARCH --dataset {args.dataset} --data-root {root} --weights none")
     return 0

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import archs
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, load_plugins, resolve_device
+from bench.commands.common import add_plugin_argument, build_model, load_plugins, path_arg, resolve_device
 from bench.errors import BenchError
 
 
@@ -39,7 +38,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--mode", choices=("whole", "slide"), default=None, help="override the published inference mode")
     p.add_argument("--aug-test", action="store_true", help="multi-scale (0.5-1.75) + flip test")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: up to 8)")
     p.add_argument("--split", default=None, help="dataset split (default: the validation split)")
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bench.data import open_dataset
-    from bench.evaluate import evaluate
-    from bench.evaluate.outputs import write_outputs
+    from bench.evaluate import distributed, evaluate
+    from bench.evaluate.outputs import result_json, write_outputs
     from bench.provenance import device_slug, provenance
     from bench.records import ensure_writable_folder
     from bench.weights import load_weights
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.limit is not None and args.limit < 1:
         raise BenchError(f"--limit {args.limit}: pass a positive number of images")
-    if args.benchmark and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.world_size() > 1 and args.benchmark:  # a bad $WORLD_SIZE fails before any download
         raise BenchError("--benchmark times one process on one GPU against its model alone: run it without torchrun")
     if args.workers is not None and args.workers < 0:
         raise BenchError(f"--workers {args.workers}: pass 0 (decode in this process) or more worker processes")
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     num_classes = proto.dataset(args.dataset).num_classes
     # random weights (--weights none) are the same in every process and run: torchrun's ranks share one model
     torch.manual_seed(proto.MODEL_SEED)
-    model = archs.build(spec.name, num_classes=num_classes)
+    model = build_model(spec.name, num_classes)
     loaded = load_weights(model, spec, args.dataset, args.weights)
     options = dict(device=device, mode=args.mode, aug_test=args.aug_test, workers=args.workers, limit=args.limit)
     timing = None
@@ -118,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
             f"images/s ({100 * timing.ratio:.1f}% of the model alone)"
         )
         extra["benchmark"] = {"model_only": timing.model_only, "evaluation": timing.evaluation, "ratio": timing.ratio}
-    csv_path, json_path = write_outputs(result, folder, extra)
+    try:
+        csv_path, json_path = write_outputs(result, folder, extra)
+    except BenchError as exc:  # the evaluation is not lost with the file: the whole result goes to stdout
+        print(result_json(result, extra, indent=None), end="", flush=True)
+        raise BenchError(f"{exc} (the whole result is on stdout, as one line of JSON)") from None
     print(f"  per-class IoU: {csv_path}\n  result + confusion matrix: {json_path}")
     return 0

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     load_plugins(args)
-    suite = get_suite(args.suite) if args.suite else None
+    suite = get_suite(args.suite) if args.suite is not None else None
     names = suite.names() if suite else archs.list_archs()
     rows = []
     for name in names:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench import protocol as proto
 from bench.commands.common import (
     add_plugin_argument,
+    build_model,
     csv_list,
     load_plugins,
     parse_dataset,
     parse_modes,
+    path_arg,
     resolve_device,
 )
-from bench.errors import BenchError
+from bench.errors import BenchError, is_out_of_memory
 from bench.records import ensure_writable_folder, write_text_atomic
 
 
@@ -27,13 +30,14 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default="ade20k", help="protocol dataset (input size, classes)")
     p.add_argument("--modes", default="eager,graph", help="speed modes")
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
-    p.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/<device>/overhead.md")
+    p.add_argument("--results", type=path_arg, default=Path("results"), help="writes <results>/<device>/overhead.md")
     add_plugin_argument(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
+    import torch
 
     import archs
     from bench.measure.speed import bare_latency, measure_latency
@@ -41,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from bench.suites import get_suite
 
     load_plugins(args)
+    if not torch.cuda.is_available() or resolve_device(args.device) == "cpu":
+        raise BenchError("bench overhead compares CUDA-event loops: run it on a GPU machine (--device cuda or cuda:N)")
     device = resolve_device(args.device)
-    if device == "cpu":
-        raise BenchError("bench overhead compares CUDA-event loops: run it on a GPU (--device cuda)")
-    names = csv_list(args.arch) or get_suite("realtime").names()
+    names = csv_list(args.arch, "--arch") or get_suite("realtime").names()
+    for name in names:
+        archs.get_spec(name)  # every name checked before the first measurement
     ds = parse_dataset(args.dataset)
     modes = parse_modes(args.modes)
     folder = args.results / device_slug(device)
@@ -62,9 +68,18 @@ def run(args: argparse.Namespace) -> int:
         spec = archs.get_spec(name)
         size = proto.input_size(spec, ds.name)
         for mode in modes:
-            model = archs.build(name, num_classes=ds.num_classes)
-            ours = measure_latency(model, size, device=device, mode=mode, protocol=speed)
-            bare = bare_latency(model, size, device=device, mode=mode, protocol=speed, steps=ours.steps * ours.repeats)
+            try:
+                model = build_model(name, ds.num_classes)
+                ours = measure_latency(model, size, device=device, mode=mode, protocol=speed)
+                bare = bare_latency(
+                    model, size, device=device, mode=mode, protocol=speed, steps=ours.steps * ours.repeats
+                )
+            except (RuntimeError, MemoryError) as exc:  # out of memory: this row is left out, the others go on
+                if not is_out_of_memory(exc):
+                    raise
+                print(f"{name} {mode}: out of memory at {size[0]}x{size[1]}, left out", file=sys.stderr)
+                torch.cuda.empty_cache()
+                continue
             rows.append(
                 {
                     "arch": name,
@@ -81,5 +96,7 @@ def run(args: argparse.Namespace) -> int:
             write_text_atomic(
                 folder / "overhead.md", pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + note
             )
+    if not rows:
+        raise BenchError("bench overhead: no model could be measured (each ran out of memory); see above")
     print(f"wrote {folder / 'overhead.md'}")
     return 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from bench import protocol as proto
-from bench.commands.common import csv_list, job_progress, parse_modes, parse_size, resolve_device
+from bench.commands.common import csv_list, job_progress, parse_modes, parse_size, path_arg, resolve_device
 from bench.errors import BenchError, described, first_line
 from bench.peers import SAME_WORK
 from bench.records import ensure_writable_folder, write_text_atomic
@@ -27,12 +29,13 @@ def register(subparsers) -> None:
         help="speed modes (graph modes need CUDA and are left out on a CPU)",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/<device>/peers.md|csv")
+    p.add_argument("--results", type=path_arg, default=Path("results"), help="writes <results>/<device>/peers.md|csv")
     p.add_argument("--force", action="store_true", help="measure again the rows already in peers.csv")
     p.set_defaults(handler=run)
 
 
 KEY = ["ours", "peer", "input", "mode"]
+MEASURED = ["ours_ms", "peer_ms", "ratio"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     device = resolve_device(args.device)
-    modes = parse_modes(args.modes)
+    modes = parse_modes(args.modes)  # an empty --modes is its error, not "CUDA modes only" below
     if device == "cpu":
         gpu_only = [m for m in modes if proto.needs_cuda(m)]
         modes = [m for m in modes if m not in gpu_only]
@@ -97,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
                 progress.advance(task)
                 continue
             row["commit"] = commit
-            table.add(row, prov)  # written at once: a run cut short keeps what it measured
+            # written at once: a run cut short keeps what it measured; outside the try, as a failed write
+            # (a `BenchError`, the previous file intact) stops the command rather than the next pair's turn
+            table.add(row, prov)
             counts["ok"] += 1
             console.print(
                 f"  {label}: {row['ours_ms']:.2f} ms vs {row['peer_ms']:.2f} ms -> {row['ratio']:.2f}x"
@@ -109,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if counts["ok"] == 0 and counts["skipped"] == 0:
         raise BenchError("no peer comparison ran; see the failures above")
-    console.print(f"wrote {table.md} and {table.csv.name}")
+    if counts["ok"]:
+        console.print(f"wrote {table.md} and {table.csv.name}")
     return 1 if counts["failed"] else 0  # as `bench run`: 1 when anything failed
 
 
@@ -117,7 +123,8 @@ class PeersTable:
     """``peers.csv`` and ``peers.md`` of one device folder, rewritten (atomically) after every row.
 
     Rows already there are kept; a row measured again replaces the one with the same pair, input
-    and mode.
+    and mode. A row without its key or timings, or of an unknown mode (a row torn by a run cut short
+    by an older writer), is dropped with a warning, and so measured again.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -127,13 +134,34 @@ class PeersTable:
         self.frame = pd.DataFrame()
         if self.csv.exists():
             try:
-                self.frame = pd.read_csv(self.csv)
+                data = self.csv.read_bytes()
+                self.frame = pd.read_csv(io.BytesIO(data))
             except (OSError, ValueError, pd.errors.ParserError) as exc:
                 raise BenchError(
                     f"{self.csv}: unreadable ({first_line(exc)}); move it aside and rerun (a new one is started)"
                 ) from None
-            if not set(KEY) <= set(self.frame.columns):
-                raise BenchError(f"{self.csv}: not a peers table (no {', '.join(KEY)} columns); move it aside")
+            if not set(KEY + MEASURED) <= set(self.frame.columns):
+                raise BenchError(
+                    f"{self.csv}: not a peers table (no {', '.join(KEY + MEASURED)} columns); move it aside"
+                )
+            self._drop_incomplete(torn_tail=not data.endswith(b"\n"))
+
+    def _drop_incomplete(self, torn_tail: bool) -> None:
+        """Drop the rows without their key or timings, of an unknown mode, or (``torn_tail``: the file does not end
+        its last line) the last one, whose last value read may be cut short (1.2345 read as 1.2)."""
+        for column in MEASURED:
+            self.frame[column] = pd.to_numeric(self.frame[column], errors="coerce")
+        whole = self.frame[KEY + MEASURED].notna().all(axis=1) & self.frame["mode"].isin(list(proto.MODES))
+        if torn_tail and len(whole):
+            whole.iloc[-1] = False
+        dropped = int((~whole).sum())
+        if dropped:
+            self.frame = self.frame[whole].reset_index(drop=True)
+            warnings.warn(
+                f"{self.csv}: dropping {dropped} incomplete row{'s' if dropped > 1 else ''} (torn by a run cut "
+                "short, or of an unknown mode); `bench peers` measures them again",
+                stacklevel=2,
+            )
 
     def keys(self) -> set[tuple]:
         if not len(self.frame):

@@ -7,7 +7,15 @@ import re
 from pathlib import Path
 
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, load_plugins, parse_dataset, parse_size, resolve_device
+from bench.commands.common import (
+    add_plugin_argument,
+    build_model,
+    load_plugins,
+    parse_dataset,
+    parse_size,
+    path_arg,
+    resolve_device,
+)
 from bench.errors import BenchError, first_line, is_out_of_memory
 from bench.records import ensure_writable_folder, write_text_atomic
 
@@ -25,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=25, help="operators listed (default 25)")
     p.add_argument("--peer", action="store_true", help="profile the model's peer (`bench peers`) instead of ours")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/<device>/profiles/")
+    p.add_argument("--results", type=path_arg, default=Path("results"), help="writes <results>/<device>/profiles/")
     add_plugin_argument(p)
     p.set_defaults(handler=run)
 
@@ -38,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     load_plugins(args)
     device = resolve_device(args.device)
-    mode = args.mode or ("eager" if device == "cpu" else "graph")
+    mode = args.mode if args.mode is not None else ("eager" if device == "cpu" else "graph")
     if mode not in proto.MODES:
         raise BenchError(f"--mode: unknown mode {mode!r}; choose from {', '.join(proto.MODES)}")
     if device == "cpu" and proto.needs_cuda(mode):
@@ -48,14 +56,14 @@ def run(args: argparse.Namespace) -> int:
             raise BenchError(f"{option} {value}: give a positive number")
     spec = archs.get_spec(args.arch)  # an unknown name: the registry's error with the closest names
     ds = parse_dataset(args.dataset)
-    size = parse_size(args.size, "--size") if args.size else proto.input_size(spec, ds.name)
+    size = parse_size(args.size, "--size") if args.size is not None else proto.input_size(spec, ds.name)
     if args.peer:
         pair = next((p for p in peers.select([spec.name]) if peers.available(p)), None)
         if pair is None:
             raise BenchError(f"the peers of {spec.name} are not installed (pip install -e '.[peers]')")
         subject, model = pair.peer, pair.build_peer(ds.num_classes)
     else:
-        subject, model = spec.name, archs.build(spec.name, num_classes=ds.num_classes)
+        subject, model = spec.name, build_model(spec.name, ds.num_classes)
     folder = args.results / device_slug(device) / "profiles"
     ensure_writable_folder(folder)
     size_text = "x".join(map(str, size))
@@ -71,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         if args.size is None:
             raise
         reason = first_line(exc)
-        raise BenchError(f"{subject} cannot run at --size {args.size} ({reason}); pass a larger --size") from None
+        raise BenchError(
+            f"{subject} cannot run at --size {args.size} ({reason}); pass a size it takes, e.g. the protocol's "
+            f"{'x'.join(map(str, proto.input_size(spec, ds.name)))}"
+        ) from None
     text = _markdown(result, subject, size_text, mode, args.top, provenance(device))
     name = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{subject}-{size_text}-{mode}").strip("-").lower()
     path = folder / f"{name}.md"

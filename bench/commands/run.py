@@ -17,8 +17,10 @@ from bench.commands.common import (
     load_plugins,
     parse_dataset,
     parse_modes,
+    path_arg,
     resolve_device,
 )
+from bench.data.base import expand_user
 from bench.errors import BenchError
 from bench.provenance import device_slug
 from bench.records import OK, RecordStore
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
         "mIoU: --data-root)",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
     p.add_argument("--force", action="store_true", help="measure again what is already recorded")
     p.add_argument("--job-timeout", type=float, default=None, help="seconds per job (default: per measurement)")
     p.add_argument("--shard", default=None, help="i/n: run the i-th of n deterministic shards of the job list")
@@ -82,10 +84,11 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     plugins = load_plugins(args)
-    names = csv_list(args.arch) or get_suite(args.suite).names()
+    suite = get_suite(args.suite)  # checked even when --arch chooses the models
+    names = csv_list(args.arch, "--arch") or suite.names()
     for name in names:
         archs.get_spec(name)
-    datasets = csv_list([args.dataset])
+    datasets = csv_list([args.dataset], "--dataset")
     for d in datasets:
         parse_dataset(d)
     modes = parse_modes(args.modes)
@@ -93,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
     cpu_skips = [m for m in modes if device == "cpu" and proto.needs_cuda(m)]
     modes = [m for m in modes if m not in cpu_skips]
     measurable = ("params", "flops", "latency", "sweep")
-    kinds = csv_list([args.measure or ",".join(measurable if device != "cpu" else measurable[:3])])
+    default_kinds = ",".join(measurable if device != "cpu" else measurable[:3])
+    kinds = csv_list([default_kinds if args.measure is None else args.measure], "--measure")
     for k in kinds:
         if k not in measurable:
             raise BenchError(f"--measure: unknown measurement {k!r}; choose from {', '.join(measurable)}")
@@ -102,11 +106,11 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchError(f"--job-timeout {args.job_timeout:g}: pass a positive number of seconds per job")
     if args.data_root is not None and len(datasets) != 1:
         raise BenchError("--data-root belongs to one dataset: pass it with a single --dataset (ade20k or cityscapes)")
-    if args.data_root is not None and not Path(args.data_root).is_dir():
+    if args.data_root is not None and not expand_user(args.data_root, "--data-root").is_dir():
         raise BenchError(f"--data-root {args.data_root}: no such folder; pass the dataset's root folder")
     if args.weights is not None and args.data_root is None:
         raise BenchError("--weights is the checkpoint of the mIoU jobs: pass it with --data-root DIR")
-    if args.weights not in (None, "official", "none") and not Path(args.weights).expanduser().is_file():
+    if args.weights not in (None, "official", "none") and not expand_user(args.weights, "--weights").is_file():
         raise BenchError(f"--weights {args.weights}: no such file; pass a checkpoint file, official or none")
 
     slug = device_slug(device)

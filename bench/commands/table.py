@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, csv_list, load_plugins
+from bench.commands.common import add_plugin_argument, csv_list, load_plugins, path_arg
 from bench.errors import BenchError
-from bench.records import RecordStore, ensure_writable_folder, iter_record_files
+from bench.records import OK, RecordStore, ensure_writable_folder, iter_record_files
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("table", help="regenerate table.md / table.csv from the records")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
     p.add_argument("--device", default=None, help="only this device folder (default: every folder with records)")
     p.add_argument("--format", default="md,csv", help="md, csv or both (default: md,csv); md is also printed")
     p.add_argument("--protocol", default=proto.PROTOCOL_VERSION, help="protocol version to tabulate")
@@ -53,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
     written, untouched = 0, []
     for slug in device_folders(args.results, args.device):
         ensure_writable_folder(args.results / slug)
-        records = RecordStore(args.results, slug).read()
+        store = RecordStore(args.results, slug)
+        records = store.read()
         paths = write_reports(args.results, slug, args.protocol, plots=args.plots, speeds=speeds, records=records)
         if not paths:
-            found = sorted({r["protocol"] for r in records})
-            untouched.append(f"{args.results / slug} (protocols there: {', '.join(found) or 'none readable'})")
+            untouched.append(_why_untouched(store.path, records, args.protocol))
             continue
         written += 1
         for path in paths:
@@ -71,11 +71,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n## {slug}\n")
             print(table_md.read_text())
     if not written:
-        raise BenchError(
-            f"no successful record of protocol {args.protocol!r} in {'; '.join(untouched)}: nothing to tabulate; "
-            "run `bench run` first, or pass --protocol with a version the records have"
-        )
-    for folder in untouched:
-        print(f"note: no successful record of protocol {args.protocol!r} in {folder}: its tables are left as they are",
-              file=sys.stderr)  # fmt: skip
+        raise BenchError(f"nothing to tabulate: {'; '.join(untouched)}")
+    for why in untouched:
+        print(f"note: {why}; its tables are left as they are", file=sys.stderr)
     return 0
+
+
+def _why_untouched(path: Path, records: list[dict], protocol: str) -> str:
+    """Why a records file gave no table: nothing readable, only failures, or none of ``protocol``."""
+    if not records:
+        return f"no readable record in {path}; run `bench run` first"
+    if not any(r["status"] == OK for r in records):
+        last = records[-1]
+        error = " ".join(str(last.get("error") or last["status"]).split())[:160]  # one line
+        error = f"{last['arch']} {last['dataset']} {last['kind']}: {error}"
+        return (
+            f"no successful record in {path} ({len(records)} failed, the last {error}); `bench run` measures them again"
+        )
+    found = sorted({r["protocol"] for r in records if r["status"] == OK})
+    return (
+        f"no successful record of protocol {protocol!r} in {path.parent} (protocols there: {', '.join(found)}); "
+        "pass --protocol with a version the records have"
+    )

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import IGNORE_INDEX, DataError, SegDataset, apply_lut, pair_files, split_folders
+from bench.data.base import (
+    IGNORE_INDEX,
+    DataError,
+    SegDataset,
+    apply_lut,
+    expand_user,
+    pair_files,
+    split_folders,
+)
 
 SPLITS = {"validation": "validation", "val": "validation", "training": "training", "train": "training"}
 DEFAULT_SPLIT = "validation"
@@ -94,7 +102,7 @@ class ADE20K(SegDataset):
     num_classes = 150
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
-        root = Path(root).expanduser()
+        root = expand_user(root, "--data-root")
         if not root.is_dir():
             raise DataError(f"--data-root {root}: no such folder; pass the ADEChallengeData2016 folder")
         root = find_root(root)

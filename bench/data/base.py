@@ -9,6 +9,8 @@ evaluation loop raises it as a `DataError` in the main process.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,17 @@ class Sample:
         return self
 
 
+def expand_user(path: str | Path, what: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; a `BenchError` naming ``what`` (``--weights``, an
+    environment variable) when that home cannot be found (`Path.expanduser` raises a bare RuntimeError)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        home = str(path).split("/", 1)[0]
+        who = f"no such user's home ({home})" if home != "~" else "no home directory ($HOME is unset)"
+        raise BenchError(f"{what} {path}: {who}; give the full path") from None
+
+
 def first_sample(batch: list[Sample]) -> Sample:
     """DataLoader ``collate_fn`` for batch size 1: images of a split differ in size."""
     return batch[0]
@@ -61,12 +74,37 @@ def _reason(exc: Exception, path: Path) -> str:
     return str(exc).replace(f" '{path}'", "").replace(f"'{path}'", "the file")
 
 
+def open_image(path: Path, what: str, *, warn: bool = True) -> Image.Image:
+    """``Image.open`` with PIL's decompression-bomb guard in our words: above ``Image.MAX_IMAGE_PIXELS`` (89 MP)
+    a one-line warning when ``warn``, not PIL's two (the file is the user's own dataset: it is decoded); above
+    twice that, where PIL refuses to decode, a `DataError` saying so (its logits would not fit in memory either)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(pixels[1]) / 1e6:.0f} MP)" if pixels else ""
+        raise DataError(
+            f"{what} {path} is too large to decode{size}: PIL refuses more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+            "MP (a decompression-bomb guard); evaluate a downscaled copy of the image and its label map"
+        ) from None
+    pixels = img.width * img.height
+    if warn and Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        warnings.warn(
+            f"{what} {path} is {img.width}x{img.height} ({pixels / 1e6:.0f} MP), above PIL's decompression-bomb "
+            f"limit of {Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP; decoding it anyway",
+            stacklevel=2,
+        )
+    return img
+
+
 def read_image(path: Path) -> np.ndarray:
     """``uint8 (H, W, 3)`` RGB; a `DataError` naming the file when it cannot be decoded."""
     try:
-        with Image.open(path) as img:
+        with open_image(path, "image") as img:
             return np.array(img.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError) as exc:
         reason = _reason(exc, path)
         raise DataError(f"cannot read image {path} ({reason}); replace the file with an intact copy") from None
 
@@ -74,10 +112,10 @@ def read_image(path: Path) -> np.ndarray:
 def read_label(path: Path) -> np.ndarray:
     """A single-channel label map as integers; a `DataError` for colour or unreadable files."""
     try:
-        with Image.open(path) as img:
+        with open_image(path, "label map", warn=False) as img:  # its image has warned
             mode = img.mode
             array = np.array(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError) as exc:
         reason = _reason(exc, path)
         raise DataError(f"cannot read label map {path} ({reason}); replace the file with an intact copy") from None
     if array.ndim != 2:

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import IGNORE_INDEX, DataError, SegDataset, apply_lut, pair_files, split_folders
+from bench.data.base import (
+    IGNORE_INDEX,
+    DataError,
+    SegDataset,
+    apply_lut,
+    expand_user,
+    pair_files,
+    split_folders,
+)
 
 SPLITS = {"val": "val", "validation": "val", "train": "train", "training": "train"}
 DEFAULT_SPLIT = "val"
@@ -87,7 +95,7 @@ class Cityscapes(SegDataset):
     num_classes = 19
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
-        root = Path(root).expanduser()
+        root = expand_user(root, "--data-root")
         if not root.is_dir():
             raise DataError(f"--data-root {root}: no such folder; pass the folder holding leftImg8bit and gtFine")
         root = find_root(root)

@@ -10,6 +10,8 @@ model from it that predicts the ground truth exactly.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from PIL import Image
 
 from bench.data import cityscapes
 from bench.data.base import DataError
+from bench.records import ensure_writable_folder, write_text_atomic
 
 LEVELS = np.array([21, 64, 106, 149, 191, 234], dtype=np.int16)
 GRID = 16
@@ -61,14 +64,89 @@ def render(rng: np.random.Generator, label: np.ndarray, noise: int) -> np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _empty_dir(path: Path) -> Path:
-    if path.is_dir() and any(path.iterdir()):
-        raise DataError(f"{path} already holds files; generate into an empty --out folder (nothing was written)")
+# Generated images stay within what the loader decodes without PIL's decompression-bomb warning
+# (Image.MAX_IMAGE_PIXELS, 89 MP; rendering a pair takes about 30 bytes a pixel: 2.7 GB at the limit)
+# and within JPEG's largest side.
+MAX_SIDE = 65500
+MANIFEST = ".segbench-synth.json"  # the options of the set a split folder holds: a rerun resumes it
+FORMATS = {".jpg": "JPEG", ".png": "PNG"}
+
+
+def _check_sizes(sizes: tuple[tuple[int, int], ...]) -> None:
+    limit = Image.MAX_IMAGE_PIXELS or MAX_SIDE * MAX_SIDE
+    for h, w in sizes:
+        if min(h, w) < 1 or max(h, w) > MAX_SIDE or h * w > limit:
+            raise DataError(
+                f"--size {h}x{w}: pass at most {limit / 1e6:.0f} megapixels (what PIL decodes without a "
+                f"decompression-bomb warning; the real sets are at most 1024x2048) and sides of at most {MAX_SIDE} "
+                "(nothing was written)"
+            )
+
+
+def _prepare(folders: tuple[Path, Path], options: dict) -> None:
+    """Create the split folders; a `DataError` when they hold files other than a set these options started.
+
+    The options are kept in the image folder's `MANIFEST`, so a rerun of an interrupted command resumes.
+    """
+    options = json.loads(json.dumps(options))
+    manifest = folders[0] / MANIFEST
+    held = [p for folder in folders if folder.is_dir() for p in folder.rglob("[!.]*") if p.is_file()]
+    if held:
+        try:
+            started = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            started = None
+        if started != options:
+            first = next(folder for folder in folders if any(p.is_relative_to(folder) for p in held))
+            raise DataError(
+                f"{first} already holds files; generate into an empty --out folder (or rerun the command that wrote "
+                f"them, which resumes), or delete {folders[0]} and {folders[1]} (nothing was written)"
+            )
+        for folder in folders:  # temporary files of the interrupted run
+            for part in folder.rglob(".*.part"):
+                part.unlink(missing_ok=True)
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create {folder} ({exc.strerror}); pass a writable --out folder") from None
+        ensure_writable_folder(folder, what="output folder", fix="pass a writable --out folder")
+    if not held:
+        write_text_atomic(manifest, json.dumps(options, indent=1) + "\n")
+
+
+def _save(path: Path, array: np.ndarray, quality: int) -> None:
+    """Write one file under a temporary name, then rename it: a file under its real name is complete."""
+    tmp = path.with_name(f".{path.name}.part")
+    options = {"quality": quality, "subsampling": 0} if path.suffix == ".jpg" else {"compress_level": 1}
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create {path} ({exc.strerror}); pass a writable --out folder") from None
-    return path
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(array).save(tmp, format=FORMATS[path.suffix], **options)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(
+                f"cannot write {path} ({exc.strerror or exc}); free space or pass a writable --out folder, then "
+                "rerun the same command (it resumes)"
+            ) from None
+        raise
+
+
+def _write_pairs(folders: tuple[Path, Path], options: dict, num: int, paths, arrays, quality: int = 90) -> None:
+    """Write the files ``paths(i)`` with the contents ``arrays(i)`` for ``i < num``; an index whose files all exist
+    (written by an interrupted run of the same command: contents depend on the seed and index only) is skipped."""
+    _prepare(folders, {**options, "num": num})
+    for i in range(num):
+        files = paths(i)
+        if all(path.is_file() for path in files):
+            continue
+        try:
+            contents = arrays(i)
+        except MemoryError:
+            raise DataError(f"generating {files[0].name} ran out of memory; pass a smaller --size") from None
+        for path, array in zip(files, contents):
+            _save(path, array, quality)
 
 
 def write_ade20k(
@@ -84,25 +162,31 @@ def write_ade20k(
     """Write ``num`` ADE20K-layout pairs under ``out/ADEChallengeData2016``; returns that root.
 
     Args:
-        out: output folder (the split folders in it must be empty or absent).
+        out: output folder (the split folders in it must be empty or absent, or hold an interrupted run of the
+            same call, which is resumed).
         num: number of image/annotation pairs.
         split: ``validation`` or ``training``.
         seed: random seed (same seed, same files).
-        sizes: (H, W) choices for the images.
+        sizes: (H, W) of the images, in turn.
         noise: amplitude of the uniform noise added to the colour code (with JPEG's error below 21).
         quality: JPEG quality of the images (4:4:4, no chroma subsampling: it would blur region edges).
     """
+    _check_sizes(sizes)
     root = Path(out) / "ADEChallengeData2016"
-    images, labels = (_empty_dir(root / kind / split) for kind in ("images", "annotations"))
-    rng = np.random.default_rng(seed)
+    images, labels = root / "images" / split, root / "annotations" / split
     prefix = "ADE_val" if split == "validation" else "ADE_train"
-    for i in range(1, num + 1):
-        size = sizes[rng.integers(len(sizes))]
+
+    def paths(i: int) -> tuple[Path, Path]:
+        return images / f"{prefix}_{i + 1:08d}.jpg", labels / f"{prefix}_{i + 1:08d}.png"
+
+    def arrays(i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((seed, i))  # each pair from its own stream: a rerun can skip it
+        size = sizes[i % len(sizes)]
         label = random_label_map(rng, size, np.arange(151))  # 0 = "other", 1..150 = classes
-        Image.fromarray(render(rng, label, noise)).save(
-            images / f"{prefix}_{i:08d}.jpg", quality=quality, subsampling=0
-        )
-        Image.fromarray(label).save(labels / f"{prefix}_{i:08d}.png", compress_level=1)
+        return render(rng, label, noise), label
+
+    options = {"dataset": "ade20k", "seed": seed, "sizes": sizes, "noise": noise, "quality": quality}
+    _write_pairs((images, labels), options, num, paths, arrays, quality)
     return root
 
 
@@ -119,7 +203,8 @@ def write_cityscapes(
     """Write ``num`` Cityscapes-layout pairs (labelIds 0..33) under ``out``; returns ``out``.
 
     Args:
-        out: output folder (its ``leftImg8bit/<split>`` and ``gtFine/<split>`` must be empty or absent).
+        out: output folder (its ``leftImg8bit/<split>`` and ``gtFine/<split>`` must be empty or absent, or hold
+            an interrupted run of the same call, which is resumed).
         num: number of image/label pairs, spread over three cities.
         split: ``val`` or ``train``.
         seed: random seed.
@@ -127,22 +212,24 @@ def write_cityscapes(
         noise: amplitude of the uniform noise added to the colour code (< 21).
         train_ids: also write ``*_gtFine_labelTrainIds.png`` (as cityscapesScripts' converter does).
     """
+    _check_sizes((size,))
     root = Path(out)
-    images, labels = (_empty_dir(root / kind / split) for kind in ("leftImg8bit", "gtFine"))
-    rng = np.random.default_rng(seed)
-    for i in range(num):
+    images, labels = root / "leftImg8bit" / split, root / "gtFine" / split
+
+    def paths(i: int) -> tuple[Path, ...]:
         city = CITIES[i % len(CITIES)]
         stem = f"{city}_000000_{i:06d}"
-        (images / city).mkdir(exist_ok=True)
-        (labels / city).mkdir(exist_ok=True)
+        files = (images / city / f"{stem}{cityscapes.IMAGE_SUFFIX}", labels / city / f"{stem}{cityscapes.LABEL_IDS}")
+        return files + ((labels / city / f"{stem}{cityscapes.TRAIN_IDS}",) if train_ids else ())
+
+    def arrays(i: int) -> tuple[np.ndarray, ...]:
+        rng = np.random.default_rng((seed, i))  # each pair from its own stream: a rerun can skip it
         label = random_label_map(rng, size, np.arange(cityscapes.NUM_LABEL_IDS))
-        Image.fromarray(render(rng, label, noise)).save(
-            images / city / f"{stem}{cityscapes.IMAGE_SUFFIX}", compress_level=1
-        )
-        Image.fromarray(label).save(labels / city / f"{stem}{cityscapes.LABEL_IDS}", compress_level=1)
-        if train_ids:
-            train = cityscapes.label_ids_to_train_ids(label)
-            Image.fromarray(train).save(labels / city / f"{stem}{cityscapes.TRAIN_IDS}", compress_level=1)
+        image = render(rng, label, noise)
+        return (image, label) + ((cityscapes.label_ids_to_train_ids(label),) if train_ids else ())
+
+    options = {"dataset": "cityscapes", "seed": seed, "size": size, "noise": noise, "train_ids": train_ids}
+    _write_pairs((images, labels), options, num, paths, arrays)
     return root
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from archs import ArchSpec
 from bench import protocol as proto
 from bench.data import CLASSES, DataError, open_dataset
-from bench.errors import BenchError
+from bench.errors import BenchError, is_out_of_memory
 from bench.evaluate import distributed
 from bench.evaluate.inference import EvalProtocol, Predictor, eval_protocol
 from bench.evaluate.loader import make_loader
@@ -98,6 +98,17 @@ class EvalResult:
         if confusion:
             out["confusion"] = np.asarray(matrix).tolist()
         return out
+
+
+def _out_of_memory(sample, root, num_classes: int, device: str) -> str:
+    """The one-line error for an image whose inference ran out of memory (what its full-size logits take)."""
+    height, width = sample.image.shape[-2:]
+    need = num_classes * height * width * 4 / 1e9  # float32 logits, upsampled to the label's size before the argmax
+    return (
+        f"image {root / sample.name} ({width}x{height}) ran out of {device} memory: its {num_classes}-class logits "
+        f"at the label's size alone take {need:.3g} GB; evaluate a downscaled copy of it and its label map (metrics "
+        "are computed at the label's size; --mode slide does not shrink them), or use a device with more memory"
+    )
 
 
 @contextlib.contextmanager
@@ -178,9 +189,15 @@ def evaluate(
                     if sample.error:
                         error = sample.error
                         break
-                    image = sample.image.to(dev, non_blocking=True).unsqueeze(0)
-                    target = sample.label.to(dev, non_blocking=True)
-                    matrix.update(predict(image)[0], target)
+                    try:
+                        image = sample.image.to(dev, non_blocking=True).unsqueeze(0)
+                        target = sample.label.to(dev, non_blocking=True)
+                        matrix.update(predict(image)[0], target)
+                    except (RuntimeError, MemoryError) as exc:
+                        if not is_out_of_memory(exc):
+                            raise
+                        error = _out_of_memory(sample, data.root, num_classes, device)
+                        break
                     advance(1)
             except BenchError as exc:  # the model's logits do not fit the dataset
                 error = str(exc)

@@ -16,6 +16,27 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bench.errors import BenchError, first_line
+
+# What the env:// rendezvous needs beside WORLD_SIZE (torchrun sets them, and LOCAL_RANK, for every process).
+TORCHRUN_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCH = "launch with `torchrun --nproc-per-node N -m bench ...` (or unset WORLD_SIZE for one process)"
+
+
+def env_int(name: str, default: int) -> int:
+    """The non-negative integer environment variable ``name`` (``default`` when unset), or a `BenchError`."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise BenchError(f"${name} is {value!r}, not a process count or rank; {_LAUNCH}")
+    return int(value)
+
+
+def world_size() -> int:
+    """``$WORLD_SIZE`` (1 when unset), or a `BenchError` for a value that is not a process count."""
+    return max(1, env_int("WORLD_SIZE", 1))
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -48,21 +69,28 @@ def setup(device: str) -> tuple[DistContext, str]:
         device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun a CUDA device becomes ``cuda:<LOCAL_RANK>``).
     """
     if dist.is_available() and dist.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = env_int("LOCAL_RANK", 0)
         if torch.device(device).type == "cuda":
             device = f"cuda:{local}"
         return DistContext(dist.get_rank(), dist.get_world_size(), local), device
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return DistContext(), device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    for name in TORCHRUN_ENV:
+        if not os.environ.get(name, "").strip():
+            raise BenchError(f"$WORLD_SIZE is {world} but ${name} is not set; {_LAUNCH}")
+    env_int("RANK", 0)
+    local = env_int("LOCAL_RANK", 0)
     if torch.device(device).type == "cuda":
         device = f"cuda:{local}"
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend=backend)
+    try:
+        dist.init_process_group(backend=backend)
+    except (ValueError, RuntimeError) as exc:  # the rendezvous failed (a port in use, a master that is not there)
+        raise BenchError(f"joining the {backend} process group failed ({first_line(exc)}); {_LAUNCH}") from None
     return DistContext(dist.get_rank(), dist.get_world_size(), local, owns_group=True), device
 
 

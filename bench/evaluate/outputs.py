@@ -1,5 +1,5 @@
 """An evaluation's files: the per-class IoU and accuracy (CSV) and the whole result with its confusion
-matrix (JSON), in new files named after the run; an existing file is never replaced."""
+matrix (JSON), in new files named after the run (an existing file is not replaced), each written in one rename."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import datetime as dt
 import io
 import json
 import math
-import os
 from pathlib import Path
+
+from bench.records import write_text_atomic
 
 
 def _exclusive_path(folder: Path, stem: str, suffix: str) -> Path:
@@ -20,14 +21,10 @@ def _exclusive_path(folder: Path, stem: str, suffix: str) -> Path:
     return path
 
 
-def _write_new(path: Path, text: str) -> None:
-    """Write ``text`` to the new file ``path`` via a temporary file (an existing file is never replaced)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    try:
-        os.link(tmp, path)  # fails instead of replacing a file that appeared meanwhile
-    finally:
-        tmp.unlink()
+def result_json(result, extra: dict, indent: int | None = 1) -> str:
+    """The whole result with its confusion matrix and ``extra`` (weights, provenance), as JSON (one line when
+    ``indent`` is None)."""
+    return json.dumps({**result.as_dict(confusion=True), **extra}, indent=indent, default=str) + "\n"
 
 
 def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
@@ -44,6 +41,6 @@ def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
         rows[-1] += [result.gt_pixels[i], result.pred_pixels[i]]
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
-    _write_new(csv_path, text.getvalue())
-    _write_new(json_path, json.dumps({**result.as_dict(confusion=True), **extra}, indent=1, default=str) + "\n")
+    write_text_atomic(csv_path, text.getvalue())  # a disk-full error is one line naming the file
+    write_text_atomic(json_path, result_json(result, extra))
     return csv_path, json_path

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from bench.records import write_text_atomic
+from bench.errors import first_line
+from bench.records import is_number, write_text_atomic
 
 PEAKS_FILE = "peaks.json"
 MATMUL_N = 8192
@@ -91,12 +93,31 @@ def measure_peaks(device: str | torch.device = "cuda", n: int = MATMUL_N, copy_b
 
 
 def read_peaks(folder: Path) -> dict | None:
-    """The stored ceilings of a device folder (``{"peaks": ..., "provenance": ...}``), or None."""
+    """The stored ceilings of a device folder (``{"peaks": ..., "provenance": ...}``), or None.
+
+    A file that cannot be read, or whose ``peaks`` is not ceiling name -> positive number, counts as
+    absent, with a warning: the tables go without % of peak, and a GPU `bench run` measures them again.
+    """
     path = Path(folder) / PEAKS_FILE
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, RecursionError) as exc:
+        problem = getattr(exc, "strerror", None) or first_line(exc)
+    else:
+        peaks = stored.get("peaks") if isinstance(stored, dict) else None
+        if isinstance(peaks, dict) and all(
+            isinstance(k, str) and is_number(v) and 0 < v < math.inf for k, v in peaks.items()
+        ):
+            return stored
+        problem = 'not {"peaks": {ceiling name: positive number}}'
+    warnings.warn(
+        f"{path}: device ceilings unreadable ({problem}); ignored: delete it, and the next GPU `bench run` "
+        "measures them again",
+        stacklevel=2,
+    )
+    return None
 
 
 def write_peaks(folder: Path, peaks: dict, provenance: dict) -> Path:

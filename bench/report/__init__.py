@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench import protocol as proto
 from bench.measure.roofline import read_peaks
-from bench.records import RecordStore
+from bench.records import RecordStore, write_text_atomic
 from bench.report.plot import write_plots
 from bench.report.table import build_frame, published_frame, write_table
 
@@ -43,5 +43,5 @@ def write_reports(
     if plots:
         paths += write_plots(frame, store.folder, device=device, speeds=speeds)
     reported = Path(results) / "reported.csv"
-    published_frame().to_csv(reported, index=False)
+    write_text_atomic(reported, published_frame().to_csv(index=False))
     return paths + [reported]

@@ -11,6 +11,7 @@ mIoU to place it by (neither measured nor published) is named under the plot.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import protocol as proto  # noqa: E402
+from bench.records import ensure_writable_folder, write_bytes_atomic  # noqa: E402
 
 SPEED_AXES = {**{mode: f"fps_{mode}" for mode in proto.MODES}, "best-batch": "images_s_best"}
 
@@ -104,15 +106,18 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     if no_miou:  # measured, but with neither a measured nor a published mIoU to place it by
         fig.text(0.01, 0.01, f"not plotted, no {title} mIoU: " + ", ".join(no_miou), fontsize=7, color="0.3")
     fig.tight_layout(rect=(0, 0.03 if no_miou else 0, 1, 1))
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        path = out_stem.with_suffix(f".{ext}")
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext, metadata={"Date": None} if ext == "svg" else None)
-        tmp.replace(path)
-        paths.append(path)
-    plt.close(fig)
+    try:
+        fix = "make it a writable folder (or move aside what is there) and rerun"
+        ensure_writable_folder(out_stem.parent, what="plots folder", fix=fix)
+        paths = []
+        for ext in ("png", "svg"):
+            path = out_stem.with_suffix(f".{ext}")
+            image = io.BytesIO()
+            fig.savefig(image, format=ext, metadata={"Date": None} if ext == "svg" else None)
+            write_bytes_atomic(path, image.getvalue())
+            paths.append(path)
+    finally:
+        plt.close(fig)
     return paths
 
 
