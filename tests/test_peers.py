@@ -93,7 +93,7 @@ def test_the_peers_command_writes_every_row_at_once_and_resumes(tmp_path, monkey
 
 @pytest.fixture
 def toy_peers(tmp_path, monkeypatch, capsys):
-    """`bench peers` on one toy pair in this process: a function of extra options -> (exit status, stderr)."""
+    """`bench peers` on one toy pair in this process: a function -> (exit status, stderr)."""
     import warnings
 
     from bench.cli import main
@@ -102,7 +102,7 @@ def toy_peers(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(peers, "PAIRS", (peers.PeerPair("toy-w4", "toy peer", lambda n: ToyNet(n, 8), "torch"),))
     monkeypatch.setattr("bench.protocol.SPEED", {"cpu": FAST, "cuda": FAST})
 
-    def run(*options):
+    def run():
         code = main(["peers", "--device", "cpu", "--sizes", "32x32", "--modes", "eager", "--results", str(tmp_path)])
         return code, capsys.readouterr().err
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import archs
+from bench.data.base import expand_user
 from bench.errors import BenchError, described
 
 PLUGIN_ENV = "SEGBENCH_PLUGINS"
@@ -127,9 +128,9 @@ def path_arg(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path; give a folder (or leave the option out for its default)")
     try:
-        return Path(text).expanduser()
-    except RuntimeError:  # ~user of no such user
-        raise argparse.ArgumentTypeError(f"{text}: no such user's home; give the full path") from None
+        return expand_user(text, "path")
+    except BenchError as exc:  # ~user of no such user
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_model(name: str, num_classes: int):

@@ -45,12 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from bench.suites import get_suite
 
     load_plugins(args)
-    if not torch.cuda.is_available() or resolve_device(args.device) == "cpu":
+    device = resolve_device(args.device) if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
         raise BenchError("bench overhead compares CUDA-event loops: run it on a GPU machine (--device cuda or cuda:N)")
-    device = resolve_device(args.device)
     names = csv_list(args.arch, "--arch") or get_suite("realtime").names()
-    for name in names:
-        archs.get_spec(name)  # every name checked before the first measurement
+    specs = [archs.get_spec(name) for name in names]  # every name checked before the first measurement
     ds = parse_dataset(args.dataset)
     modes = parse_modes(args.modes)
     folder = args.results / device_slug(device)
@@ -64,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         "callable. overhead = bench mean / bare mean - 1.\n"
     )
     rows = []
-    for name in names:
-        spec = archs.get_spec(name)
+    for spec in specs:
+        name = spec.name
         size = proto.input_size(spec, ds.name)
         for mode in modes:
             try:
