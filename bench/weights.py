@@ -62,8 +62,14 @@ def cache_dir() -> Path:
     """Root of the checkpoint cache (``$SEGBENCH_WEIGHTS`` or ``~/.cache/segbench/weights``)."""
     if os.environ.get(CACHE_ENV):
         return expand_user(os.environ[CACHE_ENV], f"${CACHE_ENV}")
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "segbench" / "weights"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return expand_user(os.environ["XDG_CACHE_HOME"], "$XDG_CACHE_HOME") / "segbench" / "weights"
+    try:
+        return Path.home() / ".cache" / "segbench" / "weights"
+    except RuntimeError:  # no $HOME and no entry in the password database
+        raise BenchError(
+            f"no home directory for the checkpoint cache ($HOME is unset); set ${CACHE_ENV} to a folder"
+        ) from None
 
 
 def official(spec: ArchSpec, dataset: str) -> Weights:
@@ -271,6 +277,10 @@ def _fit(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> 
     return sum(k in state for k in own) / max(1, len(own))
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
 def convert(spec: ArchSpec, dataset: str, state: dict, own: Mapping[str, torch.Tensor]) -> dict:
     """``state`` in the model's keys: as is when it fits, else through the spec's converters."""
     if _fit(state, own) >= 0.5:
@@ -325,6 +335,18 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_
         raise BenchError(
             f"{source} holds meta tensors (shapes, no data: {len(meta)} of {len(state)}, first {meta[0]}); it was "
             "saved from a model on the meta device: save the state dict of a materialised model"
+        )
+    complex_ = [k for k, v in state.items() if v.is_complex() and not own[k].is_complex()]
+    if complex_:  # torch would copy the real part only, with a warning
+        raise BenchError(
+            f"{source} holds complex tensors where the model's are real ({len(complex_)} of {len(state)} tensors, "
+            f"first {complex_[0]}); pass a checkpoint of this architecture's real-valued weights"
+        )
+    broken = [k for k, v in state.items() if not _finite(v) and _finite(own[k])]
+    if broken:
+        raise BenchError(
+            f"{source} holds NaN or infinite values ({len(broken)} of {len(state)} tensors, first {broken[0]}); "
+            "the training run diverged or the file is damaged: pass a checkpoint from before it"
         )
     try:
         model.load_state_dict(state, strict=False)

@@ -31,7 +31,7 @@ def test_ade20k_layout_and_reduce_zero_label_equal_mmseg(ade_root):
     mmseg_stub.install()
     from mmseg.datasets.transforms import LoadAnnotations
 
-    load = LoadAnnotations(reduce_zero_label=True)
+    load = LoadAnnotations()  # the flag comes with each sample, as mmseg's ADE20KDataset sets it
     for i, (_, label_path) in enumerate(ds.pairs):
         theirs = load({"seg_map_path": str(label_path), "reduce_zero_label": True, "seg_fields": []})["gt_seg_map"]
         sample = ds[i]

@@ -6,6 +6,7 @@ Fetching is tested offline with ``file://`` URLs (urllib reads them like https).
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -274,3 +275,39 @@ def test_a_path_in_the_home_of_no_user_is_a_one_line_error(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("bench: error: $SEGBENCH_WEIGHTS ~segbench-no-such-user/weights: no such user's home")
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (lambda v: v.to(torch.complex64), "holds complex tensors where the model's are real (10 of 11 tensors, first"),
+        (lambda v: torch.full_like(v, float("nan")), "holds NaN or infinite values (10 of 11 tensors, first"),
+    ],
+    ids=["complex", "nan"],
+)
+def test_a_checkpoint_of_complex_or_non_finite_tensors_is_refused(tmp_path, spoil, reason):
+    spec = ArchSpec(name="toy-nan", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
+    model = ToyNet(150, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: spoil(v) if v.is_floating_point() else v for k, v in ToyNet(150, 4).state_dict().items()}
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(BenchError) as info:
+        load_weights(model, spec, "ade20k", tmp_path / "bad.pth")
+    assert str(info.value).startswith(f"{tmp_path / 'bad.pth'} {reason}") and "\n" not in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is untouched
+
+
+def test_the_cache_without_a_home_directory_is_a_one_line_error(monkeypatch):
+    import pwd
+
+    monkeypatch.delenv("SEGBENCH_WEIGHTS", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+    with pytest.raises(BenchError, match=r"\$HOME is unset\); set \$SEGBENCH_WEIGHTS to a folder$"):
+        cache_dir()
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/cache")
+    with pytest.raises(BenchError, match=r"^\$XDG_CACHE_HOME ~/cache: no home directory"):
+        cache_dir()
+    monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache")
+    assert cache_dir() == Path("/var/cache/segbench/weights")

@@ -253,8 +253,8 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
         f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled. "
         "img/s best batch: the batch sweep's best throughput (speed.md lists every mode, the roofline and the "
         "launch overhead).",
-        f"Measured on: {_device_line(device, provenance, commits)}. Published FPS come from the papers' own GPUs "
-        "(SegFormer: V100) and are not comparable with ours.",
+        f"Measured on: {_device_line(device, provenance, commits)}. Published FPS come from their sources' GPUs "
+        "(reported.csv names each: mostly a V100; ICNet a Titan X Maxwell) and are not comparable with ours.",
         FLOPS_NOTE,
         "Params: inference-time parameters (training-only auxiliary heads excluded).",
     ]
