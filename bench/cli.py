@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from bench import __version__
-from bench.errors import BenchError
+from bench.errors import BenchError, interrupts_noted, was_interrupted
 
 COMMANDS = ("run", "eval", "table", "plot", "list", "env", "peers", "overhead", "profile", "data", "weights")
 RESUMABLE = ("run", "peers", "data")  # commands that skip, on a rerun, what they already measured (or wrote)
@@ -60,28 +60,41 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
-    try:
-        from archs import UnknownArchError  # imports torch: inside the try, where Ctrl-C is handled
-
-        args = build_parser().parse_args(argv)
+    with interrupts_noted():
         try:
-            return int(args.handler(args) or 0)
-        except (BenchError, UnknownArchError) as exc:
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return getattr(exc, "exit_code", 2)
-        except BrokenPipeError:
+            from archs import UnknownArchError  # imports torch: inside the try, where Ctrl-C is handled
+
+            args = build_parser().parse_args(argv)
+            try:
+                return int(args.handler(args) or 0)
+            except (BenchError, UnknownArchError) as exc:
+                if was_interrupted():  # a failure a swallowed Ctrl-C caused (a module it left half imported)
+                    raise KeyboardInterrupt from None
+                print(f"bench: error: {exc}", file=sys.stderr)
+                return getattr(exc, "exit_code", 2)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # a file the command could not read or write that it did not name itself
+                if was_interrupted():
+                    raise KeyboardInterrupt from None
+                print(f"bench: error: {_os_error(exc)}", file=sys.stderr)
+                return 2
+        except KeyboardInterrupt:
+            return _interrupted_exit(argv)
+        except BrokenPipeError:  # the reader of stdout went away (`bench list | head`): stop quietly, as on SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+            return 141  # 128 + SIGPIPE: what a shell reports for a command a closed pipe ended
+        except Exception:
+            if was_interrupted():
+                return _interrupted_exit(argv)
             raise
-        except OSError as exc:  # a file the command could not read or write that it did not name itself
-            print(f"bench: error: {_os_error(exc)}", file=sys.stderr)
-            return 2
-    except KeyboardInterrupt:
-        command = sys.argv[1:2] if argv is None else argv[:1]
-        resume = "; rerun the same command to resume" if command and command[0] in RESUMABLE else ""
-        print(f"bench: interrupted{resume}", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader of stdout went away (`bench list | head`): stop quietly, as on SIGPIPE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
-        return 141  # 128 + SIGPIPE: what a shell reports for a command a closed pipe ended
+
+
+def _interrupted_exit(argv: list[str] | None) -> int:
+    command = sys.argv[1:2] if argv is None else argv[:1]
+    resume = "; rerun the same command to resume" if command and command[0] in RESUMABLE else ""
+    print(f"bench: interrupted{resume}", file=sys.stderr)
+    return 130
 
 
 def _os_error(exc: OSError) -> str:

@@ -1,4 +1,10 @@
-"""The error every `bench` command turns into one line on stderr and a non-zero exit."""
+"""The error every `bench` command turns into one line on stderr and a non-zero exit, and Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
 
 
 class BenchError(Exception):
@@ -35,3 +41,46 @@ def is_out_of_memory(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+_interrupted = False
+
+
+def _note_interrupt(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_noted():
+    """Ctrl-C raises `KeyboardInterrupt` as always, and is also noted, for `check_interrupt`.
+
+    Some imports swallow the exception (torch's C extension catches any error of its numpy import),
+    which would let a command run to its end after a Ctrl-C, or fail later on a half-imported module.
+    Where SIGINT is not Python's default handler (ignored, or another handler), nothing changes.
+    """
+    global _interrupted
+    _interrupted = False
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _note_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def was_interrupted() -> bool:
+    """Whether Ctrl-C came during this command (see `interrupts_noted`)."""
+    return _interrupted
+
+
+def check_interrupt() -> None:
+    """`KeyboardInterrupt` again if a Ctrl-C came and was swallowed: called before each job or image."""
+    if _interrupted:
+        raise KeyboardInterrupt

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import archs
 from bench import protocol as proto
-from bench.errors import described, is_out_of_memory
+from bench.errors import check_interrupt, described, is_out_of_memory
 from bench.provenance import provenance
 from bench.records import new_record
 
@@ -277,6 +277,7 @@ def stop_job_server() -> None:
 
 def run_in_child(name: str, timeout_s: float, fn, *args) -> dict:
     """``fn(*args)`` in a child process with a time limit; a message with ``status`` (never raises for its faults)."""
+    check_interrupt()
     ctx = _job_context()
     receiver, sender = ctx.Pipe(duplex=False)
     # Not daemonic: an evaluation job starts DataLoader workers; `_die_with` ends the child with the run.

@@ -27,29 +27,42 @@ OK = "ok"
 FAILED_STATUSES = ("error", "oom", "timeout", "crashed")
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     """Replace ``path`` with ``data`` in one rename: a reader sees the old file or the new, never half.
 
-    A failed write (no space left, a folder in the way, no permission) leaves the old file and no
-    temporary one, and is a `BenchError` naming ``path``.
+    Each writer has its own temporary file, so concurrent writers of one path (shards rewriting a
+    table) leave one of their files whole. With ``exclusive`` an existing ``path`` is not replaced:
+    `FileExistsError`, and nothing written. A failed write (no space left, a folder in the way, no
+    permission) leaves the old file and no temporary one, and is a `BenchError` naming ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    claimed = False
     try:
         tmp.write_bytes(data)
+        if exclusive:  # claim the name (O_EXCL: one writer wins), then fill it in one rename
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            claimed = True
         tmp.replace(path)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if claimed:
+            with contextlib.suppress(OSError):
+                path.unlink()
         raise BenchError(
             f"cannot write {path} ({exc.strerror or first_line(exc)}); make it a writable file in a writable folder "
             "with free space (or move aside what is there) and rerun"
         ) from None
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, *, exclusive: bool = False) -> None:
     """`write_bytes_atomic` of ``text`` in UTF-8."""
-    write_bytes_atomic(path, text.encode())
+    write_bytes_atomic(path, text.encode(), exclusive=exclusive)
 
 
 def ensure_writable_folder(
@@ -273,7 +286,24 @@ class RecordStore:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def read(self) -> list[dict]:
-        return read_records(self.path)
+        """The folder's valid records, all of one device: the folder's, or (a renamed folder) the newest
+        record's; records of other devices (a merged or copied file) are left out with one warning."""
+        records = read_records(self.path)
+        slugs = {r["device_slug"] for r in records}
+        if len(slugs) <= 1:
+            return records
+        mine = self.folder.name if self.folder.name in slugs else records[-1]["device_slug"]
+        others = sorted(slugs - {mine})
+        n = sum(r["device_slug"] != mine for r in records)
+        message = (
+            f"{self.path}: {n} record{'s' * (n != 1)} of another device "
+            f"({', '.join(others)}) {'is' if n == 1 else 'are'} left out of {mine}'s tables; "
+            f"move them to {others[0]}/{RECORDS_FILE}"
+        )
+        if message not in _warned:
+            _warned.add(message)
+            warnings.warn(message, stacklevel=2)
+        return [r for r in records if r["device_slug"] == mine]
 
     def done(self) -> set[tuple]:
         """Keys of the measurements already recorded ``ok``."""

@@ -39,6 +39,7 @@ CACHE_ENV = "SEGBENCH_WEIGHTS"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt|bin|safetensors)$")
 _SHOWN_KEYS = 4
+_WRAPPERS = ("state_dict", "model", "model_state_dict")
 
 
 @dataclass(frozen=True)
@@ -255,17 +256,37 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise BenchError(f"{path}: cannot be read ({first_line(exc)}); check its permissions and the disk") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler or parser in many ways
         raise BenchError(f"{path}: not a readable checkpoint ({described(exc, 160)}); {unreadable}") from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
+    for _ in range(3):  # a training checkpoint's state dict, possibly nested ({"model": {"state_dict": ...}})
+        inner = [obj[k] for k in _WRAPPERS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+        if not inner:
+            break
+        obj = inner[0]
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
     if not tensors:
-        raise BenchError(f"{path}: holds no tensors; pass a model checkpoint (a state dict)")
+        found = "a mapping without tensors" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+        raise BenchError(
+            f"{path}: holds no state dict (found {found}); pass a model checkpoint: a mapping of parameter names "
+            "to tensors, saved with torch.save(model.state_dict(), ...)"
+        )
+    names = [k for k in tensors if not isinstance(k, str)]
+    if names:
+        raise BenchError(
+            f"{path}: {len(names)} of its keys are not parameter names (first {names[0]!r}); pass a state dict "
+            "keyed by parameter names (torch.save(model.state_dict(), ...))"
+        )
+    dense = [k for k, v in tensors.items() if v.layout != torch.strided or v.is_nested]
+    if dense:
+        raise BenchError(
+            f"{path}: holds sparse or nested tensors ({len(dense)}, first {dense[0]}: {_layout(tensors[dense[0]])}); "
+            "save dense ones (tensor.to_dense())"
+        )
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
+
+
+def _layout(tensor: torch.Tensor) -> str:
+    return "nested" if tensor.is_nested else str(tensor.layout).removeprefix("torch.")
 
 
 def _shown(keys: list[str]) -> str:
@@ -278,7 +299,11 @@ def _fit(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> 
 
 
 def _finite(tensor: torch.Tensor) -> bool:
-    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+    if not tensor.is_floating_point():
+        return True
+    if tensor.element_size() == 1:  # float8: no isfinite kernel
+        tensor = tensor.float()
+    return bool(torch.isfinite(tensor).all())
 
 
 def convert(spec: ArchSpec, dataset: str, state: dict, own: Mapping[str, torch.Tensor]) -> dict:
@@ -336,11 +361,13 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_
             f"{source} holds meta tensors (shapes, no data: {len(meta)} of {len(state)}, first {meta[0]}); it was "
             "saved from a model on the meta device: save the state dict of a materialised model"
         )
-    complex_ = [k for k, v in state.items() if v.is_complex() and not own[k].is_complex()]
-    if complex_:  # torch would copy the real part only, with a warning
+    kinds = [k for k, v in state.items() if own[k].is_floating_point() and not v.is_floating_point()]
+    if kinds:  # torch would cast them (a complex one losing its imaginary part) without a word
+        first = kinds[0]
         raise BenchError(
-            f"{source} holds complex tensors where the model's are real ({len(complex_)} of {len(state)} tensors, "
-            f"first {complex_[0]}); pass a checkpoint of this architecture's real-valued weights"
+            f"{source} holds {str(state[first].dtype).removeprefix('torch.')} tensors where the model's are floating "
+            f"point ({len(kinds)} of {len(state)} tensors, first {first}); pass a checkpoint of this architecture's "
+            "trained weights"
         )
     broken = [k for k, v in state.items() if not _finite(v) and _finite(own[k])]
     if broken:

@@ -97,6 +97,14 @@ def test_a_bad_file_on_one_rank_stops_every_rank_without_a_hang(setup, tmp_path)
             {"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
             "$RANK is 'x', not a process count or rank",
         ),
+        (
+            {"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+            "$RANK is 5 but $WORLD_SIZE is 2 (ranks 0..1); launch with `torchrun",
+        ),
+        (
+            {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+            "$LOCAL_RANK is 2 but $WORLD_SIZE is 2 (ranks 0..1)",
+        ),
     ],
 )
 @pytest.mark.parametrize("with_benchmark", [False, True])

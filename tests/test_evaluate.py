@@ -257,6 +257,15 @@ def test_worker_processes_and_threads_give_the_same_matrix(roots):
     child.join()
 
 
+def test_no_more_decoders_start_than_there_are_images(roots):
+    from bench.data import open_dataset
+    from bench.evaluate.loader import make_loader
+
+    dataset = open_dataset("ade20k", roots["ade20k-small"])
+    assert make_loader(dataset, [0, 1], workers=500, pin=False).num_workers == 2
+    assert make_loader(dataset, [], workers=4, pin=False).num_workers == 0
+
+
 def test_a_model_with_another_class_count_is_a_one_line_error(roots):
     with pytest.raises(BenchError, match=r"not \(N, 150, h, w\); build it with num_classes=150") as info:
         evaluate(Tiny(19), _spec(), "ade20k", roots["ade20k-small"], device="cpu", workers=0)
@@ -418,7 +427,7 @@ def test_a_full_disk_loses_no_evaluation(roots, tmp_path, capsys, monkeypatch):
     root = str(roots["ade20k-small"])
     code, out, err = _main(capsys, *EVAL_ARGS, "--data-root", root, "--weights", "none", "--results", str(results))
     assert code == 2 and len(err.splitlines()) == 1 and "No space left on device" in err, err
-    assert "per_class.csv" in err and "the whole result is on stdout, as one line of JSON" in err
+    assert ".json (No space left" in err and "the whole result is on stdout, as one line of JSON" in err
     assert "mIoU" in out  # the summary, then every number of the result
     saved = json.loads(out.strip().splitlines()[-1])
     assert saved["num_images"] == 3 and len(saved["confusion"]) == 150 and saved["weights"]["source"] == "none"

@@ -106,6 +106,18 @@ def test_a_whole_record_with_values_of_the_wrong_type_is_skipped_like_a_corrupt_
     assert json.loads(store.path.read_text().splitlines()[1]) == line  # skipped, not removed
 
 
+def test_records_of_another_device_are_left_out_of_a_folder_with_one_warning(tmp_path):
+    store = RecordStore(tmp_path, "dev")
+    store.append([rec("a"), {**rec("b"), "device_slug": "cpu-x"}, {**rec("c"), "device_slug": "cpu-x"}])
+    with pytest.warns(UserWarning, match=r"records.jsonl: 2 records of another device \(cpu-x\) are left out of dev's"):
+        assert [r["arch"] for r in store.read()] == ["a"]
+    assert len(store.path.read_text().splitlines()) == 3  # left out, not removed
+    renamed = tmp_path / "run-1"
+    (tmp_path / "dev").rename(renamed)  # a renamed folder: the newest record's device
+    with pytest.warns(UserWarning, match=r"1 record of another device \(dev\) is left out of cpu-x's tables"):
+        assert [r["arch"] for r in RecordStore(tmp_path, "run-1").read()] == ["b", "c"]
+
+
 def test_a_failed_record_is_kept_whatever_its_values(tmp_path):
     store = RecordStore(tmp_path, "dev")
     store.append([{**rec("a", status="error", error="boom", value={"params_m": "?"}), "provenance": "?"}])
@@ -200,6 +212,76 @@ def test_concurrent_writers_never_interleave_lines(tmp_path):
     lines = (tmp_path / "dev" / "records.jsonl").read_bytes().splitlines()
     assert len(lines) == 160
     assert {json.loads(line)["arch"] for line in lines} == {f"w{w}-{i}" for w in range(4) for i in range(40)}
+
+
+def _rewriter(path, letter, count):
+    for _ in range(count):
+        write_text_atomic(path, letter * 20000)
+
+
+def test_concurrent_rewrites_of_one_file_never_fail_or_show_half_a_file(tmp_path):
+    target = tmp_path / "table.md"
+    target.write_text("A" * 20000)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_rewriter, args=(target, letter, 300)) for letter in "AB"]
+    for p in procs:
+        p.start()
+    seen = set()
+    while any(p.is_alive() for p in procs):
+        text = target.read_text()
+        seen.add(text[:1])
+        assert text in ("A" * 20000, "B" * 20000), f"a reader saw {len(text)} characters"
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0  # no writer lost its temporary file to the other
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md"] and seen
+
+
+class _Result:
+    """What `write_outputs` reads of an evaluation result."""
+
+    arch, dataset, class_names = "toy", "ade20k", ["wall", "sky"]
+    protocol = {"mode": "whole", "aug_test": False}
+    per_class_iou = per_class_acc = [0.5, float("nan")]
+    gt_pixels = pred_pixels = [1, 0]
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def as_dict(self, confusion):
+        return {"tag": self.tag}
+
+
+def _evaluator(folder, worker, count):
+    from bench.evaluate.outputs import write_outputs
+
+    for i in range(count):
+        write_outputs(_Result(f"{worker}-{i}"), folder, {})
+
+
+def test_evaluations_finishing_together_each_keep_their_files(tmp_path):
+    from bench.evaluate.outputs import write_outputs
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_evaluator, args=(tmp_path, w, 30)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    tags = sorted(json.loads(path.read_text())["tag"] for path in tmp_path.glob("*.json"))
+    assert tags == sorted(f"{w}-{i}" for w in range(2) for i in range(30))  # none replaced another
+    pairs = {p.name.removesuffix(".json") for p in tmp_path.glob("*.json")}
+    assert pairs == {p.name.removesuffix(".per_class.csv") for p in tmp_path.glob("*.per_class.csv")}
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    taken = write_outputs(_Result("first"), stray, {})[1]
+    (stray / taken.name.replace(".json", "-2.per_class.csv")).write_text("someone else's")
+    csv_path, json_path = write_outputs(_Result("second"), stray, {})
+    if json_path.name.startswith(taken.name.removesuffix(".json")):  # the same second: the next free pair
+        assert json_path.name == taken.name.replace(".json", "-3.json")
+        assert (stray / taken.name.replace(".json", "-2.per_class.csv")).read_text() == "someone else's"
+    assert not list(stray.glob(".*.tmp")) and json.loads(taken.read_text())["tag"] == "first"
 
 
 def test_a_copy_without_git_names_its_commit_from_the_environment(tmp_path, monkeypatch):

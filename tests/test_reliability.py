@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT, run_bench
 
@@ -150,3 +151,55 @@ def test_an_error_is_described_by_its_type_and_first_line():
     assert described(RuntimeError("shapes differ\n  at layer 3")) == "RuntimeError: shapes differ"
     assert described(KeyError()) == "KeyError"  # no message: the type alone, no dangling colon
     assert described(ValueError("x" * 300), 160) == "ValueError: " + "x" * 160
+
+
+def _sigint_disposition() -> dict:
+    return {"sigint": "ignored" if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else "handled"}
+
+
+def test_jobs_and_their_server_leave_ctrl_c_to_the_run():
+    from bench import jobs
+
+    # ignored from the server's first import on: a Ctrl-C while it imports torch prints no traceback of its own
+    assert jobs.run_in_child("bench test", 120, _sigint_disposition) == {"status": "ok", "sigint": "ignored"}
+    jobs.stop_job_server()
+
+
+@pytest.mark.parametrize("then", ["goes on", "fails"])
+def test_a_ctrl_c_that_an_import_swallowed_still_stops_the_command(monkeypatch, capsys, then):
+    import bench.commands.list
+    from bench.cli import main
+    from bench.commands.common import build_model
+
+    def swallowing(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)  # the interrupt arrives here
+        except KeyboardInterrupt:
+            pass  # as torch's C extension does with any error of its numpy import
+        if then == "fails":  # on a module the interrupt left half imported
+            raise AttributeError("module 'numpy' has no attribute 'iterable'")
+        build_model("segformer-b0", 150)  # the command goes on, to its next model or job
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(bench.commands.list, "run", swallowing)
+    # Python's own handler, as in a terminal (a shell's background job starts with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["list"]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert capsys.readouterr().err == "bench: interrupted\n"
+
+
+def test_an_error_without_a_ctrl_c_is_not_taken_for_one(monkeypatch):
+    import bench.commands.list
+    from bench.cli import main
+
+    def failing(args):
+        raise AttributeError("a bug")
+
+    monkeypatch.setattr(bench.commands.list, "run", failing)
+    with pytest.raises(AttributeError, match="a bug"):
+        main(["list"])

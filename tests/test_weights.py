@@ -170,7 +170,7 @@ def test_pickled_code_never_runs(tmp_path):
 )
 def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(BenchError, match=r"not a readable checkpoint|holds no tensors") as info:
+    with pytest.raises(BenchError, match=r"not a readable checkpoint|holds no state dict") as info:
         read_checkpoint(tmp_path / name)
     assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value)
 
@@ -280,12 +280,14 @@ def test_a_path_in_the_home_of_no_user_is_a_one_line_error(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "spoil, reason",
     [
-        (lambda v: v.to(torch.complex64), "holds complex tensors where the model's are real (10 of 11 tensors, first"),
+        (lambda v: v.to(torch.complex64), "holds complex64 tensors where the model's are floating point (10 of 11"),
+        (lambda v: v.to(torch.int64), "holds int64 tensors where the model's are floating point (10 of 11 tensors"),
+        (lambda v: v > 0, "holds bool tensors where the model's are floating point (10 of 11 tensors, first"),
         (lambda v: torch.full_like(v, float("nan")), "holds NaN or infinite values (10 of 11 tensors, first"),
     ],
-    ids=["complex", "nan"],
+    ids=["complex", "int", "bool", "nan"],
 )
-def test_a_checkpoint_of_complex_or_non_finite_tensors_is_refused(tmp_path, spoil, reason):
+def test_a_checkpoint_of_tensors_of_another_kind_or_non_finite_is_refused(tmp_path, spoil, reason):
     spec = ArchSpec(name="toy-nan", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
     model = ToyNet(150, 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -311,3 +313,45 @@ def test_the_cache_without_a_home_directory_is_a_one_line_error(monkeypatch):
         cache_dir()
     monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache")
     assert cache_dir() == Path("/var/cache/segbench/weights")
+
+
+def _toy_state():
+    return ToyNet(150, 4).state_dict()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (lambda: {"state_dict": list(_toy_state().values())}, "holds no state dict (found a mapping without tensors)"),
+        (lambda: list(_toy_state().values()), "holds no state dict (found a list)"),
+        (lambda: {**_toy_state(), 0: torch.zeros(1)}, "1 of its keys are not parameter names (first 0)"),
+        (lambda: {0: torch.zeros(1), 1: torch.ones(1)}, "2 of its keys are not parameter names (first 0)"),
+        (
+            lambda: {k: v.to_sparse() if v.ndim == 4 else v for k, v in _toy_state().items()},
+            "holds sparse or nested tensors (3, first stem.0.weight: sparse_coo); save dense ones",
+        ),
+        (
+            lambda: {"a": torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)], layout=torch.jagged)},
+            "holds sparse or nested tensors (1, first a: nested)",
+        ),
+    ],
+    ids=["list-in-state-dict", "list", "int-key", "int-keys", "sparse", "nested"],
+)
+def test_a_checkpoint_in_another_layout_is_a_one_line_error(tmp_path, content, says):
+    torch.save(content(), tmp_path / "odd.pth")
+    with pytest.raises(BenchError) as info:
+        read_checkpoint(tmp_path / "odd.pth")
+    assert str(info.value).startswith(f"{tmp_path / 'odd.pth'}: {says}") and "\n" not in str(info.value)
+
+
+def test_nested_training_checkpoints_and_float8_weights_load(tmp_path):
+    spec = ArchSpec(name="toy-f8", family="Toy", encoder="t", scale="realtime", paper="t", year=2026, output_stride=4)
+    reference = ToyNet(150, 4)
+    torch.save({"model": {"state_dict": reference.state_dict()}, "epoch": 3}, tmp_path / "nested.pth")
+    model = ToyNet(150, 4)
+    load_weights(model, spec, "ade20k", tmp_path / "nested.pth")
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
+    f8 = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
+    save_file(f8, tmp_path / "f8.safetensors")
+    load_weights(model, spec, "ade20k", tmp_path / "f8.safetensors")
+    assert all(torch.equal(v, f8[k].to(v.dtype)) for k, v in model.state_dict().items())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import archs
 from bench.data.base import expand_user
-from bench.errors import BenchError, described
+from bench.errors import BenchError, check_interrupt, described
 
 PLUGIN_ENV = "SEGBENCH_PLUGINS"
 MAX_SIDE = 16384  # --size / --sizes: 16 times the protocol's 1024 rows; one 3-channel fp32 input is then 3 GiB
@@ -135,6 +135,7 @@ def path_arg(text: str) -> Path:
 
 def build_model(name: str, num_classes: int):
     """``archs.build``, with a builder that fails (a plugin's) as a `BenchError` naming the model."""
+    check_interrupt()
     try:
         return archs.build(name, num_classes=num_classes)
     except archs.UnknownArchError:

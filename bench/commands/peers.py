@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench import protocol as proto
 from bench.commands.common import csv_list, job_progress, parse_modes, parse_size, path_arg, resolve_device
-from bench.errors import BenchError, described, first_line
+from bench.errors import BenchError, check_interrupt, described, first_line
 from bench.peers import SAME_WORK
 from bench.records import ensure_writable_folder, write_text_atomic
 
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     with job_progress(console) as progress:
         task = progress.add_task("comparing", total=len(planned))
         for pair, size, mode in planned:
+            check_interrupt()
             size_text = "x".join(map(str, size))
             label = f"{pair.ours} vs {pair.peer} @{size_text} {mode}"
             if (pair.ours, pair.peer, size_text, mode) in done:

@@ -23,7 +23,7 @@ from torch import nn
 from archs import ArchSpec
 from bench import protocol as proto
 from bench.data import CLASSES, DataError, open_dataset
-from bench.errors import BenchError, is_out_of_memory
+from bench.errors import BenchError, check_interrupt, is_out_of_memory
 from bench.evaluate import distributed
 from bench.evaluate.inference import EvalProtocol, Predictor, eval_protocol
 from bench.evaluate.loader import make_loader
@@ -186,6 +186,7 @@ def evaluate(
         with _progress(progress and ctx.is_main, len(indices), label) as advance, torch.inference_mode():
             try:
                 for sample in loader:
+                    check_interrupt()
                     if sample.error:
                         error = sample.error
                         break

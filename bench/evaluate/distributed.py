@@ -79,8 +79,10 @@ def setup(device: str) -> tuple[DistContext, str]:
     for name in TORCHRUN_ENV:
         if not os.environ.get(name, "").strip():
             raise BenchError(f"$WORLD_SIZE is {world} but ${name} is not set; {_LAUNCH}")
-    env_int("RANK", 0)
     local = env_int("LOCAL_RANK", 0)
+    for name, value in (("RANK", env_int("RANK", 0)), ("LOCAL_RANK", local)):
+        if value >= world:  # the rendezvous would wait for ranks that never come
+            raise BenchError(f"${name} is {value} but $WORLD_SIZE is {world} (ranks 0..{world - 1}); {_LAUNCH}")
     if torch.device(device).type == "cuda":
         device = f"cuda:{local}"
         torch.cuda.set_device(device)

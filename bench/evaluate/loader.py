@@ -63,7 +63,7 @@ def make_loader(dataset, indices: list[int], *, workers: int | None, pin: bool):
         pin: return page-locked tensors (for asynchronous copies to a GPU).
     """
     subset = Subset(dataset, indices)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else min(workers, len(indices))  # no idle decoders
     if workers and multiprocessing.current_process().daemon:
         return ThreadedLoader(subset, workers, pin and torch.cuda.is_available(), workers * PREFETCH_PER_WORKER)
     return DataLoader(

@@ -13,14 +13,6 @@ from pathlib import Path
 from bench.records import write_text_atomic
 
 
-def _exclusive_path(folder: Path, stem: str, suffix: str) -> Path:
-    path, n = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        n += 1
-        path = folder / f"{stem}-{n}{suffix}"
-    return path
-
-
 def result_json(result, extra: dict, indent: int | None = 1) -> str:
     """The whole result with its confusion matrix and ``extra`` (weights, provenance), as JSON (one line when
     ``indent`` is None)."""
@@ -33,7 +25,6 @@ def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     mode = result.protocol["mode"] + ("+aug" if result.protocol["aug_test"] else "")
     stem = f"{result.arch}_{result.dataset}_{mode}_{stamp}"
-    csv_path, json_path = _exclusive_path(folder, stem, ".per_class.csv"), _exclusive_path(folder, stem, ".json")
     rows = [["class_id", "class", "iou", "acc", "gt_pixels", "pred_pixels"]]
     for i, name in enumerate(result.class_names):
         iou, acc = result.per_class_iou[i], result.per_class_acc[i]
@@ -41,6 +32,20 @@ def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
         rows[-1] += [result.gt_pixels[i], result.pred_pixels[i]]
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
-    write_text_atomic(csv_path, text.getvalue())  # a disk-full error is one line naming the file
-    write_text_atomic(json_path, result_json(result, extra))
-    return csv_path, json_path
+    n = 0
+    while True:  # the first free name: another run may finish in the same second
+        n += 1
+        name = stem if n == 1 else f"{stem}-{n}"
+        json_path, csv_path = folder / f"{name}.json", folder / f"{name}.per_class.csv"
+        if csv_path.exists():
+            continue
+        try:  # a disk-full error is one line naming the file
+            write_text_atomic(json_path, result_json(result, extra), exclusive=True)
+        except FileExistsError:
+            continue
+        try:
+            write_text_atomic(csv_path, text.getvalue(), exclusive=True)
+        except FileExistsError:  # a stray CSV of that name appeared meanwhile: keep the pair together
+            json_path.unlink()
+            continue
+        return csv_path, json_path
