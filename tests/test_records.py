@@ -195,6 +195,20 @@ def test_unwritable_results_folder_is_a_one_line_error(tmp_path):
         RecordStore(blocker, "dev").ensure_writable()
 
 
+def _start(target, argses) -> list:
+    """Processes running ``target`` on each of ``argses`` at once (spawned: nothing inherited)."""
+    procs = [mp.get_context("spawn").Process(target=target, args=args) for args in argses]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def _join(procs) -> None:
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+
+
 def _writer(folder, worker, count):
     store = RecordStore(folder, "dev")
     for i in range(count):
@@ -202,13 +216,7 @@ def _writer(folder, worker, count):
 
 
 def test_concurrent_writers_never_interleave_lines(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(tmp_path, w, 40)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    _join(_start(_writer, [(tmp_path, w, 40) for w in range(4)]))
     lines = (tmp_path / "dev" / "records.jsonl").read_bytes().splitlines()
     assert len(lines) == 160
     assert {json.loads(line)["arch"] for line in lines} == {f"w{w}-{i}" for w in range(4) for i in range(40)}
@@ -222,18 +230,13 @@ def _rewriter(path, letter, count):
 def test_concurrent_rewrites_of_one_file_never_fail_or_show_half_a_file(tmp_path):
     target = tmp_path / "table.md"
     target.write_text("A" * 20000)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rewriter, args=(target, letter, 300)) for letter in "AB"]
-    for p in procs:
-        p.start()
+    procs = _start(_rewriter, [(target, letter, 300) for letter in "AB"])
     seen = set()
     while any(p.is_alive() for p in procs):
         text = target.read_text()
         seen.add(text[:1])
         assert text in ("A" * 20000, "B" * 20000), f"a reader saw {len(text)} characters"
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0  # no writer lost its temporary file to the other
+    _join(procs)  # no writer lost its temporary file to the other
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md"] and seen
 
 
@@ -262,13 +265,7 @@ def _evaluator(folder, worker, count):
 def test_evaluations_finishing_together_each_keep_their_files(tmp_path):
     from bench.evaluate.outputs import write_outputs
 
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_evaluator, args=(tmp_path, w, 30)) for w in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    _join(_start(_evaluator, [(tmp_path, w, 30) for w in range(2)]))
     tags = sorted(json.loads(path.read_text())["tag"] for path in tmp_path.glob("*.json"))
     assert tags == sorted(f"{w}-{i}" for w in range(2) for i in range(30))  # none replaced another
     pairs = {p.name.removesuffix(".json") for p in tmp_path.glob("*.json")}
