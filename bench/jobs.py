@@ -143,6 +143,7 @@ def measure(job: Job, options: RunOptions) -> dict:
             mode=job.mode,
             protocol=proto.SWEEP[device.type],
             batches=proto.SWEEP_BATCHES[device.type],
+            num_classes=ds.num_classes,
         )
         return {**result.as_dict(), **proto.MODES[job.mode]}
     if job.kind == "miou":

@@ -4,12 +4,15 @@
 #
 #   results/regenerate-gpu.sh [BUDGET_S] [STEP ...]
 #
-# Steps, in this default order: tests realtime peers profile overhead eval fused lecture non-realtime
+# Steps, in this default order: realtime tests peers layout profile overhead eval fused lecture non-realtime
+#   realtime      bench run --suite realtime (params, FLOPs, eager/graph/graph-fp32, batch sweep)
 #   tests         pytest -m gpu (CUDA modes, CUDA-graph capture of every model, GPU evaluation);
 #                 its summary goes to results/<gpu>/gpu-tests.txt
-#   realtime      bench run --suite realtime (params, FLOPs, eager/graph/graph-fp32, batch sweep)
 #   peers         bench peers (ours against HF / torchvision / smp, same process and mode; SegFormer-B5
 #                 at 1024x2048, then B0 and DeepLab v3 at 512x512, then the rest)
+#   layout        the realtime suite in mode graph-nchw (fp16 graph without channels_last), and
+#                 PSPNet-MobileNetV2 at 1024x2048 profiled in graph and graph-nchw: on the first H200
+#                 run, mode graph (channels_last) was up to 2.8x slower than graph-fp32 on these CNNs
 #   profile       bench profile: time per operator of SegFormer-B5 at 1024x2048 (ours in graph and
 #                 graph-fused, HF's in graph) and of DeepLab v3 R101 at 512x512 (ours and torchvision's)
 #   overhead      bench overhead (the harness against a bare CUDA-event loop)
@@ -38,7 +41,7 @@ START=$(date +%s)
 BUDGET=${BUDGET_S:-3600}
 if [[ ${1:-} =~ ^[0-9]+$ ]]; then BUDGET=$1; shift; fi
 STEPS=("$@")
-[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(tests realtime peers profile overhead eval fused lecture non-realtime)
+[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(realtime tests peers layout profile overhead eval fused lecture non-realtime)
 PYTHON=${PYTHON:-python3}
 RESERVE=40  # seconds kept for the tables, plots and archive
 LOG=${SEGBENCH_OUT:+$SEGBENCH_OUT/log.txt}
@@ -137,6 +140,15 @@ run_profiles() {
     return "$rc"
 }
 
+run_layout() {  # channels_last against NCHW under fp16 graph replay, and where the time goes
+    local rc=0 mode
+    bench run --suite realtime --modes graph-nchw --measure latency --no-report --device "$DEVICE" || rc=$?
+    for mode in graph graph-nchw; do
+        bench profile pspnet-mobilenetv2 --dataset cityscapes --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    done
+    return "$rc"
+}
+
 run_eval() {
     while [[ -n ${SYNTH:-} ]] && kill -0 "$SYNTH" 2>/dev/null; do sleep 1; done  # not this shell's child
     [[ -f $ADE.done ]] || { cat "$ADE.log"; return 1; }
@@ -144,7 +156,7 @@ run_eval() {
         --no-progress --device "$DEVICE"
 }
 
-export -f bench run_tests run_peers run_profiles run_eval
+export -f bench run_tests run_peers run_layout run_profiles run_eval
 export PYTHON FOLDER ADE SYNTH DEVICE
 for s in "${STEPS[@]}"; do
     case $s in
@@ -153,11 +165,12 @@ for s in "${STEPS[@]}"; do
             cap=600; [[ $s == realtime ]] || cap=1800
             step "$s" "$cap" bench run --suite "$s" --no-report --device "$DEVICE" ;;
         peers) step peers 600 run_peers ;;
+        layout) step layout 180 run_layout ;;
         profile) step profile 240 run_profiles ;;
         overhead) step overhead 180 bench overhead --device "$DEVICE" ;;
         eval) step eval 300 run_eval ;;
         fused) step fused 300 bench run --suite realtime --modes graph-fused,eager-fused --no-report --device "$DEVICE" ;;
-        *) say "unknown step $s (choose from tests realtime peers profile overhead eval fused lecture non-realtime)"; exit 2 ;;
+        *) say "unknown step $s (choose from realtime tests peers layout profile overhead eval fused lecture non-realtime)"; exit 2 ;;
     esac
 done
 

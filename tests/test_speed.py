@@ -117,6 +117,24 @@ def test_batch_sweep_reports_images_per_second_and_stops_at_the_memory_limit():
         sweep(OutOfMemoryFrom(2, ValueError("a bug")))
 
 
+def test_batch_sweep_stops_before_a_tensor_passes_32_bit_indexing():
+    # 2 x 2^19 classes x 32 x 32 is 2^30 elements; batch 4 makes 2^31, one more than 32-bit indexing reaches
+    cut = sweep_batches(
+        ToyNet(5), (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2, 4, 8), num_classes=2**19
+    )
+    assert [p["batch"] for p in cut.points] == [1, 2]
+    assert cut.stopped == "batch 4: its 4x524288x32x32 resized logits would pass 2^31 elements (32-bit kernel indexing)"
+    # a kernel that refuses another tensor of the step ends the sweep with the points measured before it
+    refused = RuntimeError("upsample_bilinear2d_nhwc only supports output tensors with less than INT_MAX elements")
+    cut = sweep_batches(
+        OutOfMemoryFrom(4, refused), (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2, 4)
+    )
+    assert [p["batch"] for p in cut.points] == [1, 2]
+    assert cut.stopped.startswith("a kernel's 32-bit indexing at batch 4")
+    with pytest.raises(RuntimeError, match="INT_MAX"):  # batch 1 must run: a real defect
+        sweep_batches(OutOfMemoryFrom(1, refused), (32, 32), device="cpu", mode="eager", protocol=FAST, batches=(1, 2))
+
+
 def test_a_sweep_job_is_recorded_by_bench_run(tmp_path):
     proc = run_bench(
         "run", "--plugin", "tests.toy_models", "--arch", "toy-w4", "--dataset", "ade20k", "--measure", "sweep",
@@ -138,6 +156,11 @@ def test_throttling_is_a_slowdown_reason_or_a_dropped_clock():
     assert nvml.throttled({"sm_clock_mhz": 1980, "power_violation_ns": 10}, {**idle_after, "power_violation_ns": 25})
     steady = {"sm_clock_mhz": 1980, "thermal_violation_ns": 7}
     assert not nvml.throttled(steady, {**idle_after, "thermal_violation_ns": 7})
+    # given the loop's length, a cap counts when it held the clocks down for more than 1% of it
+    capped = {"sm_clock_mhz": 1980, "power_violation_ns": 0}
+    assert nvml.throttled(capped, {**idle_after, "power_violation_ns": 131_000_000}, loop_s=2.5)
+    assert not nvml.throttled(capped, {**idle_after, "power_violation_ns": 14_000_000}, loop_s=2.5)
+    assert nvml.throttled(capped, {**idle_after, "power_violation_ns": 14_000_000})  # length unknown: any cap
 
 
 class _FakeNVML:

@@ -15,8 +15,10 @@ a 1024x2048 step. The record says so (``host_memory``).
 The number of steps per repeat adapts to the model (a repeat lasts at least ``min_repeat_s``);
 the spread of the repeats is recorded and a measurement whose spread exceeds
 `bench.protocol.MAX_SPREAD` is flagged ``unstable``; the SM clock and temperature are read before
-and after, and a clock that dropped (or an NVML throttle reason other than idle) flags
-``throttled``. `sweep_batches` runs the step at growing batch sizes until memory runs out.
+and after, and a clock that dropped, an NVML throttle reason other than idle, or a power or
+thermal cap held for more than 1% of the timed loop flags ``throttled``. `sweep_batches` runs
+the step at growing batch sizes until memory runs out or a tensor of the step would pass the
+2^31 elements that 32-bit kernel indexing reaches.
 """
 
 from __future__ import annotations
@@ -293,7 +295,9 @@ def measure_latency(
 
         before = nvml.clocks(nvml_handle)
         meter = nvml.EnergyMeter(nvml_handle).start()
+        loop_start = time.perf_counter()
         per_repeat = [timer(fn, steps) for _ in range(protocol.repeats)]
+        loop_s = time.perf_counter() - loop_start
         energy = meter.stop()
         after = nvml.clocks(nvml_handle)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None
@@ -321,13 +325,25 @@ def measure_latency(
         telemetry_before=before,
         telemetry_after=after,
         unstable=spread > MAX_SPREAD,
-        throttled=nvml.throttled(before, after),
+        throttled=nvml.throttled(before, after, loop_s),
         compile_s=compile_s,
         inference_form=form,
         host_memory=host_memory,
         tf32=bool(torch.backends.cudnn.allow_tf32) if on_cuda else None,
         tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32) if on_cuda else None,
     )
+
+
+# Many CUDA kernels index with 32-bit integers and refuse a tensor of 2^31 elements or more (the
+# channels_last bilinear resize says "less than INT_MAX elements"): the step's largest tensor is
+# usually the logits resized to the input, batch x classes x H x W (64 x 150 x 512 x 512 is 2.5e9).
+INT32_INDEX_LIMIT = 2**31 - 1
+_INDEX_LIMIT_MARKERS = ("int_max", "32-bit index", "int32", "2^31")
+
+
+def exceeds_index_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` is a kernel refusing a tensor too large for its 32-bit indexing."""
+    return any(marker in str(exc).lower() for marker in _INDEX_LIMIT_MARKERS)
 
 
 @dataclass
@@ -338,7 +354,7 @@ class SweepResult:
         points: per batch size: images/s, median step latency and peak memory.
         best_batch: the batch size with the most images/s.
         images_s: images/s at ``best_batch``.
-        stopped: why the sweep ended before its last batch size (memory), or None.
+        stopped: why the sweep ended before its last batch size (memory, 32-bit indexing), or None.
     """
 
     mode: str
@@ -359,6 +375,7 @@ def sweep_batches(
     mode: str,
     protocol: SpeedProtocol,
     batches: tuple[int, ...],
+    num_classes: int | None = None,
 ) -> SweepResult:
     """Time the step at each batch size until one would not fit (or runs out of) device memory.
 
@@ -369,6 +386,8 @@ def sweep_batches(
         mode: the speed mode of every point.
         protocol: warm-up and repeats per point (its ``batch`` is replaced by each batch size).
         batches: batch sizes in increasing order.
+        num_classes: channels of the logits; when given, the sweep stops before a batch whose resized
+            logits would hold more elements than 32-bit indexing reaches (`INT32_INDEX_LIMIT`).
     """
     device = torch.device(device)
     points: list[dict] = []
@@ -378,6 +397,11 @@ def sweep_batches(
         model = model.to(device)
         base_mb = torch.cuda.memory_allocated(device) / 2**20
     for batch in batches:
+        elements = batch * (num_classes or 0) * input_size[0] * input_size[1]
+        if points and elements > INT32_INDEX_LIMIT:
+            shape = "x".join(map(str, (batch, num_classes, *input_size)))
+            stopped = f"batch {batch}: its {shape} resized logits would pass 2^31 elements (32-bit kernel indexing)"
+            break
         if device.type == "cuda" and points:
             free, _ = torch.cuda.mem_get_info(device)
             # Activations grow about linearly with the batch: stop before a capture would run out.
@@ -396,6 +420,8 @@ def sweep_batches(
             elif points and "captur" in str(exc).lower():
                 # an allocation that fails inside a CUDA-graph capture can surface as an invalidated capture
                 stopped = f"the CUDA-graph capture failed at batch {batch} ({first_line(exc, 100)})"
+            elif points and exceeds_index_limit(exc):  # another tensor of the step than the logits
+                stopped = f"a kernel's 32-bit indexing at batch {batch} ({first_line(exc, 100)})"
             else:
                 raise
             if device.type == "cuda":
