@@ -338,7 +338,7 @@ def measure_latency(
 # channels_last bilinear resize says "less than INT_MAX elements"): the step's largest tensor is
 # usually the logits resized to the input, batch x classes x H x W (64 x 150 x 512 x 512 is 2.5e9).
 INT32_INDEX_LIMIT = 2**31 - 1
-_INDEX_LIMIT_MARKERS = ("int_max", "32-bit index", "int32", "2^31")
+_INDEX_LIMIT_MARKERS = ("int_max", "32-bit index", "2^31")
 
 
 def exceeds_index_limit(exc: BaseException) -> bool:
