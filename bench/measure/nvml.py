@@ -119,7 +119,7 @@ def clocks(h) -> dict:
 
 
 # A violation counter flags a loop when the clocks were held down for more than this share of it
-# (an H200 near its power limit saw 14 ms of power capping in a 2.4 s loop whose repeats agreed to 0.05%).
+# (an H200 near its power limit saw 14 ms of power capping in a 2.5 s loop whose repeats agreed to 0.05%).
 VIOLATION_SHARE = 0.01
 
 
@@ -158,7 +158,7 @@ class EnergyMeter:
 
     Uses the GPU's cumulative energy counter (Volta and newer); where that is not supported,
     samples the power every 10 ms in a thread and integrates; where neither can be read, `stop`
-    returns None.
+    returns None. ``elapsed_s`` is the time from ``start()`` to ``stop()`` in every case.
     """
 
     def __init__(self, h) -> None:
@@ -168,6 +168,7 @@ class EnergyMeter:
         self._samples: list[tuple[float, float]] = []
         self._thread: threading.Thread | None = None
         self._running = False
+        self.elapsed_s: float | None = None
 
     def start(self) -> EnergyMeter:
         self._t0 = time.perf_counter()
@@ -189,7 +190,7 @@ class EnergyMeter:
             time.sleep(0.01)
 
     def stop(self) -> Energy | None:
-        seconds = time.perf_counter() - self._t0
+        seconds = self.elapsed_s = time.perf_counter() - self._t0
         if self._h is None:
             return None
         if self._start_mj is not None:

@@ -295,9 +295,7 @@ def measure_latency(
 
         before = nvml.clocks(nvml_handle)
         meter = nvml.EnergyMeter(nvml_handle).start()
-        loop_start = time.perf_counter()
         per_repeat = [timer(fn, steps) for _ in range(protocol.repeats)]
-        loop_s = time.perf_counter() - loop_start
         energy = meter.stop()
         after = nvml.clocks(nvml_handle)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None
@@ -325,7 +323,7 @@ def measure_latency(
         telemetry_before=before,
         telemetry_after=after,
         unstable=spread > MAX_SPREAD,
-        throttled=nvml.throttled(before, after, loop_s),
+        throttled=nvml.throttled(before, after, meter.elapsed_s),
         compile_s=compile_s,
         inference_form=form,
         host_memory=host_memory,
