@@ -134,7 +134,7 @@ def measure(job: Job, options: RunOptions) -> dict:
         result = measure_latency(
             model, size, device=device, mode=job.mode, protocol=proto.SPEED[device.type], nvml_handle=handle
         )
-        return {**result.as_dict(), **proto.MODES[job.mode]}
+        return {**proto.MODES[job.mode], **result.as_dict()}  # the layout kept, where the mode's is "auto"
     if job.kind == "sweep":
         result = sweep_batches(
             model,
@@ -145,7 +145,7 @@ def measure(job: Job, options: RunOptions) -> dict:
             batches=proto.SWEEP_BATCHES[device.type],
             num_classes=ds.num_classes,
         )
-        return {**result.as_dict(), **proto.MODES[job.mode]}
+        return {**proto.MODES[job.mode], **result.as_dict()}
     if job.kind == "miou":
         from bench.evaluate import evaluate  # noqa: PLC0415 - evaluation is optional per run
         from bench.weights import load_weights

@@ -190,6 +190,8 @@ def compare(
             row[f"{side}_executed_gflops"] = result.inference_form["executed_gflops"]
     row["ours_ms"], row["peer_ms"] = results["ours"].median_ms, results["peer"].median_ms
     row["ours_spread"], row["peer_spread"] = results["ours"].spread, results["peer"].spread
+    # each side's memory layout (an "auto" mode keeps the faster for each side on its own)
+    row["ours_channels_last"], row["peer_channels_last"] = results["ours"].channels_last, results["peer"].channels_last
     row["ratio"] = row["peer_ms"] / row["ours_ms"]
     row["same_work"] = bool(abs(gflops["peer"] / gflops["ours"] - 1.0) <= SAME_WORK)
     # time per FLOP, peer over ours: the ratio a pair doing different work is fairly judged by

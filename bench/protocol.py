@@ -1,16 +1,27 @@
 """The fixed measurement protocol, versioned: every record names the version it was taken under.
 
-Change any number here and bump `PROTOCOL_VERSION`: records of different versions are kept but
-never share a table cell.
+Change any number here and bump `PROTOCOL_VERSION`, naming in `CHANGED_MODES` the speed modes
+whose measurement the new version changes: records of different versions are kept but never share
+a table cell, except that a record still counts under a later version that did not change what it
+measures (`counts_as`: parameters, FLOPs, and the modes no later version changed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from archs import ArchSpec
+if TYPE_CHECKING:  # a type only: the records and tables read this module without importing torch
+    from archs import ArchSpec
 
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"
+# Per version, the speed modes whose measurement it changed (latency and sweep records of those modes).
+# 2: the fp16/bf16 channels_last modes time both memory layouts and keep the faster ("auto" below;
+#    on the first H200 run channels_last made BatchNorm CNNs up to 2.8x slower under fp16 autocast),
+#    and a fused mode also stores the weights autocast casts in the mode's precision (`fusion.precast_for_autocast`).
+CHANGED_MODES: dict[str, frozenset[str]] = {
+    "2": frozenset({"graph", "graph-bf16", "eager-fp16", "graph-fused"}),
+}
 
 
 @dataclass(frozen=True)
@@ -66,25 +77,43 @@ SPEED = {
 }
 
 # Inference modes. `eager` is what the papers timed; `graph` is what the GPU can do without
-# Python launch overhead: fp16 autocast, channels_last, one CUDA graph replayed per step. The
-# others isolate one factor each: `graph-fp32` differs from `eager` only by the graph replay (the
-# gap is CPU launch overhead), `graph-nchw` from `graph` only by the memory layout, `graph-bf16`
-# only by the precision, `eager-fp16` from `graph` only by the replay; `compile` adds
-# torch.compile (its compile time is recorded apart and excluded from the latency); the `-fused`
-# modes time the model's inference form (`bench.measure.fusion`: BatchNorm folded into its
-# convolution, a model's own exact rewrites), the same function with fewer kernels.
+# Python launch overhead: fp16 autocast, channels_last where it helps, one CUDA graph replayed per
+# step. channels_last "auto" times the step in both memory layouts (`LAYOUT_PROBE`) and keeps the
+# faster, which the record names. The others isolate one factor each: `graph-fp32` differs from
+# `eager` only by the graph replay (the gap is CPU launch overhead), `graph-nchw` is `graph` held to
+# NCHW, `graph-bf16` differs only by the precision, `eager-fp16` from `graph` only by the replay;
+# `compile` adds torch.compile (its compile time is recorded apart and excluded from the latency;
+# channels_last, not probed: a second compile takes minutes); the `-fused` modes time the model's
+# inference form (`bench.measure.fusion`: BatchNorm folded into its convolution, a model's own exact
+# rewrites, under autocast the weights stored in the precision autocast casts them to), the same
+# function with fewer kernels.
 _PLAIN = {"channels_last": False, "cuda_graph": False, "compile": False, "fused": False}
 MODES = {
     "eager": {**_PLAIN, "precision": "fp32"},
-    "graph": {**_PLAIN, "precision": "fp16", "channels_last": True, "cuda_graph": True},
+    "graph": {**_PLAIN, "precision": "fp16", "channels_last": "auto", "cuda_graph": True},
     "graph-fp32": {**_PLAIN, "precision": "fp32", "cuda_graph": True},
-    "graph-bf16": {**_PLAIN, "precision": "bf16", "channels_last": True, "cuda_graph": True},
+    "graph-bf16": {**_PLAIN, "precision": "bf16", "channels_last": "auto", "cuda_graph": True},
     "graph-nchw": {**_PLAIN, "precision": "fp16", "cuda_graph": True},
-    "eager-fp16": {**_PLAIN, "precision": "fp16", "channels_last": True},
+    "eager-fp16": {**_PLAIN, "precision": "fp16", "channels_last": "auto"},
     "compile": {**_PLAIN, "precision": "fp16", "channels_last": True, "cuda_graph": True, "compile": True},
     "eager-fused": {**_PLAIN, "precision": "fp32", "fused": True},
-    "graph-fused": {**_PLAIN, "precision": "fp16", "channels_last": True, "cuda_graph": True, "fused": True},
+    "graph-fused": {**_PLAIN, "precision": "fp16", "channels_last": "auto", "cuda_graph": True, "fused": True},
 }
+
+
+@dataclass(frozen=True)
+class LayoutProbe:
+    """How an "auto" layout mode picks its layout: each layout's step prepared as the mode runs it
+    (captured in a graph mode), ``warmup_steps`` untimed, then timed for ``min_steps`` steps and
+    at least ``min_s`` seconds; the layout with the lower median is kept and timed under the protocol."""
+
+    warmup_steps: int = 5
+    min_steps: int = 5
+    min_s: float = 0.2
+
+
+LAYOUT_PROBE = LayoutProbe()
+
 # Seed of the random weights every measurement builds its model with (mIoU jobs then load a checkpoint).
 MODEL_SEED = 0
 
@@ -106,6 +135,19 @@ SWEEP = {
     "cuda": SpeedProtocol(warmup_steps=3, repeats=2, min_steps=3, min_repeat_s=0.25),
     "cpu": SPEED["cpu"],
 }
+
+
+def counts_as(protocol: str, mode: str | None) -> str:
+    """The version a record taken under ``protocol`` (in speed mode ``mode``; None for params, FLOPs)
+    counts as: the newest of the versions after it, taken in order, none of which changed that mode's
+    measurement (a version missing from `CHANGED_MODES` changed everything)."""
+    current = protocol
+    while current.isdigit() and int(current) < int(PROTOCOL_VERSION):
+        following = str(int(current) + 1)
+        if following not in CHANGED_MODES or mode in CHANGED_MODES[following]:
+            break
+        current = following
+    return current
 
 
 def needs_cuda(mode: str) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bench.errors import BenchError, first_line
+from bench.protocol import counts_as
 
 SCHEMA = 1
 RECORDS_FILE = "records.jsonl"
@@ -90,23 +91,30 @@ def ensure_writable_folder(
 
 
 def record_key(record: dict) -> tuple:
-    """What makes two records measure the same thing (a rerun skips an ``ok`` one)."""
+    """What makes two records measure the same thing (a rerun skips an ``ok`` one).
+
+    Its version is the one the record counts as (`bench.protocol.counts_as`): a record of an older
+    protocol whose measurement no later version changed is the same measurement as a current one.
+    """
     return (
         record["arch"],
         record["dataset"],
         record["kind"],
         record.get("mode"),
-        record["protocol"],
+        counts_as(record["protocol"], record.get("mode")),
         record["device_slug"],
     )
 
 
 def latest_ok(records: Iterable[dict], protocol: str | None = None) -> dict[tuple, dict]:
     """The newest ``ok`` record per measurement key (the one the tables show), of one protocol version
-    when ``protocol`` is given."""
+    when ``protocol`` is given: the records taken under it, and those of older versions that count as it."""
     latest: dict[tuple, dict] = {}
     for record in records:
-        if record.get("status") == OK and protocol in (None, record.get("protocol")):
+        taken = record.get("protocol")
+        if record.get("status") == OK and (
+            protocol is None or protocol == taken or protocol == counts_as(str(taken), record.get("mode"))
+        ):
             latest[record_key(record)] = record  # file order is append order: the last one wins
     return latest
 

@@ -10,9 +10,11 @@
 #                 its summary goes to results/<gpu>/gpu-tests.txt
 #   peers         bench peers (ours against HF / torchvision / smp, same process and mode; SegFormer-B5
 #                 at 1024x2048, then B0 and DeepLab v3 at 512x512, then the rest)
-#   layout        the realtime suite in mode graph-nchw (fp16 graph without channels_last), and
-#                 PSPNet-MobileNetV2 at 1024x2048 profiled in graph and graph-nchw: on the first H200
-#                 run, mode graph (channels_last) was up to 2.8x slower than graph-fp32 on these CNNs
+#   layout        PSPNet-MobileNetV2 at 1024x2048 and DeepLab v3 R101 at 512x512 profiled in mode graph
+#                 with the layout held to channels_last and to NCHW: where the time goes in each (on the
+#                 first H200 run, protocol v1, channels_last made graph up to 2.8x slower than
+#                 graph-fp32 on these CNNs; from v2 every graph record times both layouts and keeps
+#                 the faster, so the suite itself says which layout won)
 #   profile       bench profile: time per operator of SegFormer-B5 at 1024x2048 (ours in graph and
 #                 graph-fused, HF's in graph) and of DeepLab v3 R101 at 512x512 (ours and torchvision's)
 #   overhead      bench overhead (the harness against a bare CUDA-event loop)
@@ -140,11 +142,13 @@ run_profiles() {
     return "$rc"
 }
 
-run_layout() {  # channels_last against NCHW under fp16 graph replay, and where the time goes
-    local rc=0 mode
-    bench run --suite realtime --modes graph-nchw --measure latency --no-report --device "$DEVICE" || rc=$?
-    for mode in graph graph-nchw; do
-        bench profile pspnet-mobilenetv2 --dataset cityscapes --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
+run_layout() {  # where the time goes under fp16 graph replay in each memory layout
+    local rc=0 layout mode
+    [[ $DEVICE == cpu ]] && mode=eager || mode=graph
+    for layout in channels_last contiguous; do
+        bench profile pspnet-mobilenetv2 --dataset cityscapes --mode "$mode" --layout "$layout" --device "$DEVICE" \
+            --top 30 >/dev/null || rc=$?
+        bench profile deeplabv3-r101-os8 --mode "$mode" --layout "$layout" --device "$DEVICE" --top 30 >/dev/null || rc=$?
     done
     return "$rc"
 }
@@ -165,7 +169,7 @@ for s in "${STEPS[@]}"; do
             cap=600; [[ $s == realtime ]] || cap=1800
             step "$s" "$cap" bench run --suite "$s" --no-report --device "$DEVICE" ;;
         peers) step peers 600 run_peers ;;
-        layout) step layout 180 run_layout ;;
+        layout) step layout 120 run_layout ;;
         profile) step profile 240 run_profiles ;;
         overhead) step overhead 180 bench overhead --device "$DEVICE" ;;
         eval) step eval 300 run_eval ;;

@@ -290,3 +290,15 @@ def test_an_impossible_output_folder_is_one_line_before_any_work(args, message):
     proc = run_bench(*args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_latency_line_names_the_layout_a_probing_mode_kept():
+    from bench.commands.run import summarise
+
+    value = {"median_ms": 2.0, "fps": 500.0, "spread": 0.001, "channels_last": False}
+    record = {"kind": "latency", "device": "cuda", "value": {**value, "layout_ms": None}}
+    assert "kept" not in summarise(record)
+    record["value"]["layout_ms"] = {"channels_last": 5.97, "contiguous": 2.05}
+    assert (
+        summarise(record) == "2.00 ms median, 500.0 FPS (cuda), NCHW kept (probe 5.97 ms channels_last, 2.05 ms NCHW)"
+    )

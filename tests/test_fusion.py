@@ -8,7 +8,7 @@ from torch import nn
 import archs
 from archs.segformer import convert_hf_state_dict
 from bench.measure.flops import count_flops
-from bench.measure.fusion import fuse_for_inference
+from bench.measure.fusion import fuse_for_inference, precast_for_autocast
 from bench.measure.speed import measure_latency
 from bench.protocol import SpeedProtocol
 from tests.test_contract import _randomise_batchnorm
@@ -140,3 +140,52 @@ def test_a_fused_model_still_traces_without_uncounted_operators():
     assert count_flops(model, (64, 64)).uncounted == {}
     with torch.no_grad():
         assert F.softmax(model(torch.randn(1, 3, 64, 64)), 1).isfinite().all()
+
+
+class ConvNormLinear(nn.Module):
+    """conv -> BN -> LayerNorm over channels -> linear, and a linear weight also read outside its layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 5)
+        self.gate = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.norm(self.bn(self.conv(x)).flatten(2).transpose(1, 2))
+        return self.fc(y) * self.gate(y) + self.gate.weight.float().mean()
+
+
+def _under_autocast(model, x, dtype):
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, cache_enabled=False):
+        return model(x)
+
+
+@pytest.mark.parametrize("name", ["toy", "segformer-b0"])
+def test_precast_stores_what_autocast_casts_and_changes_no_bit(name):
+    torch.manual_seed(0)
+    model = (ConvNormLinear() if name == "toy" else archs.build(name, num_classes=19)).eval()
+    _randomise_batchnorm(model)
+    x = torch.randn(1, 3, 32, 48)
+    before = _under_autocast(model, x, torch.bfloat16)
+    converted = precast_for_autocast(model, x, torch.bfloat16)
+    assert torch.equal(_under_autocast(model, x, torch.bfloat16), before)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert converted == sum(d == torch.bfloat16 for d in dtypes.values()) > 0
+    if name == "toy":
+        assert dtypes["conv.weight"] == dtypes["fc.weight"] == dtypes["fc.bias"] == torch.bfloat16
+        # norms run in fp32 under autocast; gate.weight is also read as itself
+        assert {dtypes[n] for n in ("bn.weight", "norm.weight", "gate.weight")} == {torch.float32}
+        assert dtypes["gate.bias"] == torch.bfloat16
+    else:  # every convolution and linear layer, no LayerNorm or BatchNorm
+        layers = (nn.Conv2d, nn.Linear)
+        for module_name, module in model.named_modules():
+            for p in module.parameters(recurse=False):
+                assert (p.dtype == torch.bfloat16) == isinstance(module, layers), module_name
+
+
+def test_precast_refuses_a_model_in_training_mode():
+    with pytest.raises(ValueError, match="eval"):
+        precast_for_autocast(ConvNormLinear(), torch.randn(1, 3, 8, 8), torch.bfloat16)

@@ -161,3 +161,26 @@ def test_a_peers_csv_that_cannot_be_written_stops_the_command_with_one_line_and_
         "with free space (or move aside what is there) and rerun"
     )
     assert csv.read_bytes() == before and sorted(p.name for p in csv.parent.iterdir()) == ["peers.csv"]
+
+
+def test_a_peers_row_of_a_mode_a_later_version_changed_is_kept_and_measured_again(tmp_path):
+    from bench.commands.peers import PeersTable
+
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    base = {"ours": "toy-w4", "peer": "toy peer", "input": "32x32", "ours_ms": 2.0, "peer_ms": 3.0, "ratio": 1.5}
+    # written before rows named their protocol version: version 1
+    pd.DataFrame([{**base, "mode": "eager"}, {**base, "mode": "graph"}]).to_csv(folder / "peers.csv", index=False)
+    table = PeersTable(folder)
+    # eager is the same measurement under version 2, graph is not (its layout is probed now)
+    assert table.keys() == {("toy-w4", "toy peer", "32x32", "eager")}
+    prov = {"cpu": "test", "torch": "2.x"}
+    table.add({**base, "mode": "graph", "ours_ms": 1.0, "ratio": 3.0, "protocol": "2"}, prov)
+    table.add({**base, "mode": "eager", "ours_ms": 1.5, "ratio": 2.0, "protocol": "2"}, prov)
+    rows = pd.read_csv(folder / "peers.csv")
+    assert sorted(zip(rows["mode"], rows["protocol"], rows["ours_ms"])) == [
+        ("eager", 2, 1.5),  # replaced: the same measurement
+        ("graph", 1, 2.0),  # kept beside the new one
+        ("graph", 2, 1.0),
+    ]
+    assert PeersTable(folder).keys() == {("toy-w4", "toy peer", "32x32", m) for m in ("eager", "graph")}

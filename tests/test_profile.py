@@ -40,6 +40,13 @@ def test_the_profile_command_writes_its_table(tmp_path):
     assert path.name == "toy-w4-64x64-eager.md"
     text = path.read_text()
     assert "self CPU ms/step" in text and text.count("\n| ") == 5 + 1  # five operators and the header
+    assert "Memory layout: NCHW." in text
+    held = run_bench(
+        "profile", "toy-w4", "--plugin", "tests.toy_models", "--device", "cpu", "--steps", "1", "--layout",
+        "channels_last", "--results", str(tmp_path),
+    )  # fmt: skip
+    assert held.returncode == 0, held.stderr
+    assert "Memory layout: channels_last." in (path.parent / "toy-w4-64x64-eager-channels-last.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -49,6 +56,7 @@ def test_the_profile_command_writes_its_table(tmp_path):
         (("--mode", "fast"), "unknown mode"),
         (("--steps", "0"), "--steps 0"),
         (("--size", "64"), "not HxW"),
+        (("--layout", "nhwc"), "invalid choice"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, args, message):

@@ -13,10 +13,8 @@ from bench.records import RecordStore, new_record, read_records, record_key, wri
 
 
 def rec(arch="a", status="ok", **kw):
-    return new_record(
-        arch=arch, dataset="ade20k", kind="params", mode=None, protocol="1", device="cpu", device_slug="dev",
-        status=status, **kw,
-    )  # fmt: skip
+    fields = {"dataset": "ade20k", "kind": "params", "mode": None, "protocol": "1", **kw}
+    return new_record(arch=arch, device="cpu", device_slug="dev", status=status, **fields)
 
 
 def test_append_and_read_back(tmp_path):
@@ -46,6 +44,20 @@ def test_reuse_is_judged_on_the_newest_ok_record_the_one_the_tables_show(tmp_pat
     assert store.triage(asks_for("B")) == ({key}, set())
     assert store.triage(asks_for("A")) == (set(), {key})  # an older record of A is not what the table shows
     assert store.done() == {key}
+
+
+def test_an_older_version_s_record_is_done_where_no_later_version_changed_its_measurement(tmp_path):
+    from bench.jobs import Job
+
+    store = RecordStore(tmp_path, "dev")
+    old = {"dataset": "ade20k", "kind": "latency", "protocol": "1"}
+    store.append([rec("a"), rec("a", mode="eager", **old), rec("a", mode="graph", **old)])
+    done = store.done()
+    # params and eager are the same measurement under version 2; graph is not (its layout is probed now)
+    assert Job("a", "ade20k", "params").key("dev") in done and Job("a", "ade20k", "latency", "eager").key("dev") in done
+    assert Job("a", "ade20k", "latency", "graph").key("dev") not in done
+    assert len(store.append([rec("a", mode="graph", dataset="ade20k", kind="latency", protocol="2")])) == 1
+    assert len(store.append([rec("a", mode="eager", dataset="ade20k", kind="latency", protocol="2")])) == 0
 
 
 def test_torn_last_line_is_skipped_and_next_append_starts_a_new_line(tmp_path):

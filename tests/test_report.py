@@ -3,13 +3,14 @@
 import pandas as pd
 import pytest
 
+from bench.protocol import PROTOCOL_VERSION
 from bench.records import new_record
 from bench.report.plot import pareto_front, write_plots
 from bench.report.table import MISSING, build_frame, measured_modes, to_markdown
 from tests import toy_models  # noqa: F401 - registers toy-*
 
 
-def rec(arch, dataset, kind, value, mode=None, protocol="1"):
+def rec(arch, dataset, kind, value, mode=None, protocol=PROTOCOL_VERSION):
     return new_record(
         arch=arch, dataset=dataset, kind=kind, mode=mode, protocol=protocol, device_slug="dev", device="cuda",
         status="ok", value=value, provenance={"gpu_name": "Test GPU"},
@@ -29,7 +30,7 @@ def test_frame_puts_measured_beside_published_and_keeps_protocols_apart():
     frame = build_frame(RECORDS).set_index("arch")
     row = frame.loc["toy-w8"]
     assert row["params_m"] == 0.0101 and row["params_m_published"] == 0.001
-    assert row["ade20k_fps_eager"] == 250.0  # the protocol-0 record never reaches a v1 cell
+    assert row["ade20k_fps_eager"] == 250.0  # the protocol-0 record never reaches a current cell
     assert pd.isna(row["cityscapes_gflops"]) and pd.isna(row["ade20k_fps_graph"])
     assert pd.isna(frame.loc["toy-w4", "ade20k_gflops"])
     assert build_frame(RECORDS, protocol="0").set_index("arch").loc["toy-w8", "ade20k_fps_eager"] == 999.0
@@ -43,6 +44,26 @@ def test_markdown_shows_missing_as_missing_and_says_what_was_measured_where():
     assert "graph fp16" in header and "Test GPU" in text and "one fused multiply-add = one FLOP" in text
     assert "0.01 / 0.0 (+910.0%)" in w8 and "@64x64" in w8
     assert f"| {MISSING} / 0.0 " in w4  # published FLOPs without a measurement
+
+
+def test_a_record_counts_under_later_versions_that_did_not_change_its_measurement():
+    # version 2 changed mode graph (the layout is probed) but not eager, params or FLOPs
+    old = [
+        rec("toy-w8", "ade20k", "params", {"params_m": 0.0101}, protocol="1"),
+        rec("toy-w8", "ade20k", "latency", {"fps": 250.0, "median_ms": 4.0}, mode="eager", protocol="1"),
+        rec("toy-w8", "ade20k", "latency", {"fps": 500.0, "median_ms": 2.0}, mode="graph", protocol="1"),
+    ]
+    row = build_frame(old, protocol="2").set_index("arch").loc["toy-w8"]
+    assert row["params_m"] == 0.0101 and row["ade20k_fps_eager"] == 250.0
+    assert pd.isna(row["ade20k_fps_graph"])  # a v1 graph latency is not a v2 one
+    v1 = build_frame(old, protocol="1")
+    assert v1.set_index("arch").loc["toy-w8", "ade20k_fps_graph"] == 500.0 and v1.attrs["protocol"] == "1"
+    assert "Protocol v1:" in to_markdown(v1, device="cuda") and "channels_last + CUDA-graph" in to_markdown(
+        v1, device="cuda"
+    )
+    new = rec("toy-w8", "ade20k", "latency", {"fps": 400.0, "median_ms": 2.5}, mode="graph", protocol="2")
+    both = build_frame([*old, new], protocol="2").set_index("arch").loc["toy-w8"]
+    assert both["ade20k_fps_graph"] == 400.0 and both["ade20k_fps_eager"] == 250.0
 
 
 def test_a_record_taken_at_another_size_than_its_spec_gives_now_is_footnoted():
@@ -67,7 +88,7 @@ def test_the_device_line_names_the_newest_commit_and_how_many_the_records_span(t
     store.append({**r, "provenance": {"gpu_name": "Test GPU", "git_commit": c}} for r, c in zip(RECORDS, commits))
     write_reports(tmp_path, "dev", plots=False)
     text = (tmp_path / "dev" / "table.md").read_text()
-    # the protocol-1 records name a, b and c, one names none, and e is protocol 0's; the newest is c
+    # the current protocol's records name a, b and c, one names none, and e is protocol 0's; the newest is c
     assert "segbench cccccccccc (the newest record's; the records span 3 commits, each record names its own)" in text
     one = RecordStore(tmp_path / "one", "dev")
     one.append([{**RECORDS[0], "provenance": {"gpu_name": "Test GPU", "git_commit": "d" * 40}}])
@@ -115,7 +136,7 @@ GPU_RECORDS = [
         "toy-w8",
         "ade20k",
         "latency",
-        {"fps": 500.0, "median_ms": 2.0, "spread": 0.001, "energy_j_per_frame": 0.25},
+        {"fps": 500.0, "median_ms": 2.0, "spread": 0.001, "energy_j_per_frame": 0.25, "channels_last": False},
         mode="graph",
     ),  # noqa: E501
     rec("toy-w8", "ade20k", "sweep", {"best_batch": 16, "images_s": 2000.0, "points": []}, mode="graph"),
@@ -178,6 +199,7 @@ def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(t
     assert "400.0†" in w8 and "2000.0" in w8 and "0.250" in w8
     speed = to_speed_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"}, peaks=PEAKS)
     assert "2.50 (5.0)†" in speed and "5.0 (0.6)" in speed and "| launch " in speed and "16: 2000.0" in speed
+    assert "2.00 (0.1) NCHW" in speed and "2.50 (5.0)† N" not in speed  # the layout graph kept; graph-fp32 has one
     paths = write_table(frame, tmp_path, device="cuda", provenance=None, peaks=PEAKS)
     assert sorted(p.name for p in paths) == ["speed.md", "table.csv", "table.md"]
     cpu_paths = write_table(build_frame(RECORDS), tmp_path / "cpu", device="cpu", provenance=None)

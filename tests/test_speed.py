@@ -231,6 +231,13 @@ def test_cuda_modes_measure_and_graph_replays_the_same_prediction(mode):
     model = ToyNet(5).eval()
     result = measure_latency(model, (64, 64), device="cuda", mode=mode, protocol=SPEED["cuda"])
     assert result.median_ms > 0 and result.peak_memory_mb > 0
+    if MODES[mode]["channels_last"] == "auto":  # both layouts probed, the faster kept
+        assert set(result.layout_ms) == {"channels_last", "contiguous"}
+        assert result.channels_last == (result.layout_ms["channels_last"] <= result.layout_ms["contiguous"])
+    else:
+        assert result.layout_ms is None and result.channels_last == MODES[mode]["channels_last"]
+    if MODES[mode]["fused"] and MODES[mode]["precision"] != "fp32":  # the convolutions' weights stored in fp16
+        assert result.inference_form["precast_parameters"] == 6
     x = torch.randn(1, 3, 64, 64, device="cuda")
     with torch.no_grad():
         assert inference_step(model.cuda().float(), x, "fp32")().shape == (1, 64, 64)
@@ -240,6 +247,7 @@ def test_cuda_modes_measure_and_graph_replays_the_same_prediction(mode):
 def test_cuda_sweep_and_ceilings():
     sweep = sweep_batches(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=SPEED["cuda"], batches=(1, 2, 4))
     assert [p["batch"] for p in sweep.points] == [1, 2, 4] and all(p["peak_memory_mb"] > 0 for p in sweep.points)
+    assert isinstance(sweep.channels_last, bool) and set(sweep.layout_ms) == {"channels_last", "contiguous"}
     peaks = roofline.measure_peaks("cuda", n=2048, copy_bytes=2**26)
     assert set(peaks) == {f"matmul_{p}_tflops" for p in ("fp32", "tf32", "fp16", "bf16")} | {"copy_tb_s"}
     assert all(v > 0 for v in peaks.values())
@@ -254,7 +262,10 @@ def test_compile_time_is_recorded_apart_from_the_latency():
 @pytest.mark.gpu
 def test_the_bare_loop_times_the_same_callable():
     ours = measure_latency(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=SPEED["cuda"])
-    bare = bare_latency(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=SPEED["cuda"], steps=ours.steps)
+    bare = bare_latency(
+        ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=SPEED["cuda"], steps=ours.steps,
+        channels_last=ours.channels_last,
+    )  # fmt: skip
     assert bare > 0 and ours.mean_ms > 0
 
 
@@ -276,3 +287,57 @@ def test_library_workspace_failures_count_as_out_of_memory():
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing")  # noqa: B904
     except RuntimeError as chained:
         assert is_out_of_memory(chained)
+
+
+class SlowInLayout(ToyNet):
+    """Takes ``delay_s`` longer per step in one memory layout, and notes the layout of every input it sees."""
+
+    def __init__(self, slow_channels_last: bool, delay_s: float = 0.004) -> None:
+        super().__init__(5)
+        self.slow_channels_last, self.delay_s = slow_channels_last, delay_s
+        self.seen: list[tuple[int, bool]] = []
+
+    def forward(self, x):
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        self.seen.append((x.shape[0], channels_last))
+        if channels_last == self.slow_channels_last:
+            time.sleep(self.delay_s)
+        return super().forward(x)
+
+
+@pytest.fixture
+def auto_layout_mode(monkeypatch):
+    """An fp32 eager mode whose layout is "auto", as graph's is: the probe runs on a CPU too."""
+    monkeypatch.setitem(MODES, "eager-auto", {**MODES["eager"], "channels_last": "auto"})
+    return "eager-auto"
+
+
+@pytest.mark.parametrize("slow_channels_last", [True, False])
+def test_an_auto_layout_mode_times_both_layouts_and_keeps_the_faster(auto_layout_mode, slow_channels_last):
+    model = SlowInLayout(slow_channels_last)
+    result = measure_latency(model, (16, 16), device="cpu", mode=auto_layout_mode, protocol=FAST)
+    assert result.channels_last is (not slow_channels_last)
+    slow, fast = ("channels_last", "contiguous") if slow_channels_last else ("contiguous", "channels_last")
+    assert result.layout_ms[slow] > result.layout_ms[fast] + 3.0  # the 4 ms sleep
+    # both layouts probed, then every timed step in the one kept, and the weights with it
+    assert {layout for _, layout in model.seen} == {True, False}
+    timed = model.seen[-(FAST.warmup_steps + FAST.repeats * result.steps) :]
+    assert {layout for _, layout in timed} == {result.channels_last}
+    assert model.down.weight.is_contiguous(memory_format=torch.channels_last) == result.channels_last
+    assert result.median_ms < result.layout_ms[slow]
+
+
+def test_a_held_layout_is_not_probed_and_a_fixed_mode_has_no_probe(auto_layout_mode):
+    model = SlowInLayout(slow_channels_last=False)
+    held = measure_latency(model, (16, 16), device="cpu", mode=auto_layout_mode, protocol=FAST, channels_last=False)
+    assert held.channels_last is False and held.layout_ms is None
+    assert {layout for _, layout in model.seen} == {False}
+    plain = measure_latency(ToyNet(5), (16, 16), device="cpu", protocol=FAST)
+    assert plain.channels_last is False and plain.layout_ms is None
+
+
+def test_a_sweep_probes_the_layout_at_its_first_batch_and_holds_it(auto_layout_mode):
+    model = SlowInLayout(slow_channels_last=True)
+    sweep = sweep_batches(model, (16, 16), device="cpu", mode=auto_layout_mode, protocol=FAST, batches=(1, 2, 4))
+    assert sweep.channels_last is False and set(sweep.layout_ms) == {"channels_last", "contiguous"}
+    assert {layout for batch, layout in model.seen if batch > 1} == {False}

@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
                 model = build_model(name, ds.num_classes)
                 ours = measure_latency(model, size, device=device, mode=mode, protocol=speed)
                 bare = bare_latency(
-                    model, size, device=device, mode=mode, protocol=speed, steps=ours.steps * ours.repeats
-                )
+                    model, size, device=device, mode=mode, protocol=speed, steps=ours.steps * ours.repeats,
+                    channels_last=ours.channels_last,  # the layout bench kept: the same callable
+                )  # fmt: skip
             except (RuntimeError, MemoryError) as exc:  # out of memory: this row is left out, the others go on
                 if not is_out_of_memory(exc):
                     raise

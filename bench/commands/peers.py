@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 progress.advance(task)
                 continue
             row["commit"] = commit
+            row["protocol"] = proto.PROTOCOL_VERSION
             # written at once: a run cut short keeps what it measured; outside the try, as a failed write
             # (a `BenchError`, the previous file intact) stops the command rather than the next pair's turn
             table.add(row, prov)
@@ -124,8 +125,10 @@ class PeersTable:
     """``peers.csv`` and ``peers.md`` of one device folder, rewritten (atomically) after every row.
 
     Rows already there are kept; a row measured again replaces the one with the same pair, input
-    and mode. A row without its key or timings, or of an unknown mode (a row torn by a run cut short
-    by an older writer), is dropped with a warning, and so measured again.
+    and mode that counts as the same protocol version (`bench.protocol.counts_as`; a row without a
+    version is of version 1): a row of a mode a later version changed stays beside the new one.
+    A row without its key or timings, or of an unknown mode (a row torn by a run cut short by an
+    older writer), is dropped with a warning, and so measured again.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -146,6 +149,9 @@ class PeersTable:
                     f"{self.csv}: not a peers table (no {', '.join(KEY + MEASURED)} columns); move it aside"
                 )
             self._drop_incomplete(torn_tail=not data.endswith(b"\n"))
+            if "protocol" not in self.frame:
+                self.frame["protocol"] = "1"  # the rows written before versions were recorded
+            self.frame["protocol"] = self.frame["protocol"].fillna("1").astype(str)
 
     def _drop_incomplete(self, torn_tail: bool) -> None:
         """Drop the rows without their key or timings, of an unknown mode, or (``torn_tail``: the file does not end
@@ -164,15 +170,26 @@ class PeersTable:
                 stacklevel=2,
             )
 
+    def _versions(self) -> pd.Series:
+        """The protocol version each row counts as."""
+        return pd.Series(
+            [proto.counts_as(str(p), m) for p, m in zip(self.frame["protocol"], self.frame["mode"])],
+            index=self.frame.index,
+            dtype=object,
+        )
+
     def keys(self) -> set[tuple]:
+        """The (ours, peer, input, mode) already measured under the current protocol."""
         if not len(self.frame):
             return set()
-        return {tuple(str(v) for v in row) for row in self.frame[KEY].itertuples(index=False)}
+        current = self.frame[self._versions() == proto.PROTOCOL_VERSION]
+        return {tuple(str(v) for v in row) for row in current[KEY].itertuples(index=False)}
 
     def add(self, row: dict, prov: dict) -> None:
         new = pd.DataFrame([row])
         if len(self.frame):
             same = (self.frame[KEY].astype(str) == new[KEY].astype(str).iloc[0]).all(axis=1)
+            same &= self._versions() == proto.counts_as(str(row["protocol"]), row["mode"])
             self.frame = pd.concat([self.frame[~same], new], ignore_index=True)
         else:
             self.frame = new
@@ -186,10 +203,11 @@ class PeersTable:
         return text + (
             f"\n\nMeasured in one process per run on {where}, torch {prov['torch']} (the last run; each row names "
             "its segbench commit); ratio = peer ms / our ms (> 1: ours faster). Random weights; a step is forward + "
-            "resize + argmax, median latency (protocol "
+            "resize + argmax, median latency (under the protocol version of its row; the current one is "
             f"v{proto.PROTOCOL_VERSION}). Classes: 150 at square sizes, 19 otherwise. GFLOPs: fvcore with segbench's "
             f"handles, one multiply-add = one FLOP, counted on the models as built; same_work: both sides within "
             f"{100 * SAME_WORK:.0f}%. A -fused mode times both sides in their inference form (BatchNorm folded into "
-            "its convolution on both; ours also with its own exact rewrites); *_executed_gflops: what that form "
-            "computes.\n"
+            "its convolution on both, and under autocast the weights stored in its precision; ours also with its own "
+            "exact rewrites); *_executed_gflops: what that form computes. *_channels_last: the memory layout each "
+            "side ran in (from v2 a graph mode times both layouts for each side and keeps that side's faster).\n"
         )

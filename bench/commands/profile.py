@@ -19,6 +19,8 @@ from bench.commands.common import (
 from bench.errors import BenchError, first_line, is_out_of_memory
 from bench.records import ensure_writable_folder, write_text_atomic
 
+LAYOUTS = {"mode": None, "channels_last": True, "contiguous": False}
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -29,6 +31,12 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default="ade20k", help="protocol dataset: input size and classes (default ade20k)")
     p.add_argument("--size", default=None, help="HxW input instead of the protocol's (classes stay the dataset's)")
     p.add_argument("--mode", default=None, help="speed mode (default: graph on a GPU, eager on a CPU)")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="mode",
+        help="memory layout: the mode's (default; where it is auto, the faster of the two, timed), or held to one",
+    )
     p.add_argument("--steps", type=int, default=5, help="steps profiled after the warm-up (default 5)")
     p.add_argument("--top", type=int, default=25, help="operators listed (default 25)")
     p.add_argument("--peer", action="store_true", help="profile the model's peer (`bench peers`) instead of ours")
@@ -71,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = profile_step(
             model, size, device=device, mode=mode, protocol=proto.SPEED["cpu" if device == "cpu" else "cuda"],
-            steps=args.steps,
+            steps=args.steps, channels_last=LAYOUTS[args.layout],
         )  # fmt: skip
     except RuntimeError as exc:
         if is_out_of_memory(exc):
@@ -84,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             f"{'x'.join(map(str, proto.input_size(spec, ds.name)))}"
         ) from None
     text = _markdown(result, subject, size_text, mode, args.top, provenance(device))
-    name = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{subject}-{size_text}-{mode}").strip("-").lower()
+    held = "" if args.layout == "mode" else f"-{args.layout}"
+    name = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{subject}-{size_text}-{mode}{held}").strip("-").lower()
     path = folder / f"{name}.md"
     write_text_atomic(path, text)
     print(text)
@@ -102,6 +111,10 @@ def _markdown(result, subject: str, size: str, mode: str, top: int, prov: dict) 
         columns=["operator", "calls/step", column, "share %"],
     )
     shown = sum(o.share for o in result.operators[:top])
+    layout = "channels_last" if result.channels_last else "NCHW"
+    if result.layout_ms:
+        probed = ", ".join(f"{k} {v:.3f} ms" for k, v in result.layout_ms.items())
+        layout += f" (the faster in the mode's probe of both layouts, captured: {probed})"
     lines = [
         f"# {subject} at {size}, mode {mode}",
         "",
@@ -114,7 +127,7 @@ def _markdown(result, subject: str, size: str, mode: str, top: int, prov: dict) 
         f"Profiled with torch.profiler on {where}, torch {prov.get('torch')}, segbench "
         f"{(prov.get('git_commit') or '?')[:10]}: {result.steps} step{'s' * (result.steps != 1)} after the "
         "protocol's warm-up, batch 1, random input; a step is forward + resize + argmax as `bench run` times "
-        "it, a graph mode uncaptured (its kernels launched one by one)."
+        f"it, a graph mode uncaptured (its kernels launched one by one). Memory layout: {layout}."
         + (f" Inference form: {result.inference_form}." if result.inference_form else ""),
         "",
     ]

@@ -220,6 +220,12 @@ def summarise(record: dict) -> str:
         extra = f" [yellow]{', '.join(flags)}[/] (spread {100 * value['spread']:.1f}%)" if flags else ""
         if value.get("compile_s") is not None:
             extra += f", compiled in {value['compile_s']:.0f} s"
+        if value.get("layout_ms"):  # a mode that timed both layouts: which it kept, and the other's probe
+            probe = value["layout_ms"]
+            extra += (
+                f", {'channels_last' if value['channels_last'] else 'NCHW'} kept "
+                f"(probe {probe['channels_last']:.2f} ms channels_last, {probe['contiguous']:.2f} ms NCHW)"
+            )
         return f"{value['median_ms']:.2f} ms median, {value['fps']:.1f} FPS ({record['device']}){extra}"
     if kind == "sweep":
         stop = f"; {value['stopped']}" if value.get("stopped") else ""

@@ -1,6 +1,7 @@
 """The inference form of a model: the same function, fewer kernels (the ``fused`` speed modes).
 
-Two rewrites, both exact in real arithmetic (outputs differ by float rounding only):
+Two rewrites, both exact in real arithmetic (outputs differ by float rounding only), and, in a
+reduced-precision mode, a third that changes no bit (`precast_for_autocast`):
 
 1. Every module that defines ``fuse_for_inference()`` is asked to rewrite itself (a model's own
    algebra: SegFormer's decoder merges each projection with its slice of the fuse convolution).
@@ -11,8 +12,15 @@ Two rewrites, both exact in real arithmetic (outputs differ by float rounding on
 Which pairs qualify is observed, not guessed from module names: one probe forward runs under a
 ``TorchFunctionMode`` that counts, for each convolution's output, every operation that reads it.
 A convolution whose output is read twice (a residual taken before the norm, say) keeps its norm.
-Models from other libraries get the same BatchNorm folding, so a ``fused`` mode compares like
-with like; only rewrite 1 is a model's own.
+3. Under autocast, every parameter that the forward only ever reads to cast it to the autocast
+   precision (the weights and biases of convolutions and linear layers) is stored in that
+   precision: autocast then has nothing to cast, and the step launches one cast kernel less per
+   weight (autocast's weight cache is off, since it must not outlive a CUDA-graph capture, so
+   these casts would run at every step). What is read otherwise (norms, which autocast runs in
+   fp32) stays as it is. Observed in one probe forward, as above, not guessed from module types.
+
+Models from other libraries get the same BatchNorm folding and the same stored precision, so a
+``fused`` mode compares like with like; only rewrite 1 is a model's own.
 
 FLOPs are counted on the model as built (the published architecture); a fused latency record
 adds the FLOPs its inference form executes, which is what its achieved TFLOP/s is computed from.
@@ -27,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -178,4 +187,47 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> FusionReport:
     return report
 
 
-__all__ = ["FusionReport", "fuse_for_inference"]
+class _ParameterReads(TorchDispatchMode):
+    """Per parameter (by identity), how often an operator read it to cast it to ``dtype``, and how often otherwise."""
+
+    def __init__(self, parameters: dict[int, nn.Parameter], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.parameters = parameters
+        self.dtype = dtype
+        self.casts: Counter[int] = Counter()
+        self.other: Counter[int] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        leaves, _ = tree_flatten((args, kwargs))
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor) and self.parameters.get(id(leaf)) is leaf:
+                cast = func is torch.ops.aten._to_copy.default and args[0] is leaf and kwargs.get("dtype") == self.dtype
+                (self.casts if cast else self.other)[id(leaf)] += 1
+        return func(*args, **kwargs)
+
+
+def precast_for_autocast(model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> int:
+    """Store in ``dtype`` the parameters that ``model``'s forward under autocast only reads to cast to ``dtype``.
+
+    One probe forward of ``example`` under ``torch.autocast(example.device.type, dtype)`` sees every
+    operator that reads a parameter; a parameter whose every read is autocast's cast to ``dtype``
+    is converted in place. The forward under autocast then computes the same bits (autocast
+    passes a tensor already in ``dtype`` through) without those casts. Returns how many were converted.
+    """
+    if model.training:
+        raise ValueError("precast_for_autocast rewrites a model in eval mode (call model.eval() first)")
+    parameters = {id(p): p for p in model.parameters() if p.is_floating_point() and p.dtype != dtype}
+    reads = _ParameterReads(parameters, dtype)
+    with torch.no_grad(), torch.autocast(example.device.type, dtype=dtype, cache_enabled=False), reads:
+        model(example)
+    converted = 0
+    with torch.no_grad():
+        for key, parameter in parameters.items():
+            if reads.casts[key] and not reads.other[key]:
+                parameter.data = parameter.data.to(dtype)
+                converted += 1
+    return converted
+
+
+__all__ = ["FusionReport", "fuse_for_inference", "precast_for_autocast"]

@@ -40,6 +40,8 @@ class StepProfile:
         timed_on: ``device`` (self device time) or ``cpu`` (self CPU time).
         steps: steps profiled.
         inference_form: what a fused mode rewrote (`bench.measure.fusion`), or None.
+        channels_last: the memory layout profiled.
+        layout_ms: a mode whose layout is "auto": its probe's median ms per layout (`prepare_step`), or None.
     """
 
     operators: list[OperatorTime]
@@ -47,6 +49,8 @@ class StepProfile:
     timed_on: str
     steps: int
     inference_form: dict | None = None
+    channels_last: bool | None = None
+    layout_ms: dict | None = None
 
 
 def _self_time_us(event, on_device: bool) -> float:
@@ -63,13 +67,20 @@ def profile_step(
     mode: str,
     protocol: SpeedProtocol,
     steps: int = 5,
+    channels_last: bool | None = None,
 ) -> StepProfile:
-    """Profile ``steps`` inference steps of ``model`` in ``mode`` after the protocol's warm-up."""
+    """Profile ``steps`` inference steps of ``model`` in ``mode`` after the protocol's warm-up.
+
+    ``channels_last`` holds the memory layout (default: the mode's, probed where it is "auto").
+    """
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with torch.no_grad(), _on(device):
-        fn, _, form = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol, capture=False)
+        prepared = prepare_step(
+            model, input_size, device=device, mode=mode, protocol=protocol, capture=False, channels_last=channels_last
+        )
+        fn, form = prepared.fn, prepared.form
         for _ in range(max(1, protocol.warmup_steps)):
             fn()
         if on_cuda:
@@ -92,4 +103,6 @@ def profile_step(
         OperatorTime(name, calls, ms, ms / total if total else 0.0)
         for name, calls, ms in sorted(rows, key=lambda r: -r[2])
     ]
-    return StepProfile(operators, total, "device" if on_cuda else "cpu", steps, form)
+    return StepProfile(
+        operators, total, "device" if on_cuda else "cpu", steps, form, prepared.channels_last, prepared.layout_ms
+    )

@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -38,10 +40,12 @@ from torch import nn
 from bench.errors import first_line, is_out_of_memory
 from bench.measure import nvml
 from bench.measure.flops import count_flops
-from bench.measure.fusion import fuse_for_inference
-from bench.protocol import COMPILE_MODE, MAX_SPREAD, MODES, SpeedProtocol, needs_cuda
+from bench.measure.fusion import fuse_for_inference, precast_for_autocast
+from bench.protocol import COMPILE_MODE, LAYOUT_PROBE, MAX_SPREAD, MODES, SpeedProtocol, needs_cuda
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_FORMATS = {True: torch.channels_last, False: torch.contiguous_format}
+_LAYOUT_NAMES = {True: "channels_last", False: "contiguous"}
 
 
 class ModeUnavailable(RuntimeError):
@@ -79,6 +83,8 @@ class LatencyResult:
     tf32: bool | None = None  # cuDNN convolutions may use TF32
     tf32_matmul: bool | None = None  # matmuls (linear layers, attention) may use TF32
     inference_form: dict | None = None
+    channels_last: bool | None = None  # the memory layout the step ran in
+    layout_ms: dict | None = None  # an "auto" layout mode: the probe's median ms per layout (`prepare_step`)
     host_memory: str | None = None  # on a CPU: how freed memory was kept between steps (`host_memory_cached`)
 
     def as_dict(self) -> dict:
@@ -195,17 +201,56 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+@dataclass
+class PreparedStep:
+    """A step of one mode, ready to time.
+
+    Args:
+        fn: the step (a CUDA-graph replay in a graph mode).
+        compile_s: the first (compiling) call's time in mode ``compile``, else None.
+        form: in a fused mode, what the fusion did and the FLOPs its inference form executes, else None.
+        channels_last: the memory layout the step runs in.
+        layout_ms: in a mode whose layout is "auto", the probe's median ms per layout
+            (``channels_last``, ``contiguous``), of which the faster was kept; else None.
+    """
+
+    fn: Callable[[], torch.Tensor]
+    compile_s: float | None
+    form: dict | None
+    channels_last: bool
+    layout_ms: dict | None = None
+
+
+def _probe_ms(fn, timer) -> float:
+    """Median ms of ``fn`` under `LAYOUT_PROBE`: a few untimed steps, then at least its steps and seconds."""
+    timer(fn, LAYOUT_PROBE.warmup_steps)
+    times = timer(fn, LAYOUT_PROBE.min_steps)
+    more = math.ceil(LAYOUT_PROBE.min_s * 1000.0 / max(statistics.median(times), 1e-3)) - len(times)
+    if more > 0:
+        times += timer(fn, more)
+    return statistics.median(times)
+
+
+def _release(device: torch.device) -> None:
+    """Return a discarded step's memory (a captured graph's pool) before the next one is prepared."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 def prepare_step(
     model: nn.Module, input_size: tuple[int, int], *, device: torch.device, mode: str, protocol: SpeedProtocol,
-    capture: bool = True,
-):  # fmt: skip
-    """The step of ``mode`` ready to time (fused, compiled, captured), the compile time in seconds (or None)
-    and, in a fused mode, what the fusion did with the FLOPs its inference form executes (or None).
+    capture: bool = True, channels_last: bool | None = None,
+) -> PreparedStep:  # fmt: skip
+    """The step of ``mode`` ready to time (fused, compiled, captured, in its memory layout).
 
     Call under ``torch.no_grad()`` with ``device`` current (`_on`); a graph mode resets the device's
     peak-memory statistics before its capture. A fused mode rewrites ``model`` in place.
     ``capture=False`` leaves a graph mode's step uncaptured: the same kernels, launched one by one
-    (what a profiler can attribute to operators).
+    (what a profiler can attribute to operators). ``channels_last`` holds the layout (default: the
+    mode's; "auto" prepares the step in each layout as the mode runs it, times it (`LAYOUT_PROBE`)
+    and keeps the faster).
     """
     settings = MODES[mode]
     on_cuda = device.type == "cuda"
@@ -213,42 +258,69 @@ def prepare_step(
         raise ModeUnavailable(f"mode {mode!r} needs a CUDA GPU; on a CPU only mode 'eager' runs")
     if on_cuda:
         torch.backends.cudnn.benchmark = True
-    memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model = model.to(device=device).eval()
-    x = torch.randn(protocol.batch, 3, *input_size, device=device).contiguous(memory_format=memory_format)
+    x = torch.randn(protocol.batch, 3, *input_size, device=device)
     form = None
     if settings["fused"]:
         form = fuse_for_inference(model, x).as_dict()
         executed = count_flops(model, input_size, device=device)
         form["executed_gflops"] = executed.gflops
         form["executed_by_operator"] = executed.by_operator  # the fp32 ceiling's split (roofline.ceiling_tflops)
-    model = model.to(memory_format=memory_format)
+        if on_cuda and settings["precision"] != "fp32":  # after the count: it runs the forward in fp32
+            form["precast_parameters"] = precast_for_autocast(model, x, _DTYPES[settings["precision"]])
+    layout = settings["channels_last"] if channels_last is None else channels_last
     compile_s = None
     if settings["compile"]:
+        if layout == "auto":
+            raise ValueError(f"mode {mode!r}: torch.compile is prepared in one layout, not probed")
+        model = model.to(memory_format=_FORMATS[layout])
         model = torch.compile(model, mode=COMPILE_MODE)
-    step = inference_step(model, x, settings["precision"])
-    if settings["compile"]:
+        step = inference_step(model, x.contiguous(memory_format=_FORMATS[layout]), settings["precision"])
         t0 = time.perf_counter()
         step()
         torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
-    fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] and capture else step
-    return fn, compile_s, form
+        fn = _capture(step, protocol.warmup_steps) if settings["cuda_graph"] and capture else step
+        return PreparedStep(fn, compile_s, form, layout)
+
+    def build(last: bool, captured: bool):
+        model.to(memory_format=_FORMATS[last])
+        step = inference_step(model, x.contiguous(memory_format=_FORMATS[last]), settings["precision"])
+        return _capture(step, protocol.warmup_steps) if settings["cuda_graph"] and captured else step
+
+    if layout != "auto":
+        return PreparedStep(build(layout, captured=capture), compile_s, form, layout)
+    timer = _time_cuda if on_cuda else _time_cpu
+    layout_ms = {}
+    for last in (True, False):
+        fn = None
+        _release(device)  # the other layout's step (its graph's memory pool) first
+        fn = build(last, captured=True)
+        layout_ms[_LAYOUT_NAMES[last]] = _probe_ms(fn, timer)
+    layout = layout_ms["channels_last"] <= layout_ms["contiguous"]
+    if layout or (settings["cuda_graph"] and not capture):  # not the step built last
+        fn = None
+        _release(device)
+        fn = build(layout, captured=capture)
+    return PreparedStep(fn, compile_s, form, layout, layout_ms)
 
 
 def bare_latency(
     model: nn.Module, input_size: tuple[int, int], *, device: str | torch.device, mode: str, protocol: SpeedProtocol,
-    steps: int,
+    steps: int, channels_last: bool | None = None,
 ) -> float:  # fmt: skip
     """Mean ms per step of the same callable `measure_latency` times, in a bare loop between two CUDA events.
 
     The reference for the harness's own overhead: no per-step events, no statistics, no telemetry.
+    ``channels_last``: the layout `measure_latency` kept (an "auto" mode would otherwise probe again).
     """
     device = torch.device(device)
     if device.type != "cuda":
         raise ModeUnavailable("the bare CUDA-event loop needs a CUDA GPU")
     with torch.no_grad(), _on(device):
-        fn, _, _ = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
+        fn = prepare_step(
+            model, input_size, device=device, mode=mode, protocol=protocol, channels_last=channels_last
+        ).fn
         for _ in range(protocol.warmup_steps):
             fn()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -269,6 +341,7 @@ def measure_latency(
     mode: str = "eager",
     protocol: SpeedProtocol,
     nvml_handle=None,
+    channels_last: bool | None = None,
 ) -> LatencyResult:
     """Time ``model`` under the protocol.
 
@@ -279,11 +352,15 @@ def measure_latency(
         mode: a key of `bench.protocol.MODES`.
         protocol: warm-up, repeats and step counts.
         nvml_handle: NVML handle of the GPU for clocks and energy (None: no telemetry).
+        channels_last: the memory layout (default: the mode's; "auto" probes both, `prepare_step`).
     """
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     with torch.no_grad(), _on(device), contextlib.ExitStack() as timing:
-        fn, compile_s, form = prepare_step(model, input_size, device=device, mode=mode, protocol=protocol)
+        prepared = prepare_step(
+            model, input_size, device=device, mode=mode, protocol=protocol, channels_last=channels_last
+        )
+        fn, compile_s, form = prepared.fn, prepared.compile_s, prepared.form
         host_memory = timing.enter_context(host_memory_cached(device))  # the steps, not the preparation
         timer = _time_cuda if on_cuda else _time_cpu
         warm = timer(fn, protocol.warmup_steps)
@@ -326,6 +403,8 @@ def measure_latency(
         throttled=nvml.throttled(before, after, meter.elapsed_s),
         compile_s=compile_s,
         inference_form=form,
+        channels_last=prepared.channels_last,
+        layout_ms=prepared.layout_ms,
         host_memory=host_memory,
         tf32=bool(torch.backends.cudnn.allow_tf32) if on_cuda else None,
         tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32) if on_cuda else None,
@@ -353,6 +432,8 @@ class SweepResult:
         best_batch: the batch size with the most images/s.
         images_s: images/s at ``best_batch``.
         stopped: why the sweep ended before its last batch size (memory, 32-bit indexing), or None.
+        channels_last: the memory layout of every point (an "auto" mode's is probed at the first).
+        layout_ms: an "auto" mode's probe at the first batch size, ms per layout; else None.
     """
 
     mode: str
@@ -360,6 +441,8 @@ class SweepResult:
     best_batch: int
     images_s: float
     stopped: str | None = None
+    channels_last: bool | None = None
+    layout_ms: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -390,6 +473,7 @@ def sweep_batches(
     device = torch.device(device)
     points: list[dict] = []
     stopped = None
+    layout, layout_ms = None, None  # probed at the first batch size when the mode's is "auto", then held
     base_mb = 0.0  # the weights: what does not grow with the batch
     if device.type == "cuda":
         model = model.to(device)
@@ -410,8 +494,9 @@ def sweep_batches(
                 break
         try:
             result = measure_latency(
-                model, input_size, device=device, mode=mode, protocol=replace(protocol, batch=batch)
-            )
+                model, input_size, device=device, mode=mode, protocol=replace(protocol, batch=batch),
+                channels_last=layout,
+            )  # fmt: skip
         except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as exc:
             if is_out_of_memory(exc):
                 stopped = f"out of memory at batch {batch}"
@@ -428,6 +513,8 @@ def sweep_batches(
             break
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if not points:
+            layout, layout_ms = result.channels_last, result.layout_ms
         points.append(
             {
                 "batch": batch,
@@ -440,4 +527,7 @@ def sweep_batches(
     if not points:
         raise torch.cuda.OutOfMemoryError(f"{stopped}: not even batch {batches[0]} fits")
     best = max(points, key=lambda p: p["images_s"])
-    return SweepResult(mode=mode, points=points, best_batch=best["batch"], images_s=best["images_s"], stopped=stopped)
+    return SweepResult(
+        mode=mode, points=points, best_batch=best["batch"], images_s=best["images_s"], stopped=stopped,
+        channels_last=layout, layout_ms=layout_ms,
+    )  # fmt: skip

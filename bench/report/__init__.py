@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench import protocol as proto
 from bench.measure.roofline import read_peaks
-from bench.records import RecordStore, write_text_atomic
+from bench.records import RecordStore, latest_ok, write_text_atomic
 from bench.report.plot import write_plots
 from bench.report.table import build_frame, published_frame, write_table
 
@@ -30,7 +30,8 @@ def write_reports(
     store = RecordStore(Path(results), device_slug)
     if records is None:
         records = store.read()
-    latest = [r for r in records if r.get("status") == "ok" and r.get("protocol") == protocol]
+    shown = {id(r) for r in latest_ok(records, protocol).values()}
+    latest = [r for r in records if id(r) in shown]  # in file order
     if not latest:  # nothing to tabulate: the tables already there stay as they are
         return []
     stored = read_peaks(store.folder)

@@ -82,7 +82,7 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     else:
         ax.set_xlabel(f"images/s at the best batch size, log scale (measured: {where}, batch sweep)")
     ax.set_ylabel(f"{title} mIoU (%)")
-    ax.set_title(f"{title}: accuracy vs speed (protocol v{proto.PROTOCOL_VERSION})")
+    ax.set_title(f"{title}: accuracy vs speed (protocol v{frame.attrs.get('protocol', proto.PROTOCOL_VERSION)})")
     markers = {
         "published": plt.Line2D(
             [], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.45",

@@ -104,6 +104,7 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
                 row[f"{ds}_spread_{mode}_pct"] = _scaled(_value(values, name, ds, "latency", mode, "spread"), 100)
                 row[f"{ds}_unstable_{mode}"] = _value(values, name, ds, "latency", mode, "unstable")
                 row[f"{ds}_throttled_{mode}"] = _value(values, name, ds, "latency", mode, "throttled")
+                row[f"{ds}_channels_last_{mode}"] = _value(values, name, ds, "latency", mode, "channels_last")
                 # a fused mode's rate counts what its inference form executes, not the architecture's count
                 form = _value(values, name, ds, "latency", mode, "inference_form") or {}
                 work = form.get("executed_gflops") if settings["fused"] else gflops
@@ -131,7 +132,9 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
             row[f"{ds}_miou_published"] = pub.miou if pub else None
         rows.append(row)
     _add_step_costs(rows)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["protocol"] = protocol  # the version the table and plots name
+    return frame
 
 
 def _add_step_costs(rows: list[dict]) -> None:
@@ -192,12 +195,20 @@ def _pair(measured, published, digits: int, pct=None, points: bool = False) -> s
     return text
 
 
+def _graph_layout(protocol: str) -> str:
+    """What mode ``graph`` used for its memory layout under ``protocol``."""
+    if protocol == "1":
+        return "channels_last"
+    return "the faster of channels_last and NCHW (timed both; speed.md says which)"
+
+
 def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = None, commits: int = 1) -> str:
     """The Markdown table with its footnotes (protocol, device, FLOP convention, spec notes).
 
     ``provenance`` is the newest record's; ``commits`` how many segbench commits the records were taken at.
     """
     speed = "CPU" if device == "cpu" else "GPU"
+    protocol = frame.attrs.get("protocol", proto.PROTOCOL_VERSION)
     modes = measured_modes(frame, device)
     extras = [
         (column, title, digits)
@@ -246,10 +257,10 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
     table = pd.DataFrame(lines, columns=headers).to_markdown(index=False, disable_numparse=True)
     footer = [
         "",
-        f"Protocol v{proto.PROTOCOL_VERSION}: batch 1; ADE20K 512x512 (150 classes), "
+        f"Protocol v{protocol}: batch 1; ADE20K 512x512 (150 classes), "
         "Cityscapes 1024x2048 (19 classes), or the published size where marked @HxW. "
         "Speed: forward + bilinear resize of the logits + argmax, "
-        "median of timed steps; eager = fp32, graph = fp16 autocast + channels_last + CUDA-graph replay; "
+        f"median of timed steps; eager = fp32, graph = fp16 autocast + {_graph_layout(protocol)} + CUDA-graph replay; "
         f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled. "
         "img/s best batch: the batch sweep's best throughput (speed.md lists every mode, the roofline and the "
         "launch overhead).",
@@ -320,6 +331,14 @@ def _flags(row, ds: str, mode: str) -> str:
     return "".join(f for f, key in (("†", "unstable"), ("‡", "throttled")) if _n(row.get(f"{ds}_{key}_{mode}")))
 
 
+def _layout_tag(row, ds: str, mode: str) -> str:
+    """ " NHWC" or " NCHW" after a latency whose mode chooses its layout by timing both ("auto")."""
+    chosen = _n(row.get(f"{ds}_channels_last_{mode}"))
+    if proto.MODES[mode]["channels_last"] != "auto" or chosen is None:
+        return ""
+    return " NHWC" if chosen else " NCHW"
+
+
 def _fps_cell(row, ds: str, mode: str) -> str:
     return _num(_n(row[f"{ds}_fps_{mode}"]), 1) + _flags(row, ds, mode)
 
@@ -343,7 +362,11 @@ def to_speed_markdown(
             for m in modes:
                 latency = _n(row[f"{ds}_latency_{m}_ms"])
                 spread = _n(row[f"{ds}_spread_{m}_pct"])
-                cells.append(MISSING if latency is None else f"{latency:.2f} ({_num(spread, 1)}){_flags(row, ds, m)}")
+                cells.append(
+                    MISSING
+                    if latency is None
+                    else f"{latency:.2f} ({_num(spread, 1)}){_flags(row, ds, m)}{_layout_tag(row, ds, m)}"
+                )
                 tflops, pct = _n(row[f"{ds}_tflops_{m}"]), _n(row[f"{ds}_peak_{m}_pct"])
                 cells.append(MISSING if tflops is None else f"{tflops:.1f} ({_num(pct, 1)})")
             batch, images = _n(row[f"{ds}_best_batch"]), _n(row[f"{ds}_images_s_best"])
@@ -369,7 +392,8 @@ def to_speed_markdown(
         "against the matmul ceiling of the mode's precision (fp32: convolutions against TF32 when cuDNN may use it, "
         "matmuls and attention against fp32 unless TF32 matmuls are on, weighted by the FLOP count's split). "
         "Launch overhead: 1 - graph-fp32 / eager latency, the share of the eager step that CUDA-graph replay "
-        "removes; bound = launch when it is 50% or more. "
+        "removes; bound = launch when it is 50% or more. NHWC / NCHW: the memory layout a mode that times both "
+        "kept (channels_last where it was faster). "
         f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled.",
     ]
     return "".join(parts) + "\n".join(footer[1:]) + "\n"
