@@ -150,6 +150,12 @@ def counts_as(protocol: str, mode: str | None) -> str:
     return current
 
 
+def file_suffix(protocol: str) -> str:
+    """What the tables and plots of ``protocol`` add to their file names: nothing for the current
+    version, ``-v<N>`` for another (table-v1.md beside table.md)."""
+    return "" if protocol == PROTOCOL_VERSION else f"-v{protocol}"
+
+
 def needs_cuda(mode: str) -> bool:
     """True for modes a CPU cannot run as named: reduced precision, CUDA graphs, torch.compile."""
     settings = MODES[mode]

@@ -194,8 +194,9 @@ def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(t
     frame = build_frame(GPU_RECORDS, peaks=PEAKS)
     text = to_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"})
     header, w8 = text.splitlines()[0], next(line for line in text.splitlines() if "Toy" in line)
-    for column in ("graph-fp32 fp32", "img/s best batch", "J/frame graph", "% peak graph"):
+    for column in ("FPS GPU graph-fp32 ", "FPS GPU graph fp16", "img/s best batch", "J/frame graph", "% peak graph"):
         assert column in header
+    assert "graph-fp32 fp32" not in header
     assert "400.0†" in w8 and "2000.0" in w8 and "0.250" in w8
     speed = to_speed_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"}, peaks=PEAKS)
     assert "2.50 (5.0)†" in speed and "5.0 (0.6)" in speed and "| launch " in speed and "16: 2000.0" in speed
@@ -214,6 +215,26 @@ def test_any_measured_speed_can_be_the_plot_axis(tmp_path):
     every = {p.stem for p in write_plots(frame, tmp_path, device="cuda")}
     assert every == {"ade20k_eager", "ade20k_graph", "ade20k_graph-fp32", "ade20k_best-batch"}
     assert write_plots(frame, tmp_path / "none", device="cuda", speeds=("compile",)) == []  # not measured: no plot
+
+
+def test_another_version_s_tables_and_plots_sit_beside_the_current_ones_and_stale_plots_go(tmp_path):
+    from bench.records import RecordStore
+    from bench.report import write_reports
+
+    store = RecordStore(tmp_path, "dev")
+    graph_v1 = rec("toy-w8", "ade20k", "latency", {"fps": 500.0, "median_ms": 2.0}, mode="graph", protocol="1")
+    store.append([*GPU_RECORDS[:3], graph_v1])  # v2: params, FLOPs, eager; v1 also a graph latency
+    folder = tmp_path / "dev"
+    (folder / "plots").mkdir(parents=True)
+    for ext in ("png", "svg"):  # a plot of an axis the current records no longer measure
+        (folder / "plots" / f"ade20k_graph.{ext}").write_text("stale")
+    current = {p.relative_to(folder).as_posix() for p in write_reports(tmp_path, "dev") if folder in p.parents}
+    assert current == {"table.md", "table.csv", "speed.md", "plots/ade20k_eager.png", "plots/ade20k_eager.svg"}
+    assert not (folder / "plots" / "ade20k_graph.png").exists()
+    old = {p.relative_to(folder).as_posix() for p in write_reports(tmp_path, "dev", "1") if folder in p.parents}
+    assert {"table-v1.md", "table-v1.csv", "speed-v1.md", "plots/ade20k_graph-v1.png"} <= old
+    assert "Protocol v1:" in (folder / "table-v1.md").read_text()
+    assert "Protocol v2:" in (folder / "table.md").read_text()  # the current table untouched by v1's
 
 
 def test_a_model_that_adds_a_step_to_another_gets_the_steps_own_cost():

@@ -13,7 +13,9 @@ from bench.records import OK, RecordStore, ensure_writable_folder, iter_record_f
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("table", help="regenerate table.md / table.csv from the records")
+    p = subparsers.add_parser(
+        "table", help="regenerate table.md / table.csv from the records (table-vN.* for another protocol version)"
+    )
     p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
     p.add_argument("--device", default=None, help="only this device folder (default: every folder with records)")
     p.add_argument("--format", default="md,csv", help="md, csv or both (default: md,csv); md is also printed")
@@ -63,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
         for path in paths:
             if path.suffix.lstrip(".") in formats or path.suffix in (".png", ".svg"):
                 print(f"wrote {path}")
-        unplotted = [s for s in speeds or () if not any(p.stem.endswith(f"_{s}") for p in paths)]
+        suffix = proto.file_suffix(args.protocol)
+        unplotted = [s for s in speeds or () if not any(p.stem.endswith(f"_{s}{suffix}") for p in paths)]
         if args.plots and unplotted:
             print(f"note: {slug} has no {', '.join(unplotted)} measurements: no plot for that axis", file=sys.stderr)
-        table_md = next((p for p in paths if p.name == "table.md"), None)
+        table_md = next((p for p in paths if p.name == f"table{suffix}.md"), None)
         if "md" in formats and not args.plots and table_md is not None:
             print(f"\n## {slug}\n")
             print(table_md.read_text())

@@ -125,12 +125,20 @@ def write_plots(frame: pd.DataFrame, folder: Path, *, device: str, speeds: tuple
     """One plot per dataset and speed axis: the axes asked for, else every measured one (eager at least).
 
     An axis asked for that no record of the dataset measured gets no plot (rather than an empty one).
+    Regenerating every axis also removes the plot files of an axis that now has no measurement (a
+    protocol version changed the mode): the plots left are those of the records. File names carry
+    the version when it is not the current one (`bench.protocol.file_suffix`).
     """
+    suffix = proto.file_suffix(frame.attrs.get("protocol", proto.PROTOCOL_VERSION))
     paths = []
     for dataset in proto.DATASETS:
         for speed in speeds or tuple(SPEED_AXES):
             column = f"{dataset}_{SPEED_AXES[speed]}"
             measured = column in frame and frame[column].notna().any()
+            stem = folder / "plots" / f"{dataset}_{speed}{suffix}"
             if measured or (speed == "eager" and not speeds):
-                paths += plot_dataset(frame, dataset, speed, device, folder / "plots" / f"{dataset}_{speed}")
+                paths += plot_dataset(frame, dataset, speed, device, stem)
+            elif not speeds:
+                for stale in (stem.with_suffix(".png"), stem.with_suffix(".svg")):
+                    stale.unlink(missing_ok=True)
     return paths

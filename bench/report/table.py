@@ -195,6 +195,12 @@ def _pair(measured, published, digits: int, pct=None, points: bool = False) -> s
     return text
 
 
+def _mode_title(mode: str) -> str:
+    """The mode and its precision, once: "graph fp16", "graph-fp32" (not "graph-fp32 fp32")."""
+    precision = proto.MODES[mode]["precision"]
+    return mode if precision in mode else f"{mode} {precision}"
+
+
 def _graph_layout(protocol: str) -> str:
     """What mode ``graph`` used for its memory layout under ``protocol``."""
     if protocol == "1":
@@ -222,7 +228,7 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
     headers = ["", "Method", "Encoder", "Params M (ours / pub.)"]
     for ds in proto.DATASETS.values():
         headers += [f"{ds.title} GFLOPs (ours / pub.)"]
-        headers += [f"{ds.title} FPS {speed} {m} {proto.MODES[m]['precision']}" for m in modes]
+        headers += [f"{ds.title} FPS {speed} {_mode_title(m)}" for m in modes]
         headers += [f"{ds.title} {title}" for _, title, _ in extras]
         headers += [f"{ds.title} FPS pub.", f"{ds.title} mIoU (ours / pub.)"]
     lines, notes, previous_group = [], [], None
@@ -432,9 +438,11 @@ def write_table(
     peaks: dict | None = None,
     commits: int = 1,
 ) -> list[Path]:
-    """table.md, table.csv and (where speed was measured on a GPU) speed.md of one device folder."""
+    """table.md, table.csv and (where speed was measured on a GPU) speed.md of one device folder; for
+    another protocol version than the current one, table-v<N>.md and so on (`bench.protocol.file_suffix`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    md, csv = folder / "table.md", folder / "table.csv"
+    suffix = proto.file_suffix(frame.attrs.get("protocol", proto.PROTOCOL_VERSION))
+    md, csv = folder / f"table{suffix}.md", folder / f"table{suffix}.csv"
     write_text_atomic(md, to_markdown(frame, device=device, provenance=provenance, commits=commits))
     write_text_atomic(csv, frame.to_csv(index=False, float_format="%.6g"))
     paths = [md, csv]
@@ -444,8 +452,8 @@ def write_table(
         else ""
     )
     if speed:
-        write_text_atomic(folder / "speed.md", speed)
-        paths.append(folder / "speed.md")
+        write_text_atomic(folder / f"speed{suffix}.md", speed)
+        paths.append(folder / f"speed{suffix}.md")
     return paths
 
 
