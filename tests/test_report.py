@@ -136,7 +136,14 @@ GPU_RECORDS = [
         "toy-w8",
         "ade20k",
         "latency",
-        {"fps": 500.0, "median_ms": 2.0, "spread": 0.001, "energy_j_per_frame": 0.25, "channels_last": False},
+        {
+            "fps": 500.0,
+            "median_ms": 2.0,
+            "spread": 0.001,
+            "energy_j_per_frame": 0.25,
+            "channels_last": False,
+            "layout_ms": {"channels_last": 2.6, "contiguous": 2.0},
+        },
         mode="graph",
     ),  # noqa: E501
     rec("toy-w8", "ade20k", "sweep", {"best_batch": 16, "images_s": 2000.0, "points": []}, mode="graph"),
@@ -201,6 +208,8 @@ def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(t
     speed = to_speed_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"}, peaks=PEAKS)
     assert "2.50 (5.0)†" in speed and "5.0 (0.6)" in speed and "| launch " in speed and "16: 2000.0" in speed
     assert "2.00 (0.1) NCHW" in speed and "2.50 (5.0)† N" not in speed  # the layout graph kept; graph-fp32 has one
+    unprobed = build_frame([{**r, "value": {**r["value"], "layout_ms": None}} for r in GPU_RECORDS], peaks=PEAKS)
+    assert " NCHW" not in to_speed_markdown(unprobed, device="cuda", provenance=None, peaks=PEAKS).split("\n\n")[1]
     paths = write_table(frame, tmp_path, device="cuda", provenance=None, peaks=PEAKS)
     assert sorted(p.name for p in paths) == ["speed.md", "table.csv", "table.md"]
     cpu_paths = write_table(build_frame(RECORDS), tmp_path / "cpu", device="cpu", provenance=None)

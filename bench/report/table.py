@@ -104,7 +104,10 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
                 row[f"{ds}_spread_{mode}_pct"] = _scaled(_value(values, name, ds, "latency", mode, "spread"), 100)
                 row[f"{ds}_unstable_{mode}"] = _value(values, name, ds, "latency", mode, "unstable")
                 row[f"{ds}_throttled_{mode}"] = _value(values, name, ds, "latency", mode, "throttled")
-                row[f"{ds}_channels_last_{mode}"] = _value(values, name, ds, "latency", mode, "channels_last")
+                # the layout a probing mode kept (a record of a fixed layout, or of protocol v1, has no probe)
+                probed = _value(values, name, ds, "latency", mode, "layout_ms")
+                kept = _value(values, name, ds, "latency", mode, "channels_last")
+                row[f"{ds}_channels_last_{mode}"] = kept if probed else None
                 # a fused mode's rate counts what its inference form executes, not the architecture's count
                 form = _value(values, name, ds, "latency", mode, "inference_form") or {}
                 work = form.get("executed_gflops") if settings["fused"] else gflops
@@ -338,9 +341,9 @@ def _flags(row, ds: str, mode: str) -> str:
 
 
 def _layout_tag(row, ds: str, mode: str) -> str:
-    """ " NHWC" or " NCHW" after a latency whose mode chooses its layout by timing both ("auto")."""
+    """ " NHWC" or " NCHW" after a latency whose mode chose its layout by timing both ("auto")."""
     chosen = _n(row.get(f"{ds}_channels_last_{mode}"))
-    if proto.MODES[mode]["channels_last"] != "auto" or chosen is None:
+    if chosen is None:
         return ""
     return " NHWC" if chosen else " NCHW"
 
@@ -389,6 +392,8 @@ def to_speed_markdown(
     if not parts:
         return ""
     ceilings = ", ".join(f"{k} {v:.1f}" for k, v in (peaks or {}).items()) or "not measured"
+    probed = any(_n(v) is not None for c in frame.columns if "_channels_last_" in c for v in frame[c])
+    layouts = "NHWC / NCHW: the memory layout a mode that times both kept (the faster). " if probed else ""
     footer = [
         "",
         f"Measured on: {_device_line(device, provenance, commits)}. "
@@ -398,8 +403,7 @@ def to_speed_markdown(
         "against the matmul ceiling of the mode's precision (fp32: convolutions against TF32 when cuDNN may use it, "
         "matmuls and attention against fp32 unless TF32 matmuls are on, weighted by the FLOP count's split). "
         "Launch overhead: 1 - graph-fp32 / eager latency, the share of the eager step that CUDA-graph replay "
-        "removes; bound = launch when it is 50% or more. NHWC / NCHW: the memory layout a mode that times both "
-        "kept (channels_last where it was faster). "
+        f"removes; bound = launch when it is 50% or more. {layouts}"
         f"† = repeats spread more than {100 * proto.MAX_SPREAD:.0f}%, ‡ = the GPU clock throttled.",
     ]
     return "".join(parts) + "\n".join(footer[1:]) + "\n"
