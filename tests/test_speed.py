@@ -342,3 +342,59 @@ def test_a_sweep_probes_the_layout_at_its_first_batch_and_holds_it(auto_layout_m
     sweep = sweep_batches(model, (16, 16), device="cpu", mode=auto_layout_mode, protocol=FAST, batches=(1, 2, 4))
     assert sweep.channels_last is False and set(sweep.layout_ms) == {"channels_last", "contiguous"}
     assert {layout for batch, layout in model.seen if batch > 1} == {False}
+
+
+@pytest.fixture
+def captured_on_cpu(monkeypatch):
+    """A graph mode with an "auto" layout that runs on a CPU: `_capture` stands in for the CUDA-graph capture (a
+    replay marked ``captured``). Returns (mode, a list with one entry per capture)."""
+    from bench.measure import speed
+
+    captures: list = []
+
+    def capture(step, warmup):
+        def replay():
+            return step()
+
+        replay.captured = True
+        for _ in range(warmup):
+            step()
+        captures.append(step)
+        return replay
+
+    monkeypatch.setattr(speed, "_capture", capture)
+    monkeypatch.setattr(speed, "needs_cuda", lambda mode: False)
+    monkeypatch.setitem(MODES, "graph-cpu", {**MODES["eager"], "cuda_graph": True, "channels_last": "auto"})
+    return "graph-cpu", captures
+
+
+@pytest.mark.parametrize("slow_channels_last, captures", [(True, 2), (False, 3)])
+def test_a_probed_graph_mode_captures_each_layout_once_and_the_kept_one_again_only_when_needed(
+    captured_on_cpu, slow_channels_last, captures
+):
+    from bench.measure.speed import _on, prepare_step
+
+    mode, done = captured_on_cpu
+    model = SlowInLayout(slow_channels_last)
+    with torch.no_grad(), _on(torch.device("cpu")):
+        prepared = prepare_step(model, (16, 16), device=torch.device("cpu"), mode=mode, protocol=FAST)
+    # channels_last is probed first: keeping it means capturing it again; keeping NCHW reuses the last capture
+    assert prepared.channels_last is (not slow_channels_last) and len(done) == captures
+    assert getattr(prepared.fn, "captured", False)
+    model.seen.clear()
+    prepared.fn()
+    assert model.seen == [(1, prepared.channels_last)]
+
+
+def test_a_probed_graph_mode_profiled_uncaptured_probes_captured_then_runs_uncaptured(captured_on_cpu):
+    from bench.measure.speed import _on, prepare_step
+
+    mode, done = captured_on_cpu
+    model = SlowInLayout(slow_channels_last=True)
+    with torch.no_grad(), _on(torch.device("cpu")):
+        prepared = prepare_step(model, (16, 16), device=torch.device("cpu"), mode=mode, protocol=FAST, capture=False)
+    assert prepared.channels_last is False and len(done) == 2  # both layouts timed as replayed
+    assert not getattr(prepared.fn, "captured", False)  # the kept layout's step itself, for the profiler
+    model.seen.clear()
+    prepared.fn()
+    assert model.seen == [(1, False)]
