@@ -292,9 +292,11 @@ def prepare_step(
         return PreparedStep(build(layout, captured=capture), compile_s, form, layout)
     timer = _time_cuda if on_cuda else _time_cpu
     layout_ms = {}
+    fn = None
     for last in (True, False):
-        fn = None
-        _release(device)  # the other layout's step (its graph's memory pool) first
+        if fn is not None:
+            fn = None
+            _release(device)  # the other layout's step (its graph's memory pool) first
         fn = build(last, captured=True)
         layout_ms[_LAYOUT_NAMES[last]] = _probe_ms(fn, timer)
     layout = layout_ms["channels_last"] <= layout_ms["contiguous"]
