@@ -89,10 +89,8 @@ class HRModule(nn.Module):
         out = []
         for i, row in enumerate(self.fuse_layers):
             size = xs[i].shape[-2:]
-            y = xs[i]
-            for j in range(self.num_branches):
-                if j == i:
-                    continue
+            y = None
+            for j in range(self.num_branches):  # summed in branch order, as mmseg sums (the same rounding)
                 z = row[j](xs[j])
                 if j > i:
                     # mmseg upsamples by 2**(j-i) and then resizes to the target: equal for sizes
@@ -101,7 +99,7 @@ class HRModule(nn.Module):
                     z = _upsample(z, (z.shape[-2] * scale, z.shape[-1] * scale))
                     if z.shape[-2:] != size:
                         z = _upsample(z, size)
-                y = y + z
+                y = z if y is None else y + z
             out.append(self.relu(y))
         return out
 
