@@ -22,7 +22,9 @@ COMMIT_ENV = "SEGBENCH_GIT_COMMIT"
 
 
 def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+    """``Intel(R) Xeon(R) Platinum 8481C CPU`` -> ``intel-xeon-platinum-8481c-cpu`` (marks dropped)."""
+    text = re.sub(r"\((r|tm|c)\)", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
 
 
 @functools.lru_cache(maxsize=1)

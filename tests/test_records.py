@@ -300,3 +300,12 @@ def test_a_copy_without_git_names_its_commit_from_the_environment(tmp_path, monk
     assert git_commit(tmp_path / "bare") == {"commit": None, "dirty": None}
     monkeypatch.setenv(COMMIT_ENV, "0123456789abcdef")
     assert git_commit(tmp_path / "exported") == {"commit": "0123456789abcdef", "dirty": None}
+
+
+def test_a_device_folder_name_drops_trademark_marks():
+    from bench.provenance import slugify
+
+    assert slugify("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz") == "intel-xeon-platinum-8481c-cpu-2-70ghz"
+    assert slugify("Intel(TM) Core(tm) i7") == "intel-core-i7"
+    assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert slugify("(R)") == "unknown"
