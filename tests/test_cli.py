@@ -172,6 +172,7 @@ def test_bad_input_is_one_line_and_nonzero_and_loses_nothing(finished_run, args,
         (("run", "--arch", "toy-w4", "--plugin", "no_such_module"), "cannot import model module 'no_such_module'"),
         (("run", "--job-timeout", "abc"), "invalid float value: 'abc'; see bench run --help"),  # argparse's own
         (("nosuch",), "invalid choice: 'nosuch'"),
+        (("run", "--bogus"), "bench run: error: unrecognized arguments: --bogus; see bench run --help"),
     ],
 )
 def test_bad_input_from_the_command_line_is_one_line_and_nonzero(finished_run, args, message):
