@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import archs
+from archs import kernels
 from bench.errors import BenchError
 from bench.measure.flops import count_flops
 from bench.measure.speed import measure_latency
@@ -173,6 +174,7 @@ def compare(
     ):
         torch.manual_seed(MODEL_SEED)
         model = build().eval()
+        launched = kernels.launched
         try:
             row[f"{side}_params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
             if side not in gflops:
@@ -181,6 +183,8 @@ def compare(
             results[side] = measure_latency(
                 model, input_size, device=device, mode=mode, protocol=protocol, nvml_handle=nvml_handle
             )
+            if side == "ours":  # whether our model ran segbench's fused kernels (`archs.kernels`)
+                row["ours_fused_kernels"] = kernels.launched > launched
         finally:  # a failed side (out of memory, say) must not leave its memory to the next pair
             del model
             if torch.device(device).type == "cuda":

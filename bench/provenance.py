@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from archs import kernels
 from bench import __version__
 from bench.measure import nvml
 
@@ -109,6 +110,9 @@ def software() -> dict:
         "fvcore": _version("fvcore"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": _version("triton"),
+        # SegFormer's fused kernels in this process (`archs.kernels.report`): used, not used, off or failed
+        "fused_kernels": kernels.report(),
     }
 
 

@@ -15,8 +15,9 @@
 #                 first H200 run, protocol v1, channels_last made graph up to 2.8x slower than
 #                 graph-fp32 on these CNNs; from v2 every graph record times both layouts and keeps
 #                 the faster, so the suite itself says which layout won)
-#   profile       bench profile: time per operator of SegFormer-B5 at 1024x2048 (ours in graph and
-#                 graph-fused, HF's in graph) and of DeepLab v3 R101 at 512x512 (ours and torchvision's)
+#   profile       bench profile: time per operator of SegFormer-B5 at 1024x2048 (ours in graph, with
+#                 its fused kernels and without, and in graph-fused; HF's in graph) and of DeepLab v3
+#                 R101 at 512x512 (ours and torchvision's)
 #   overhead      bench overhead (the harness against a bare CUDA-event loop)
 #   eval          the evaluation throughput benchmark of segformer-b0 on a generated ADE20K set of
 #                 $EVAL_IMAGES (2000) images, generated in the background while the first steps run
@@ -135,6 +136,9 @@ run_profiles() {
     local rc=0 mode
     [[ $DEVICE == cpu ]] && mode=eager || mode=graph
     bench profile segformer-b5 --dataset cityscapes --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    # the same step with SegFormer's fused kernels off (written beside, as ...-kernels-off.md)
+    env SEGBENCH_KERNELS=0 "$PYTHON" -m bench profile segformer-b5 --dataset cityscapes --mode "$mode" \
+        --device "$DEVICE" --top 30 >/dev/null || rc=$?
     bench profile segformer-b5 --dataset cityscapes --mode "$mode-fused" --device "$DEVICE" --top 30 >/dev/null || rc=$?
     bench profile segformer-b5 --dataset cityscapes --mode "$mode" --peer --device "$DEVICE" --top 30 >/dev/null || rc=$?
     bench profile deeplabv3-r101-os8 --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?

@@ -8,6 +8,11 @@ Four stages; each starts with an overlapping patch embedding (a strided convolut
 then blocks of efficient self-attention (keys and values spatially reduced by a strided conv of
 ratio ``sr``) and Mix-FFN (a depth-wise 3x3 convolution between the two linear layers), and ends
 with a LayerNorm. Tokens stay in ``(N, L, C)`` layout inside a stage.
+
+On a CUDA GPU, in inference, the memory-bound steps run as fused kernels (`archs.kernels`): each
+residual addition with the LayerNorm after it, the LayerNorms of the patch embeddings and of the
+reduced keys, and Mix-FFN's depth-wise convolution with its GELU. The same function; elsewhere
+(a CPU, training, tracing, ``torch.compile``, ``SEGBENCH_KERNELS=0``) the PyTorch operators run.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from archs import kernels
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,10 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         h, w = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+        tokens = x.flatten(2).transpose(1, 2)
+        if kernels.active(tokens):  # the output is the residual stream: in the dtype the norm gives
+            return kernels.add_layer_norm(tokens, None, self.norm, feeds_matmul=False)[1], h, w
+        return self.norm(tokens), h, w
 
 
 class EfficientSelfAttention(nn.Module):
@@ -87,7 +97,10 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).view(b, n, heads, c // heads).transpose(1, 2)
         if self.sr_ratio > 1:
             x = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
-            x = self.sr_norm(x)
+            if kernels.active(x):
+                x = kernels.add_layer_norm(x, None, self.sr_norm, feeds_matmul=True)[1]
+            else:
+                x = self.sr_norm(x)
         k, v = self.kv(x).view(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -110,6 +123,8 @@ class MixFFN(nn.Module):
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, n, _ = x.shape
         x = self.fc1(x)
+        if kernels.active(x) and kernels.supports_dwconv(self.dwconv):
+            return self.fc2(kernels.dwconv3x3_gelu(x, h, w, self.dwconv))
         x = self.dwconv(x.transpose(1, 2).reshape(b, -1, h, w)).flatten(2).transpose(1, 2)
         return self.fc2(F.gelu(x))
 
@@ -157,9 +172,27 @@ class MixTransformer(nn.Module):
         features = []
         for embed, blocks, norm in zip(self.patch_embeds, self.blocks, self.norms):
             x, h, w = embed(x)
-            for block in blocks:
-                x = block(x, h, w)
-            x = norm(x)
+            if kernels.active(x) and blocks:
+                x = self._fused_stage(x, h, w, blocks, norm)
+            else:
+                for block in blocks:
+                    x = block(x, h, w)
+                x = norm(x)
             x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
             features.append(x)
         return features
+
+    @staticmethod
+    def _fused_stage(x: torch.Tensor, h: int, w: int, blocks: nn.ModuleList, norm: nn.LayerNorm) -> torch.Tensor:
+        """A stage's blocks with every residual addition fused with the LayerNorm that follows it.
+
+        ``Block.forward`` computes x + attn(norm1(x)), then x + mlp(norm2(x)); here each addition
+        also yields the next norm's output (norm2, the next block's norm1, or the stage's norm).
+        """
+        _, y = kernels.add_layer_norm(x, None, blocks[0].norm1, feeds_matmul=True)
+        for i, block in enumerate(blocks):
+            x, y = kernels.add_layer_norm(x, block.attn(y, h, w), block.norm2, feeds_matmul=True)
+            last = i + 1 == len(blocks)
+            following = norm if last else blocks[i + 1].norm1
+            x, y = kernels.add_layer_norm(x, block.mlp(y, h, w), following, feeds_matmul=not last, keep_sum=not last)
+        return y

@@ -209,5 +209,7 @@ class PeersTable:
             f"{100 * SAME_WORK:.0f}%. A -fused mode times both sides in their inference form (BatchNorm folded into "
             "its convolution on both, and under autocast the weights stored in its precision; ours also with its own "
             "exact rewrites); *_executed_gflops: what that form computes. *_channels_last: the memory layout each "
-            "side ran in (from v2 a graph mode times both layouts for each side and keeps that side's faster).\n"
+            "side ran in (from v2 a graph mode times both layouts for each side and keeps that side's faster); "
+            "ours_fused_kernels: whether ours ran segbench's fused Triton kernels (SegFormer on a GPU; empty in rows "
+            "measured before they existed).\n"
         )

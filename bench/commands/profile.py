@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import archs
+    from archs import kernels
     from bench import peers
     from bench.measure.profile import profile_step
     from bench.provenance import device_slug, provenance
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     text = _markdown(result, subject, size_text, mode, args.top, provenance(device))
     held = "" if args.layout == "mode" else f"-{args.layout}"
+    if os.environ.get(kernels.ENV, "1") == "0":  # beside the profile with SegFormer's fused kernels, not over it
+        held += "-kernels-off"
     name = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{subject}-{size_text}-{mode}{held}").strip("-").lower()
     path = folder / f"{name}.md"
     write_text_atomic(path, text)
@@ -128,7 +132,8 @@ def _markdown(result, subject: str, size: str, mode: str, top: int, prov: dict) 
         f"{(prov.get('git_commit') or '?')[:10]}: {result.steps} step{'s' * (result.steps != 1)} after the "
         "protocol's warm-up, batch 1, random input; a step is forward + resize + argmax as `bench run` times "
         f"it, a graph mode uncaptured (its kernels launched one by one). Memory layout: {layout}."
-        + (f" Inference form: {result.inference_form}." if result.inference_form else ""),
+        + (f" Inference form: {result.inference_form}." if result.inference_form else "")
+        + f" segbench's fused kernels (`archs.kernels`): {prov.get('fused_kernels')}.",
         "",
     ]
     return "\n".join(lines)
