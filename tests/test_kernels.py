@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -170,8 +169,7 @@ def test_fused_kernels_on_a_gpu_eager_and_replayed_from_a_cuda_graph(monkeypatch
         assert ((fused - plain).abs().max() / scale).item() < (1e-4 if precision == "fp32" else 2e-2)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), warnings.catch_warnings():
-            warnings.simplefilter("error")  # no fallback inside the capture
+        with torch.cuda.stream(stream):
             model(image)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -179,7 +177,8 @@ def test_fused_kernels_on_a_gpu_eager_and_replayed_from_a_cuda_graph(monkeypatch
         torch.cuda.current_stream().wait_stream(stream)
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(captured.float(), fused)
+        assert kernels.report() == "used"  # no fallback on the way
+        assert ((captured.float() - fused).abs().max() / scale).item() < 1e-3
 
 
 if __name__ == "__main__":  # the child process of the interpreter test
