@@ -129,6 +129,24 @@ if triton is not None:
     _INTERPRETER = type(_KERNELS["dwconv"]).__name__ == "InterpretedFunction"
 
 
+# Tiles of 1024 (convolution) and 2048 (norm) elements over 8 warps: 4 and 8 values a thread. ptxas
+# (Triton's, for sm_90) then allocates at most 64 registers a thread and spills none
+# (tests/test_kernels.py compiles them); tiles of 4096 over 4 warps took 200 and 255 with spills.
+_TILE = {"norm": 2048, "dwconv": 1024}
+
+
+def layer_norm_config(cols: int) -> dict:
+    """The `add_layer_norm` kernel's block sizes and warps for rows of ``cols`` channels."""
+    block_c = triton.next_power_of_2(cols)
+    return {"BLOCK_R": max(1, _TILE["norm"] // block_c), "BLOCK_C": block_c, "num_warps": 8}
+
+
+def dwconv_config(channels: int) -> dict:
+    """The `dwconv3x3_gelu` kernel's block sizes (pixels, channels) and warps."""
+    block_c = min(64, triton.next_power_of_2(channels))
+    return {"BLOCK_P": _TILE["dwconv"] // block_c, "BLOCK_C": block_c, "num_warps": 8}
+
+
 def _launch(name: str, grid, *args, **meta) -> bool:
     """Launch a kernel; False (after one warning) when it cannot be compiled or launched."""
     global _broken, launched
@@ -181,13 +199,11 @@ def add_layer_norm(
         total = total if total is not None else torch.empty(1, dtype=sum_dtype, device=x.device)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     rows = x_c.numel() // cols
-    block_c = triton.next_power_of_2(cols)
-    block_r = max(1, min(64, 4096 // block_c))
-    grid = (triton.cdiv(rows, block_r),)
-    meta = {"HAS_BRANCH": branch is not None, "STORE_SUM": store, "BLOCK_R": block_r, "BLOCK_C": block_c}
+    meta = layer_norm_config(cols)
+    grid = (triton.cdiv(rows, meta["BLOCK_R"]),)
     if not _launch(
         "add_layer_norm", grid, x_c, branch_c, total, y, norm.weight, norm.bias, rows, cols, norm.eps,
-        num_warps=4 if block_c <= 256 else 8, **meta,
+        HAS_BRANCH=branch is not None, STORE_SUM=store, **meta,
     ):  # fmt: skip
         return _add_then_norm(x, branch, norm, keep_sum)
     return (total if store else None), y
@@ -211,12 +227,11 @@ def dwconv3x3_gelu(x: Tensor, height: int, width: int, conv: nn.Conv2d) -> Tenso
     low = _autocast_dtype(x)
     y = torch.empty(x.shape, dtype=low or x.dtype, device=x.device)
     pixels = n * length
-    block_p, block_c = 64, min(64, triton.next_power_of_2(channels))
-    grid = (triton.cdiv(pixels, block_p), triton.cdiv(channels, block_c))
+    meta = dwconv_config(channels)
+    grid = (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(channels, meta["BLOCK_C"]))
     x_c = x.contiguous()
     if not _launch(
-        "dwconv", grid, x_c, conv.weight.contiguous(), conv.bias, y, pixels, height, width, channels,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+        "dwconv", grid, x_c, conv.weight.contiguous(), conv.bias, y, pixels, height, width, channels, **meta
     ):  # fmt: skip
         mapped = conv(x.transpose(1, 2).reshape(n, channels, height, width)).flatten(2).transpose(1, 2)
         return torch.nn.functional.gelu(mapped)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import archs
 from archs import kernels
+from archs.backbones.mit import MIT_CONFIGS
 
 needs_triton = pytest.mark.skipif(kernels.triton is None, reason="this torch build has no Triton")
 
@@ -142,6 +143,64 @@ def test_a_kernel_that_cannot_run_warns_once_and_the_pytorch_operators_answer(mo
     assert kernels.report() == "failed: add_layer_norm: RuntimeError: PTX assembly failed"
     with torch.no_grad():
         assert not kernels.active(x.cuda() if torch.cuda.is_available() else x)  # not tried again
+
+
+def _compile_for_sm90(folder, name: str, pointers: dict, scalars: dict, meta: dict) -> str:
+    """ptxas's report (registers, spills) for one kernel configuration compiled ahead of time for sm_90."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia import compiler as nvidia
+    from triton.compiler import ASTSource
+
+    ptxas = os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("this Triton has no bundled ptxas")
+    fn = kernels._KERNELS[name]
+    constexprs = {k: v for k, v in meta.items() if k != "num_warps"}
+    signature = {**pointers, **scalars, **dict.fromkeys(constexprs, "constexpr")}
+    indexed = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    source = ASTSource(fn=fn, signature=signature, constexprs=indexed)
+    options = {"num_warps": meta["num_warps"]}
+    ptx = folder / f"{name}.ptx"
+    ptx.write_text(kernels.triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"])
+    command = [ptxas, "-v", "--gpu-name=sm_90a", str(ptx), "-o", os.devnull]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
+@needs_triton
+@pytest.mark.skipif(getattr(kernels, "_INTERPRETER", False), reason="compiles for the GPU, not the interpreter")
+def test_every_configuration_segformer_launches_compiles_for_sm90_without_spilling(tmp_path):
+    """What the interpreter cannot show: Triton's compiler takes each kernel, and ptxas fits it in registers."""
+    import re
+
+    reports = {}
+    widths = sorted({c for config in MIT_CONFIGS.values() for c in config.embed_dims})  # 32 ... 512
+    for cols in widths:
+        for x, branch, total, out in (("fp32", "fp16", "fp32", "fp16"), ("fp32", "fp32", "fp32", "fp32")):
+            pointers = {"x_ptr": x, "r_ptr": branch, "s_ptr": total, "y_ptr": out, "w_ptr": "fp32", "b_ptr": "fp32"}
+            meta = {"HAS_BRANCH": True, "STORE_SUM": True, **kernels.layer_norm_config(cols)}
+            reports[f"norm C={cols} {x}+{branch}"] = _compile_for_sm90(
+                tmp_path,
+                "add_layer_norm",
+                {k: f"*{v}" for k, v in pointers.items()},
+                {"rows": "i32", "cols": "i32", "eps": "fp32"},
+                meta,
+            )
+    hidden = sorted({4 * c for config in MIT_CONFIGS.values() for c in config.embed_dims})  # 128 ... 2048
+    for channels in (hidden[0], hidden[-1]):
+        for dtype in ("fp16", "fp32"):
+            reports[f"dwconv C={channels} {dtype}"] = _compile_for_sm90(
+                tmp_path,
+                "dwconv",
+                {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": f"*{dtype}"},
+                {"pixels": "i32", "height": "i32", "width": "i32", "channels": "i32"},
+                kernels.dwconv_config(channels),
+            )
+    for what, report in reports.items():
+        registers = int(re.search(r"Used (\d+) registers", report)[1])
+        spilled = int(re.search(r"(\d+) bytes spill stores", report)[1])
+        assert spilled == 0 and registers <= 96, f"{what}: {registers} registers, {spilled} bytes spilled"
 
 
 def test_only_a_plain_depthwise_3x3_convolution_is_fused():
