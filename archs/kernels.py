@@ -54,12 +54,17 @@ def report() -> str:
         return "used"
     if triton is None:
         return "no triton"
-    return f"off ({ENV}=0)" if os.environ.get(ENV, "1") == "0" else "not used"
+    return f"off ({ENV}=0)" if switched_off() else "not used"
+
+
+def switched_off() -> bool:
+    """Whether ``SEGBENCH_KERNELS=0`` is set (read at every call: a test or a script may flip it)."""
+    return os.environ.get(ENV, "1") == "0"
 
 
 def active(x: Tensor) -> bool:
     """Whether the forward on ``x`` uses the fused kernels."""
-    if triton is None or _broken is not None or os.environ.get(ENV, "1") == "0":
+    if triton is None or _broken is not None or switched_off():
         return False
     if not (x.is_cuda or (x.device.type == "cpu" and _INTERPRETER)):
         return False
@@ -192,9 +197,9 @@ def add_layer_norm(
     x_c = x.contiguous()
     branch_c = branch.contiguous() if branch is not None else x_c
     store = branch is not None and keep_sum
-    if store or branch is None:
-        total = torch.empty(x.shape, dtype=sum_dtype, device=x.device) if store else x_c
-    else:  # not written: any tensor of the sum's dtype tells the kernel how to round it
+    if store:
+        total = torch.empty(x.shape, dtype=sum_dtype, device=x.device)
+    else:  # not written (nor read without a branch): a tensor of the sum's dtype tells the kernel how to round it
         total = next((t for t in (x_c, branch_c) if t.dtype == sum_dtype), None)
         total = total if total is not None else torch.empty(1, dtype=sum_dtype, device=x.device)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
@@ -215,13 +220,16 @@ def _add_then_norm(x: Tensor, branch: Tensor | None, norm: nn.LayerNorm, keep_su
     return (total if branch is not None and keep_sum else None), norm(total)
 
 
-def dwconv3x3_gelu(x: Tensor, height: int, width: int, conv: nn.Conv2d) -> Tensor:
+def dwconv3x3_gelu(x: Tensor, height: int, width: int, conv: nn.Conv2d) -> Tensor | None:
     """``gelu(conv(tokens as an (N, C, H, W) map))`` back in ``(N, H*W, C)`` layout, for a depth-wise 3x3 ``conv``.
 
     Args:
         x: ``(N, H*W, C)`` tokens.
         height, width: the map's size.
         conv: depth-wise (groups = C), 3x3, stride 1, padding 1, with bias.
+
+    Returns:
+        The result, or None when the kernel cannot run (the caller's PyTorch operators then compute it).
     """
     n, length, channels = x.shape
     low = _autocast_dtype(x)
@@ -233,8 +241,7 @@ def dwconv3x3_gelu(x: Tensor, height: int, width: int, conv: nn.Conv2d) -> Tenso
     if not _launch(
         "dwconv", grid, x_c, conv.weight.contiguous(), conv.bias, y, pixels, height, width, channels, **meta
     ):  # fmt: skip
-        mapped = conv(x.transpose(1, 2).reshape(n, channels, height, width)).flatten(2).transpose(1, 2)
-        return torch.nn.functional.gelu(mapped)
+        return None
     return y
 
 
@@ -251,4 +258,4 @@ def supports_dwconv(conv: nn.Conv2d) -> bool:
     )
 
 
-__all__ = ["ENV", "active", "add_layer_norm", "dwconv3x3_gelu", "report", "supports_dwconv"]
+__all__ = ["ENV", "active", "add_layer_norm", "dwconv3x3_gelu", "report", "supports_dwconv", "switched_off"]

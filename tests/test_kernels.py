@@ -144,6 +144,9 @@ def test_a_kernel_that_cannot_run_warns_once_and_the_pytorch_operators_answer(mo
     assert kernels.report() == "failed: add_layer_norm: RuntimeError: PTX assembly failed"
     with torch.no_grad():
         assert not kernels.active(x.cuda() if torch.cuda.is_available() else x)  # not tried again
+    conv = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
+    with torch.no_grad(), pytest.warns(UserWarning, match="dwconv: RuntimeError"):
+        assert kernels.dwconv3x3_gelu(torch.randn(1, 6, 8), 2, 3, conv) is None  # Mix-FFN's operators answer
 
 
 def _compile_for_sm90(folder, name: str, pointers: dict, scalars: dict, meta: dict) -> str:

@@ -124,7 +124,9 @@ class MixFFN(nn.Module):
         b, n, _ = x.shape
         x = self.fc1(x)
         if kernels.active(x) and kernels.supports_dwconv(self.dwconv):
-            return self.fc2(kernels.dwconv3x3_gelu(x, h, w, self.dwconv))
+            fused = kernels.dwconv3x3_gelu(x, h, w, self.dwconv)
+            if fused is not None:
+                return self.fc2(fused)
         x = self.dwconv(x.transpose(1, 2).reshape(b, -1, h, w)).flatten(2).transpose(1, 2)
         return self.fc2(F.gelu(x))
 

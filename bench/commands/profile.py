@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     text = _markdown(result, subject, size_text, mode, args.top, provenance(device))
     held = "" if args.layout == "mode" else f"-{args.layout}"
-    if os.environ.get(kernels.ENV, "1") == "0":  # beside the profile with SegFormer's fused kernels, not over it
+    if kernels.switched_off():  # beside the profile with SegFormer's fused kernels, not over it
         held += "-kernels-off"
     name = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{subject}-{size_text}-{mode}{held}").strip("-").lower()
     path = folder / f"{name}.md"
