@@ -214,6 +214,16 @@ def add_layer_norm(
     return (total if store else None), y
 
 
+def layer_norm(x: Tensor, norm: nn.LayerNorm, *, feeds_matmul: bool) -> Tensor:
+    """``norm(x)``: by the `add_layer_norm` kernel where the kernels are `active`, else by ``norm`` itself.
+
+    ``feeds_matmul`` as for `add_layer_norm`.
+    """
+    if not active(x):
+        return norm(x)
+    return add_layer_norm(x, None, norm, feeds_matmul=feeds_matmul)[1]
+
+
 def _add_then_norm(x: Tensor, branch: Tensor | None, norm: nn.LayerNorm, keep_sum: bool):
     """`add_layer_norm` with PyTorch's operators."""
     total = x + branch if branch is not None else x
@@ -258,4 +268,13 @@ def supports_dwconv(conv: nn.Conv2d) -> bool:
     )
 
 
-__all__ = ["ENV", "active", "add_layer_norm", "dwconv3x3_gelu", "report", "supports_dwconv", "switched_off"]
+__all__ = [
+    "ENV",
+    "active",
+    "add_layer_norm",
+    "dwconv3x3_gelu",
+    "layer_norm",
+    "report",
+    "supports_dwconv",
+    "switched_off",
+]

@@ -65,10 +65,8 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         h, w = x.shape[-2:]
-        tokens = x.flatten(2).transpose(1, 2)
-        if kernels.active(tokens):  # the output is the residual stream: in the dtype the norm gives
-            return kernels.add_layer_norm(tokens, None, self.norm, feeds_matmul=False)[1], h, w
-        return self.norm(tokens), h, w
+        # the output is the residual stream: in the dtype the norm gives
+        return kernels.layer_norm(x.flatten(2).transpose(1, 2), self.norm, feeds_matmul=False), h, w
 
 
 class EfficientSelfAttention(nn.Module):
@@ -97,10 +95,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).view(b, n, heads, c // heads).transpose(1, 2)
         if self.sr_ratio > 1:
             x = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
-            if kernels.active(x):
-                x = kernels.add_layer_norm(x, None, self.sr_norm, feeds_matmul=True)[1]
-            else:
-                x = self.sr_norm(x)
+            x = kernels.layer_norm(x, self.sr_norm, feeds_matmul=True)
         k, v = self.kv(x).view(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -191,7 +186,7 @@ class MixTransformer(nn.Module):
         ``Block.forward`` computes x + attn(norm1(x)), then x + mlp(norm2(x)); here each addition
         also yields the next norm's output (norm2, the next block's norm1, or the stage's norm).
         """
-        _, y = kernels.add_layer_norm(x, None, blocks[0].norm1, feeds_matmul=True)
+        y = kernels.layer_norm(x, blocks[0].norm1, feeds_matmul=True)
         for i, block in enumerate(blocks):
             x, y = kernels.add_layer_norm(x, block.attn(y, h, w), block.norm2, feeds_matmul=True)
             last = i + 1 == len(blocks)
