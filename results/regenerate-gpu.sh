@@ -137,8 +137,7 @@ run_profiles() {
     [[ $DEVICE == cpu ]] && mode=eager || mode=graph
     bench profile segformer-b5 --dataset cityscapes --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
     # the same step with SegFormer's fused kernels off (written beside, as ...-kernels-off.md)
-    env SEGBENCH_KERNELS=0 "$PYTHON" -m bench profile segformer-b5 --dataset cityscapes --mode "$mode" \
-        --device "$DEVICE" --top 30 >/dev/null || rc=$?
+    SEGBENCH_KERNELS=0 bench profile segformer-b5 --dataset cityscapes --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
     bench profile segformer-b5 --dataset cityscapes --mode "$mode-fused" --device "$DEVICE" --top 30 >/dev/null || rc=$?
     bench profile segformer-b5 --dataset cityscapes --mode "$mode" --peer --device "$DEVICE" --top 30 >/dev/null || rc=$?
     bench profile deeplabv3-r101-os8 --mode "$mode" --device "$DEVICE" --top 30 >/dev/null || rc=$?
