@@ -5,8 +5,9 @@ import pytest
 
 from bench.protocol import PROTOCOL_VERSION
 from bench.records import new_record
+from bench.report.markdown import to_markdown
 from bench.report.plot import pareto_front, write_plots
-from bench.report.table import MISSING, build_frame, measured_modes, to_markdown
+from bench.report.table import MISSING, build_frame, measured_modes
 from tests import toy_models  # noqa: F401 - registers toy-*
 
 
@@ -36,14 +37,22 @@ def test_frame_puts_measured_beside_published_and_keeps_protocols_apart():
     assert build_frame(RECORDS, protocol="0").set_index("arch").loc["toy-w8", "ade20k_fps_eager"] == 999.0
 
 
+def section(text: str, title: str) -> list[str]:
+    """The table lines of one dataset's section of table.md."""
+    part = text.split(f"## {title} ", 1)[1].split("\n\n")[1]
+    return part.splitlines()
+
+
 def test_markdown_shows_missing_as_missing_and_says_what_was_measured_where():
     text = to_markdown(build_frame(RECORDS), device="cuda", provenance={"gpu_name": "Test GPU"})
-    header = text.splitlines()[0]
-    w8 = next(line for line in text.splitlines() if "toy-w8" in line)
-    w4 = next(line for line in text.splitlines() if "toy-w4" in line)
-    assert "graph fp16" in header and "Test GPU" in text and "one fused multiply-add = one FLOP" in text
-    assert "0.01 / 0.0 (+910.0%)" in w8 and "@64x64" in w8
+    header, _, *rows = section(text, "ADE20K")
+    w8 = next(line for line in rows if "toy-w8" in line)
+    w4 = next(line for line in rows if "toy-w4" in line)
+    assert "| eager FPS " in header and "| graph FPS " in header and "| GFLOPs (ours / pub.) " in header
+    assert text.startswith("# Results on Test GPU") and "one fused multiply-add = one FLOP" in text
+    assert "0.01 / 0.0 (+910.0%)" in w8 and "@64x64" in w8 and "| 250 " in w8  # FPS to 3 significant figures
     assert f"| {MISSING} / 0.0 " in w4  # published FLOPs without a measurement
+    assert "graph: no measurement of protocol v2 on this device" in text
 
 
 def test_a_record_counts_under_later_versions_that_did_not_change_its_measurement():
@@ -115,8 +124,8 @@ def test_the_legend_lists_what_is_plotted_and_a_model_without_miou_is_named_unde
     write_plots(build_frame(records), tmp_path, device="cuda")
     svg = (tmp_path / "plots" / "ade20k_eager.svg").read_text()
     assert "not plotted, no ADE20K mIoU: ICNet PSPNet-50 (half width)" in svg  # ICNet publishes no ADE20K mIoU
-    assert "measured FPS, published mIoU" in svg and "published FPS and mIoU" in svg
-    assert "measured FPS, measured mIoU" not in svg  # no mIoU was measured
+    assert "measured speed, published mIoU" in svg and "published FPS and mIoU" in svg
+    assert "measured speed and mIoU" not in svg  # no mIoU was measured
     write_plots(build_frame(RECORDS), tmp_path / "all", device="cuda")
     assert "not plotted" not in (tmp_path / "all" / "plots" / "ade20k_eager.svg").read_text()
 
@@ -196,17 +205,19 @@ def test_cpu_tables_show_the_cpu_modes_that_were_measured():
 
 
 def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(tmp_path):
-    from bench.report.table import to_speed_markdown, write_table
+    from bench.report.markdown import to_speed_markdown, write_table
 
     frame = build_frame(GPU_RECORDS, peaks=PEAKS)
     text = to_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"})
-    header, w8 = text.splitlines()[0], next(line for line in text.splitlines() if "Toy" in line)
-    for column in ("FPS GPU graph-fp32 ", "FPS GPU graph fp16", "img/s best batch", "J/frame graph", "% peak graph"):
+    header, _, w8 = section(text, "ADE20K")
+    for column in ("| eager FPS ", "| graph FPS ", "| graph-fp32 FPS "):
         assert column in header
-    assert "graph-fp32 fp32" not in header
-    assert "400.0†" in w8 and "2000.0" in w8 and "0.250" in w8
+    assert "400†" in w8 and "| 500 " in w8 and "| 100 " in w8
+    # the per-mode details stay in table.csv (and speed.md), out of the table a reader scans
+    assert not any(column in text for column in ("img/s", "J/frame", "% peak graph", "2000"))
+    assert "† = the timed repeats spread more than 2%" in text and "‡" not in text  # only the marks shown
     speed = to_speed_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"}, peaks=PEAKS)
-    assert "2.50 (5.0)†" in speed and "5.0 (0.6)" in speed and "| launch " in speed and "16: 2000.0" in speed
+    assert "2.50 (5.0)†" in speed and "5.0 (0.6)" in speed and "| launch " in speed and "16: 2000" in speed
     assert "2.00 (0.1) NCHW" in speed and "2.50 (5.0)† N" not in speed  # the layout graph kept; graph-fp32 has one
     unprobed = build_frame([{**r, "value": {**r["value"], "layout_ms": None}} for r in GPU_RECORDS], peaks=PEAKS)
     assert " NCHW" not in to_speed_markdown(unprobed, device="cuda", provenance=None, peaks=PEAKS).split("\n\n")[1]
@@ -261,10 +272,7 @@ def test_a_model_that_adds_a_step_to_another_gets_the_steps_own_cost():
     assert row["ade20k_step_eager_ms"] == pytest.approx(15.0) and pd.isna(row["ade20k_step_graph_ms"])
     assert pd.isna(frame.loc[base, "step"])
     text = to_markdown(build_frame(records), device="cuda", provenance={"gpu_name": "Test GPU"})
-    assert (
-        "the CRF step alone (this row minus DeepLab v1's, same device and mode): ADE20K (512x512) 82.0 GFLOPs, "
-        "15.00 ms eager" in text
-    )
+    assert "the CRF step alone (this row minus DeepLab v1's, same device and mode): 82.0 GFLOPs, 15.0 ms eager" in text
 
 
 def test_measured_miou_is_shown_beside_the_published_with_the_difference_in_points():
@@ -371,3 +379,47 @@ def test_a_table_of_only_failed_records_says_so_not_that_the_protocol_is_wrong(t
         "at line); `bench run` measures them again" in err
     )
     assert "--protocol" not in err and not (tmp_path / "dev" / "table.md").exists()
+
+
+def test_speed_has_three_significant_figures_and_a_cpu_table_gives_latency_in_one_unit_per_column():
+    from bench.report.markdown import latency_text, significant
+
+    assert [significant(v) for v in (1234.5, 311.8, 88.84, 5.0, 0.01234, 999.6)] == [
+        "1230", "312", "88.8", "5.00", "0.0123", "1000",
+    ]  # fmt: skip
+    assert latency_text(512.3) == "512 ms" and latency_text(1240.0) == "1.24 s"
+    cpu = [{**r, "device": "cpu"} for r in RECORDS]
+    slow = rec("toy-w4", "ade20k", "latency", {"fps": 0.08, "median_ms": 12500.0}, mode="eager")
+    text = to_markdown(build_frame([*cpu, {**slow, "device": "cpu"}]), device="cpu", provenance=None)
+    header, _, *rows = section(text, "ADE20K")
+    assert "| eager latency (s) " in header and "FPS" not in header.replace("pub. FPS", "")
+    w4, w8 = (next(r for r in rows if name in r) for name in ("toy-w4", "toy-w8"))
+    assert "| 12.5 " in w4 and "| 0.00400 " in w8
+    assert "graph" not in text  # a CPU table explains only the modes it shows
+    fast = to_markdown(build_frame(cpu), device="cpu", provenance=None)
+    assert "| eager latency (ms) " in section(fast, "ADE20K")[0] and "| 4.00 " in fast
+
+
+def test_each_footnote_is_printed_once_and_rows_cite_it_by_number():
+    # five real-time models whose published params all count a training-only auxiliary head
+    names = ["fcn-mobilenetv2", "pspnet-mobilenetv2", "deeplabv3plus-mobilenetv2", "fcn-r101", "pspnet-r101"]
+    records = [rec(name, "ade20k", "params", {"params_m": 10.0}) for name in names]
+    text = to_markdown(build_frame(records), device="cuda", provenance=None)
+    assert text.count("include the training-only auxiliary FCN head") == 1
+    header, _, *rows = section(text, "ADE20K")
+    assert header.rstrip(" |").endswith("Notes") and all(row.rstrip(" |").endswith("| 1") for row in rows)
+    assert "\n1. published params (mmseg 0.x get_flops.py" in text
+    assert "@HxW" not in text and "†" not in text and "‡" not in text  # no mark shown, none explained
+
+
+def test_published_fps_name_their_gpu_and_a_row_measured_on_another_gpu_says_which():
+    from bench.report.table import published_gpu
+
+    assert published_gpu("FPS = mmseg configs/ccnet README (14.11, V100)") == "V100"
+    assert published_gpu("33 ms per image on a TitanX (Maxwell); the SegFormer Table 4 row gives") == "Titan X Maxwell"
+    assert published_gpu("SegFormer paper (Xie et al., NeurIPS 2021) Table 4") == "V100"  # the seed table's GPU
+    assert published_gpu("paper, Table 3") is None
+    records = [rec(name, "cityscapes", "params", {"params_m": 10.0}) for name in ("fcn-mobilenetv2", "icnet")]
+    text = to_markdown(build_frame(records), device="cuda", provenance=None)
+    header, _, fcn, icnet = section(text, "Cityscapes")
+    assert "| pub. FPS (V100) " in header and "| 14.2 " in fcn and "| 30.3 (Titan X Maxwell) " in icnet

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {slug} has no {', '.join(unplotted)} measurements: no plot for that axis", file=sys.stderr)
         table_md = next((p for p in paths if p.name == f"table{suffix}.md"), None)
         if "md" in formats and not args.plots and table_md is not None:
-            print(f"\n## {slug}\n")
+            print(f"\n# {slug}: {table_md}\n")
             print(table_md.read_text())
     if not written:
         raise BenchError(f"nothing to tabulate: {'; '.join(untouched)}")

@@ -7,8 +7,9 @@ from pathlib import Path
 from bench import protocol as proto
 from bench.measure.roofline import read_peaks
 from bench.records import RecordStore, latest_ok, write_text_atomic
+from bench.report.markdown import write_table
 from bench.report.plot import write_plots
-from bench.report.table import build_frame, published_frame, write_table
+from bench.report.table import build_frame, published_frame
 
 
 def write_reports(
@@ -42,7 +43,7 @@ def write_reports(
     commits = len({(r.get("provenance") or {}).get("git_commit") for r in latest} - {None})
     paths = write_table(frame, store.folder, device=device, provenance=provenance, peaks=peaks, commits=commits)
     if plots:
-        paths += write_plots(frame, store.folder, device=device, speeds=speeds)
+        paths += write_plots(frame, store.folder, device=device, speeds=speeds, provenance=provenance)
     reported = Path(results) / "reported.csv"
     write_text_atomic(reported, published_frame().to_csv(index=False))
     return paths + [reported]

@@ -1,18 +1,19 @@
-"""Accuracy-versus-speed plots (matplotlib): mIoU against a speed axis (log), one per dataset.
+"""Accuracy-versus-speed plots (matplotlib): mIoU against speed (log), one figure per dataset and speed axis.
 
-The speed axis is any measured speed mode's FPS (``eager``, ``graph``, ``compile``, ...) or the
-batch sweep's best throughput (``best-batch``, images/s).
-
-Published points are hollow; measured-speed points are filled (a circle when the mIoU was
-measured too, a diamond when it is the published mIoU). Marker area is proportional to the
-parameter count; the line is the Pareto front of the measured points. A model measured with no
-mIoU to place it by (neither measured nor published) is named under the plot.
+Two panels share the mIoU axis and never a speed axis: on the left the speed measured on this device
+(a mode's FPS on a GPU, its latency in seconds on a CPU, or the batch sweep's best throughput,
+``best-batch``), on the right the published FPS, measured on the sources' GPUs (the panel names the
+GPU; a point measured on another one names its own). On the left a filled circle has its mIoU
+measured, a filled diamond takes the published mIoU, and the dashed line is the Pareto front; on the
+right the points are hollow. Marker area grows with the parameter count. No label overlaps another
+label or a marker (`bench.report.labels`); a model with no mIoU to place it by is named under the plot.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -21,11 +22,19 @@ matplotlib.use("Agg")
 matplotlib.rcParams["svg.hashsalt"] = "segbench"  # the same SVG for the same records: no churn in results/
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from bench import protocol as proto  # noqa: E402
 from bench.records import ensure_writable_folder, write_bytes_atomic  # noqa: E402
+from bench.report.labels import place_labels  # noqa: E402
+from bench.report.markdown import device_name  # noqa: E402
 
 SPEED_AXES = {**{mode: f"fps_{mode}" for mode in proto.MODES}, "best-batch": "images_s_best"}
+MEASURED_COLOUR, PUBLISHED_COLOUR = "tab:blue", "0.4"
+LABEL_SIZE = 7
+DEFAULT_PARAMS_M = 10.0  # the marker size of a model whose parameter count is neither measured nor published
 
 
 def _ok(value) -> bool:
@@ -42,70 +51,192 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out_stem: Path) -> list[Path]:
-    """Write ``<out_stem>.png`` and ``.svg``; returns the paths (none when nothing can be plotted)."""
-    title = proto.DATASETS[dataset].title
-    fps_col = f"{dataset}_{SPEED_AXES[speed]}"
-    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
-    measured, kinds, no_miou = [], set(), []
+def marker_area(params_m: float) -> float:
+    """Scatter marker area (points²) of a model with ``params_m`` million parameters."""
+    return 12 + 3 * params_m
+
+
+@dataclass(frozen=True)
+class SpeedAxis:
+    """How the measured panel reads one speed axis: the frame column, its scale to the plotted unit, and
+    whether lower is faster (a latency)."""
+
+    column: str
+    scale: float
+    latency: bool
+    label: str
+    what: str
+
+
+def speed_axis(dataset: str, speed: str, device: str, where: str) -> SpeedAxis:
+    """The measured panel's axis for ``speed`` on ``device`` (``where`` names the device): FPS on a GPU,
+    latency in seconds on a CPU, images/s for the batch sweep."""
+    if speed not in proto.MODES:
+        what = "batch sweep, best batch size"
+        return SpeedAxis(f"{dataset}_{SPEED_AXES[speed]}", 1.0, False, f"images/s on {where}, log scale", what)
+    precision = proto.MODES[speed]["precision"]
+    what = f"{speed}, batch 1" if precision in speed else f"{speed} ({precision}), batch 1"
+    if device == "cpu":
+        label = f"latency on {where}, s, log scale (faster to the left)"
+        return SpeedAxis(f"{dataset}_latency_{speed}_ms", 1e-3, True, label, what)
+    return SpeedAxis(f"{dataset}_fps_{speed}", 1.0, False, f"FPS on {where}, log scale", what)
+
+
+def plain_log_ticks(ax) -> None:
+    """Tick labels of a log speed axis as plain numbers ("0.4", "20", not "4×10⁻¹"), minor ticks labelled
+    where the axis spans few decades."""
+    low, high = ax.get_xlim()
+    decades = math.log10(high / low)
+    if decades < 0.6:
+        mantissas = set(range(2, 10))
+    else:
+        mantissas = {2, 3, 5} if decades < 1.5 else {2, 5} if decades < 2.5 else set()
+
+    def minor(value, _):
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return f"{value:g}" if mantissa in mantissas else ""
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(minor) if mantissas else NullFormatter())
+
+
+def _label(row) -> str:
+    return f"{row['method']} {row['encoder']}"
+
+
+def _published_label(row, dataset: str, panel_gpu: str | None) -> str:
+    """The model's name, and the GPU its published FPS was measured on where that is not the panel's."""
+    gpu = row.get(f"{dataset}_fps_published_gpu")
+    gpu = gpu if _ok(gpu) else None
+    return _label(row) if gpu == panel_gpu else f"{_label(row)} on {gpu or 'a GPU not named'}"
+
+
+def _area(row) -> float:
+    params = row["params_m"] if _ok(row["params_m"]) else row["params_m_published"]
+    return marker_area(params if _ok(params) else DEFAULT_PARAMS_M)
+
+
+def _published_gpu(frame: pd.DataFrame, dataset: str) -> str | None:
+    """The GPU most of the plotted published FPS were measured on."""
+    gpus = frame.get(f"{dataset}_fps_published_gpu", pd.Series(dtype=object)).dropna()
+    return gpus.value_counts(sort=True).index[0] if len(gpus) else None
+
+
+def draw_dataset(
+    frame: pd.DataFrame, dataset: str, speed: str, device: str, provenance: dict | None = None
+) -> Figure | None:
+    """The figure of one dataset and speed axis (the caller closes it); None when nothing can be plotted."""
+    dsp = proto.DATASETS[dataset]
+    where = device_name(device, provenance) if provenance else ("CPU" if device == "cpu" else "GPU")
+    axis = speed_axis(dataset, speed, device, where)
+    measured, published, no_miou = [], [], []
     for _, row in frame.iterrows():
-        size = 30 + 6 * (row["params_m"] if _ok(row["params_m"]) else row["params_m_published"] or 10)
-        label = f"{row['method']} {row['encoder']}"
         pub_fps, pub_miou = row.get(f"{dataset}_fps_published"), row.get(f"{dataset}_miou_published")
         if _ok(pub_fps) and _ok(pub_miou):
-            ax.scatter(pub_fps, pub_miou, s=size, facecolors="none", edgecolors="0.45", linewidths=1.2)
-            ax.annotate(
-                label, (pub_fps, pub_miou), fontsize=7, color="0.45", xytext=(4, -8), textcoords="offset points"
-            )
-            kinds.add("published")
-        fps, miou = row.get(fps_col), row.get(f"{dataset}_miou")
-        marker = "o"
-        if not _ok(miou):
-            miou, marker = pub_miou, "D"
-        if _ok(fps) and _ok(miou):
-            ax.scatter(fps, miou, s=size, marker=marker, color="tab:blue", alpha=0.8, edgecolors="k", linewidths=0.6)
-            ax.annotate(label, (fps, miou), fontsize=7, xytext=(4, 4), textcoords="offset points")
-            measured.append((fps, miou))
-            kinds.add(marker)
-        elif _ok(fps):
-            no_miou.append(label)
-    if not kinds:
-        plt.close(fig)
-        return []
-    front = pareto_front(measured)
+            published.append((row, pub_fps, pub_miou))
+        value, miou = row.get(axis.column), row.get(f"{dataset}_miou")
+        marker = "o" if _ok(miou) else "D"
+        miou = miou if _ok(miou) else pub_miou
+        if _ok(value) and _ok(miou):
+            measured.append((row, value * axis.scale, miou, marker))
+        elif _ok(value):
+            no_miou.append(_label(row))
+    if not measured and not published:
+        return None
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.8), dpi=120, sharey=True)
+    for row, x, y, marker in measured:
+        style = {"color": MEASURED_COLOUR, "alpha": 0.8, "edgecolors": "k", "linewidths": 0.6}
+        left.scatter(x, y, s=_area(row), marker=marker, **style)
+    front = pareto_front([(-x if axis.latency else x, y) for _, x, y, _ in measured])
     if len(front) > 1:
-        ax.plot(*zip(*front), color="tab:blue", linestyle="--", linewidth=1, label="Pareto front (measured)")
-    ax.set_xscale("log")
-    where = "CPU" if device == "cpu" else "GPU"
-    if speed in proto.MODES:
-        ax.set_xlabel(f"FPS, log scale (measured: {where}, {speed} {proto.MODES[speed]['precision']}, batch 1)")
+        xs, ys = zip(*[(-x if axis.latency else x, y) for x, y in front])
+        left.plot(xs, ys, color=MEASURED_COLOUR, linestyle="--", linewidth=1)
+    gpu = _published_gpu(frame, dataset)
+    for row, x, y in published:
+        right.scatter(x, y, s=_area(row), facecolors="none", edgecolors=PUBLISHED_COLOUR, linewidths=1.2)
+
+    protocol = frame.attrs.get("protocol", proto.PROTOCOL_VERSION)
+    height, width = dsp.input_size
+    fig.suptitle(f"{dsp.title} ({height}×{width}): mIoU vs speed on {where} and as published (protocol v{protocol})")
+    left.set_title(f"measured on {where}: {axis.what}", fontsize=10)
+    right.set_title(f"published: FPS on {gpu or 'the sources’ GPUs'}, mIoU", fontsize=10)
+    left.set_xlabel(axis.label)
+    right.set_xlabel(f"published FPS on {gpu}, log scale" if gpu else "published FPS, log scale")
+    measured_miou = any(marker == "o" for *_, marker in measured)
+    if measured and not measured_miou:
+        left.set_ylabel(f"{dsp.title} mIoU (%), published (none measured here)")
     else:
-        ax.set_xlabel(f"images/s at the best batch size, log scale (measured: {where}, batch sweep)")
-    ax.set_ylabel(f"{title} mIoU (%)")
-    ax.set_title(f"{title}: accuracy vs speed (protocol v{frame.attrs.get('protocol', proto.PROTOCOL_VERSION)})")
-    markers = {
-        "published": plt.Line2D(
-            [], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.45",
-            label="published FPS and mIoU",
-        ),
-        "o": plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="measured FPS, measured mIoU"),
-        "D": plt.Line2D([], [], marker="D", linestyle="", color="tab:blue", label="measured FPS, published mIoU"),
-    }  # fmt: skip
-    legend = [handle for kind, handle in markers.items() if kind in kinds]
-    handles, _ = ax.get_legend_handles_labels()
-    ax.legend(
-        handles=legend + handles,
-        fontsize=7,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        title="marker area ∝ params",
-        title_fontsize=7,
+        left.set_ylabel(f"{dsp.title} mIoU (%)")
+    for ax, points, empty in (
+        (left, measured, f"no {axis.what} measurement with an mIoU"),
+        (right, published, "no published FPS with an mIoU"),
+    ):
+        if points:
+            ax.set_xscale("log")
+            ax.margins(x=0.25, y=0.12)
+        else:
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.4")
+            ax.set_xticks([])
+        ax.grid(True, which="both", alpha=0.3)
+    for ax, points in ((left, measured), (right, published)):  # fixed before the labels are placed in pixels
+        ax.set_xlim(ax.get_xlim())
+        ax.set_ylim(ax.get_ylim())
+        if points:
+            plain_log_ticks(ax)
+
+    legend = _legend(measured, published, len(front) > 1)
+    fig.legend(
+        handles=legend, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=len(legend), fontsize=8, frameon=False
     )
-    ax.margins(x=0.12, y=0.06)
-    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    unlabelled = place_labels(
+        left, [(x, y) for _, x, y, _ in measured], [_label(r) for r, *_ in measured], fontsize=LABEL_SIZE, color="k"
+    )
+    unlabelled += place_labels(
+        right,
+        [(x, y) for _, x, y in published],
+        [_published_label(row, dataset, gpu) for row, *_ in published],
+        fontsize=LABEL_SIZE,
+        color=PUBLISHED_COLOUR,
+    )
+    notes = []
     if no_miou:  # measured, but with neither a measured nor a published mIoU to place it by
-        fig.text(0.01, 0.01, f"not plotted, no {title} mIoU: " + ", ".join(no_miou), fontsize=7, color="0.3")
-    fig.tight_layout(rect=(0, 0.03 if no_miou else 0, 1, 1))
+        notes.append(f"not plotted, no {dsp.title} mIoU: " + ", ".join(no_miou))
+    if unlabelled:
+        notes.append("no room to label: " + ", ".join(unlabelled))
+    if notes:
+        fig.text(0.01, 0.008, "; ".join(notes), fontsize=7, color="0.3")
+    return fig
+
+
+def _legend(measured: list, published: list, front: bool) -> list[Line2D]:
+    """Legend entries for what the figure draws, then two marker sizes as the parameter-count key."""
+    handles = []
+    markers = {marker for *_, marker in measured}
+    if "o" in markers:
+        handles.append(Line2D([], [], marker="o", ls="", color=MEASURED_COLOUR, label="measured speed and mIoU"))
+    if "D" in markers:
+        handles.append(Line2D([], [], marker="D", ls="", color=MEASURED_COLOUR, label="measured speed, published mIoU"))
+    if front:
+        handles.append(Line2D([], [], color=MEASURED_COLOUR, ls="--", label="Pareto front (measured)"))
+    if published:
+        handles.append(
+            Line2D([], [], marker="o", ls="", mfc="none", mec=PUBLISHED_COLOUR, label="published FPS and mIoU")
+        )
+    for params in (10, 100):
+        size = math.sqrt(marker_area(params))
+        handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec="0.6", ms=size, label=f"{params} M params"))
+    return handles
+
+
+def plot_dataset(
+    frame: pd.DataFrame, dataset: str, speed: str, device: str, out_stem: Path, provenance: dict | None = None
+) -> list[Path]:
+    """Write ``<out_stem>.png`` and ``.svg``; returns the paths (none when nothing can be plotted)."""
+    fig = draw_dataset(frame, dataset, speed, device, provenance)
+    if fig is None:
+        return []
     try:
         fix = "make it a writable folder (or move aside what is there) and rerun"
         ensure_writable_folder(out_stem.parent, what="plots folder", fix=fix)
@@ -121,13 +252,21 @@ def plot_dataset(frame: pd.DataFrame, dataset: str, speed: str, device: str, out
     return paths
 
 
-def write_plots(frame: pd.DataFrame, folder: Path, *, device: str, speeds: tuple[str, ...] | None = None) -> list[Path]:
+def write_plots(
+    frame: pd.DataFrame,
+    folder: Path,
+    *,
+    device: str,
+    speeds: tuple[str, ...] | None = None,
+    provenance: dict | None = None,
+) -> list[Path]:
     """One plot per dataset and speed axis: the axes asked for, else every measured one (eager at least).
 
     An axis asked for that no record of the dataset measured gets no plot (rather than an empty one).
     Regenerating every axis also removes the plot files of an axis that now has no measurement (a
     protocol version changed the mode): the plots left are those of the records. File names carry
-    the version when it is not the current one (`bench.protocol.file_suffix`).
+    the version when it is not the current one (`bench.protocol.file_suffix`). ``provenance`` (the
+    newest record's) names the device in the titles.
     """
     suffix = proto.file_suffix(frame.attrs.get("protocol", proto.PROTOCOL_VERSION))
     paths = []
@@ -137,7 +276,7 @@ def write_plots(frame: pd.DataFrame, folder: Path, *, device: str, speeds: tuple
             measured = column in frame and frame[column].notna().any()
             stem = folder / "plots" / f"{dataset}_{speed}{suffix}"
             if measured or (speed == "eager" and not speeds):
-                paths += plot_dataset(frame, dataset, speed, device, stem)
+                paths += plot_dataset(frame, dataset, speed, device, stem, provenance)
             elif not speeds:
                 for stale in (stem.with_suffix(".png"), stem.with_suffix(".svg")):
                     stale.unlink(missing_ok=True)
