@@ -129,8 +129,12 @@ def _mmseg(spec: ArchSpec, weights: Weights, num_classes: int, meta: bool, seed:
     return PublisherFile(weights.uri.rsplit("/", 1)[-1], content, logits, f"mmsegmentation 1.2.2 {config}")
 
 
-def hf_segformer(model: nn.Module, num_classes: int, *, meta: bool = False, seed: int = 0) -> nn.Module:
-    """transformers' SegFormer with the widths, depths and decoder width of our ``model``, in eval mode."""
+def hf_segformer(
+    model: nn.Module, num_classes: int, *, meta: bool = False, seed: int = 0, scale_preserving: bool = True
+) -> nn.Module:
+    """transformers' SegFormer with the widths, depths and decoder width of our ``model``, in eval mode.
+
+    ``scale_preserving=False`` keeps transformers' own initialisation."""
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     stages = model.backbone.blocks
@@ -145,7 +149,7 @@ def hf_segformer(model: nn.Module, num_classes: int, *, meta: bool = False, seed
     )
     with _device(meta):
         reference = SegformerForSemanticSegmentation(config).eval()
-    if not meta:
+    if not meta and scale_preserving:
         scale_preserving_init(reference, seed)
     return reference
 
