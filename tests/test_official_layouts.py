@@ -9,7 +9,8 @@ runs here: mmsegmentation 1.2.2 and transformers; the converter's inverse for GS
 - every row, with real random weights (`tests.equivalence.scale_preserving_init`) on one of its
   entries: the file, saved as its publisher saves it, loads through `bench.weights.load_weights`
   and gives the reference implementation's logits within 1e-4 on a small input, and moving one
-  loaded parameter breaks that match (the comparison can fail).
+  loaded parameter breaks that match (the comparison can fail). The rows whose mapping others
+  exercise (`COVERED_BY_OTHERS`) run with ``-m slow``.
 """
 
 from __future__ import annotations
