@@ -410,7 +410,7 @@ def convert(
     if found is None and _fit(state, own) >= 0.5:  # segbench's own keys, some missing or extra: the load names them
         return Converted(SEGBENCH_FORMAT, dict(state))
     what = f"is in the {found} layout" if found else "is in a layout segbench does not recognise"
-    accepted = [f"{name} ({layout.source})" if layout.source else name for name, layout in formats.items()]
+    accepted = [f"{name} ({fmt.source})" if fmt.source else name for name, fmt in formats.items()]
     raise BenchError(
         f"{source} {what} (keys {_shown(sorted(state))}); {spec.name} loads: "
         f"{', '.join([*accepted, 'segbench (its own state dict)'])}"
