@@ -65,6 +65,8 @@ def _cv2_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(resized).permute(2, 0, 1)[None].float()
 
 
+# SegTTAModel.merge_preds stores its (H, W) prediction where PixelData expects (1, H, W) and says so
+@pytest.mark.filterwarnings("ignore:The shape of value will convert:UserWarning")
 def test_multi_scale_flip_inference_equals_mmsegs_test_time_augmentation(models, monkeypatch):
     from mmengine.config import ConfigDict
     from mmengine.dataset import pseudo_collate
