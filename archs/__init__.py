@@ -2,6 +2,7 @@
 
 from archs.base import (
     ArchSpec,
+    CheckpointFormat,
     Published,
     UnknownArchError,
     Weights,
@@ -16,6 +17,7 @@ list = list_archs  # noqa: A001 - `archs.list()` mirrors timm.list_models()
 
 __all__ = [
     "ArchSpec",
+    "CheckpointFormat",
     "Published",
     "UnknownArchError",
     "Weights",

@@ -69,6 +69,8 @@ class Weights:
             repository's own (``gscnn``).
         sha256: digest of the file, when known.
         converter: maps a state dict in ``format`` onto the registered model's keys.
+        configure: applied to the model once the checkpoint has loaded, where the checkpoint's source
+            computes something the state dict does not hold (SegFormer: its LayerNorms' eps); or None.
     """
 
     dataset: str
@@ -76,6 +78,24 @@ class Weights:
     format: str
     sha256: str | None = None
     converter: Callable[[Mapping], dict] | None = None
+    configure: Callable[[nn.Module], None] | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """A publisher's checkpoint layout that loads into a model besides its official entries' layouts.
+
+    Args:
+        format: the layout's name, as in `Weights.format`.
+        converter: maps a state dict in that layout onto the registered model's keys.
+        configure: as `Weights.configure`.
+        source: who publishes checkpoints in this layout (for messages).
+    """
+
+    format: str
+    converter: Callable[[Mapping], dict]
+    configure: Callable[[nn.Module], None] | None = None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,8 @@ class ArchSpec:
         input_size: per dataset, (H, W) when the published configuration differs from the
             protocol's size (SegFormer-B5 on ADE20K: 640x640).
         weights: official checkpoints.
+        formats: other checkpoint layouts the model loads (the authors' own files where the official
+            entries are a port's).
         notes: anything a reader of the table should know.
         step_of: ``(base, step)`` when this model is the registered ``base`` followed by one more
             step named ``step`` (DeepLab v1 + CRF: the CRF); the tables give that step's own cost,
@@ -113,6 +135,7 @@ class ArchSpec:
     published: Mapping[str, Published] = field(default_factory=dict)
     input_size: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     weights: tuple[Weights, ...] = ()
+    formats: tuple[CheckpointFormat, ...] = ()
     notes: str = ""
     step_of: tuple[str, str] | None = None
 

@@ -11,7 +11,11 @@ classifier; E = 256 for B0/B1, 768 for B2–B5. Dropout is training-only. The of
 carries an unused ``conv_seg`` (128 -> K) inherited from mmseg's head; it is not built here, so
 our parameter count is lower than the 0.x-mmseg count by 129 K + K.
 
-LayerNorm eps is PyTorch's default 1e-5, as in HF transformers' port (the official blocks use 1e-6).
+Checkpoints: the official entries are HF transformers' ports (``nvidia/segformer-*``, `convert_hf_state_dict`);
+the authors' own files (an mmsegmentation 0.13 fork's ``{"meta", "state_dict"}``) load through
+`convert_authors_state_dict`. Each runs with its source's LayerNorm eps (`archs.backbones.mit.LayerNormEps`).
+mmsegmentation's own SegFormer checkpoints are refused: mmseg's head puts BatchNorm and ReLU after each
+stage's projection and is 256 wide for every variant, a different decoder.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from archs.backbones.mit import MIT_CONFIGS, MixTransformer
-from archs.base import ArchSpec, Published, Weights, register
+from archs.backbones.mit import (
+    AUTHORS_LAYER_NORM_EPS,
+    HF_LAYER_NORM_EPS,
+    MIT_CONFIGS,
+    LayerNormEps,
+    MixTransformer,
+)
+from archs.base import ArchSpec, CheckpointFormat, Published, Weights, register
 
 TABLE4 = "SegFormer paper (Xie et al., NeurIPS 2021) Table 4, as in the lecture's comparison table"
 TABLE1 = "SegFormer paper Table 1 (encoder + decoder params; not re-checked against the paper text)"
@@ -100,12 +110,13 @@ class SegFormer(nn.Module):
     Args:
         variant: ``b0`` … ``b5``.
         num_classes: output classes.
+        layer_norm_eps: the encoder's LayerNorm eps (HF's port by default).
     """
 
-    def __init__(self, variant: str, num_classes: int) -> None:
+    def __init__(self, variant: str, num_classes: int, layer_norm_eps: LayerNormEps = HF_LAYER_NORM_EPS) -> None:
         super().__init__()
         config = MIT_CONFIGS[variant]
-        self.backbone = MixTransformer(config)
+        self.backbone = MixTransformer(config, layer_norm_eps=layer_norm_eps)
         self.decode_head = SegFormerHead(config.embed_dims, 256 if variant in ("b0", "b1") else 768, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -185,17 +196,87 @@ def convert_hf_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]
     return out
 
 
+# The authors' layout (NVlabs/SegFormer: mix_transformer.py, segformer_head.py) -> ours.
+_AUTHORS_TO_OURS = [
+    (r"^backbone\.patch_embed(\d)\.", lambda m: f"backbone.patch_embeds.{int(m[1]) - 1}."),
+    (r"^backbone\.block(\d)\.(\d+)\.", lambda m: f"backbone.blocks.{int(m[1]) - 1}.{m[2]}."),
+    (r"^backbone\.norm(\d)\.", lambda m: f"backbone.norms.{int(m[1]) - 1}."),
+    (r"\.attn\.norm\.", ".attn.sr_norm."),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+    (r"^decode_head\.linear_c(\d)\.proj\.", lambda m: f"decode_head.linear_c.{int(m[1]) - 1}."),
+    (r"^decode_head\.linear_fuse\.conv\.", "decode_head.fuse."),
+    (r"^decode_head\.linear_fuse\.bn\.", "decode_head.bn."),
+    (r"^decode_head\.linear_pred\.", "decode_head.classifier."),
+]
+
+MMSEG_HEAD_DIFFERS = (
+    "an mmsegmentation SegFormer checkpoint (backbone.layers.*, decode_head.convs.*): mmseg's head puts BatchNorm "
+    "and ReLU after each stage's projection and is 256 wide for every variant, a different decoder from the "
+    "authors' and HF's that segbench builds; pass the authors' (NVlabs/SegFormer) or an HF (nvidia/segformer-*) "
+    "checkpoint"
+)
+
+
+def convert_authors_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map a checkpoint of the authors' code (NVlabs/SegFormer, an mmsegmentation 0.13 fork) onto ours.
+
+    The head's unused ``conv_seg`` (inherited from mmseg's ``BaseDecodeHead``) is dropped.
+
+    Raises:
+        ValueError: for mmsegmentation's own SegFormer (another head) or keys of no SegFormer.
+    """
+    if "state_dict" in state_dict:
+        state_dict = state_dict["state_dict"]
+    if any(key.startswith(("backbone.layers.", "decode_head.convs.")) for key in state_dict):
+        raise ValueError(MMSEG_HEAD_DIFFERS)
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("decode_head.conv_seg."):
+            continue
+        new = _rename(key, _AUTHORS_TO_OURS)
+        if new.startswith("decode_head.linear_c.") and new.endswith(".weight") and value.dim() == 2:
+            value = value[:, :, None, None]  # Linear -> 1x1 convolution
+        out[new] = value
+    unknown = [k for k in out if not k.startswith(("backbone.", "decode_head."))]
+    if unknown:
+        raise ValueError(f"not a SegFormer checkpoint of the authors' code: unexpected keys {', '.join(unknown[:5])}")
+    return out
+
+
+def use_hf_layer_norms(model: SegFormer) -> None:
+    """Run ``model`` with the LayerNorm eps of HF transformers' port (`Weights.configure`)."""
+    model.backbone.set_layer_norm_eps(HF_LAYER_NORM_EPS)
+
+
+def use_authors_layer_norms(model: SegFormer) -> None:
+    """Run ``model`` with the LayerNorm eps of the authors' code (`Weights.configure`)."""
+    model.backbone.set_layer_norm_eps(AUTHORS_LAYER_NORM_EPS)
+
+
+AUTHORS_FORMAT = CheckpointFormat(
+    "mmseg",
+    convert_authors_state_dict,
+    use_authors_layer_norms,
+    source="the authors' NVlabs/SegFormer checkpoints (an mmsegmentation 0.13 fork)",
+)
+
+
 def _weights(variant: str) -> tuple[Weights, ...]:
     ade = "640-640" if variant == "b5" else "512-512"
     return (
         Weights(
-            "ade20k", f"hf://nvidia/segformer-{variant}-finetuned-ade-{ade}", "hf", converter=convert_hf_state_dict
+            "ade20k",
+            f"hf://nvidia/segformer-{variant}-finetuned-ade-{ade}",
+            "hf",
+            converter=convert_hf_state_dict,
+            configure=use_hf_layer_norms,
         ),
         Weights(
             "cityscapes",
             f"hf://nvidia/segformer-{variant}-finetuned-cityscapes-1024-1024",
             "hf",
             converter=convert_hf_state_dict,
+            configure=use_hf_layer_norms,
         ),
     )
 
@@ -234,14 +315,18 @@ def _register(variant: str) -> None:
         published=published,
         input_size={"ade20k": (640, 640)} if variant == "b5" else {},
         weights=_weights(variant),
+        formats=(AUTHORS_FORMAT,),
         notes="ADE20K: whole-image inference; Cityscapes: sliding 1024x1024 windows, stride 768 (official configs).",
     )
 
-    def builder(*, num_classes: int) -> SegFormer:
-        return SegFormer(variant, num_classes)
+    def builder(*, num_classes: int, layer_norm_eps: LayerNormEps = HF_LAYER_NORM_EPS) -> SegFormer:
+        return SegFormer(variant, num_classes, layer_norm_eps)
 
     builder.__name__ = builder.__qualname__ = f"segformer_{variant}"
-    builder.__doc__ = f"SegFormer-{variant.upper()}.\n\n    Args:\n        num_classes: output classes.\n    "
+    builder.__doc__ = (
+        f"SegFormer-{variant.upper()}.\n\n    Args:\n        num_classes: output classes.\n"
+        "        layer_norm_eps: the encoder's LayerNorm eps (HF's port; a loaded checkpoint sets its source's).\n    "
+    )
     register(spec)(builder)
 
 

@@ -6,9 +6,15 @@ or URL, format, sha256, converter). `fetch` downloads one into the cache
 against the spec's sha256, else the hash prefix in the file name (mmseg and torchvision files end
 in ``-<first hex digits of the sha256>.pth``), else the hub's ``X-Linked-Etag`` (the sha256 of an
 HF LFS file). `load_weights` reads a checkpoint only through safetensors or
-``torch.load(weights_only=True)`` (no pickled code runs), converts it with the spec's converter
-and loads it; a checkpoint that does not fit says which keys are missing and which unexpected,
-and one for another class count is refused.
+``torch.load(weights_only=True)`` (no pickled code runs), converts it and loads it exactly; a
+checkpoint that does not fit says which keys are missing and which unexpected, and one for another
+class count is refused.
+
+Conversion always applies the converter of the checkpoint's layout: a file whose keys are exactly
+the model's is segbench's own state dict and loads as it is; any other is recognised from its keys
+(`recognise_format`: mmseg, hf, torchvision, gscnn) or, for ``official``, taken to be the entry's
+declared format, and goes through that format's converter (the spec's entries and `ArchSpec.formats`);
+a layout the spec does not load is a one-line error naming what was found and what is accepted.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import re
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +34,7 @@ import torch
 from torch import nn
 
 import archs
-from archs import ArchSpec, Weights
+from archs import ArchSpec, CheckpointFormat, Weights
 from bench import __version__
 from bench import protocol as proto
 from bench.data.base import expand_user
@@ -40,6 +46,9 @@ HF_FILES = ("model.safetensors", "pytorch_model.bin")
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt|bin|safetensors)$")
 _SHOWN_KEYS = 4
 _WRAPPERS = ("state_dict", "model", "model_state_dict")
+SEGBENCH_FORMAT = "segbench"
+# Every mmseg decode head (BaseDecodeHead) has its classifier `conv_seg`; a cascade's heads are numbered.
+_MMSEG_CLASSIFIER = re.compile(r"decode_head\.(\d+\.)?conv_seg\.weight")
 
 
 @dataclass(frozen=True)
@@ -51,12 +60,14 @@ class LoadedWeights:
         path: the file read (None for random weights).
         sha256: its digest.
         uri: where the official file comes from.
+        format: the layout it was read in (``segbench`` for the model's own keys).
     """
 
     source: str
     path: str | None = None
     sha256: str | None = None
     uri: str | None = None
+    format: str | None = None
 
 
 def cache_dir() -> Path:
@@ -256,6 +267,19 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise BenchError(f"{path}: cannot be read ({first_line(exc)}); check its permissions and the disk") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler or parser in many ways
         raise BenchError(f"{path}: not a readable checkpoint ({described(exc, 160)}); {unreadable}") from None
+    return checkpoint_tensors(obj, str(path))
+
+
+def checkpoint_tensors(obj: object, source: str) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded checkpoint object (`read_checkpoint` after reading the file).
+
+    A training checkpoint's ``state_dict`` / ``model`` entry is taken, and a ``module.`` prefix
+    (DataParallel) is removed.
+
+    Args:
+        obj: what ``torch.load`` or safetensors returned.
+        source: the file, for messages.
+    """
     for _ in range(3):  # a training checkpoint's state dict, possibly nested ({"model": {"state_dict": ...}})
         inner = [obj[k] for k in _WRAPPERS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
         if not inner:
@@ -265,19 +289,19 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not tensors:
         found = "a mapping without tensors" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
         raise BenchError(
-            f"{path}: holds no state dict (found {found}); pass a model checkpoint: a mapping of parameter names "
+            f"{source}: holds no state dict (found {found}); pass a model checkpoint: a mapping of parameter names "
             "to tensors, saved with torch.save(model.state_dict(), ...)"
         )
     names = [k for k in tensors if not isinstance(k, str)]
     if names:
         raise BenchError(
-            f"{path}: {len(names)} of its keys are not parameter names (first {names[0]!r}); pass a state dict "
+            f"{source}: {len(names)} of its keys are not parameter names (first {names[0]!r}); pass a state dict "
             "keyed by parameter names (torch.save(model.state_dict(), ...))"
         )
     dense = [k for k, v in tensors.items() if v.layout != torch.strided or v.is_nested]
     if dense:
         raise BenchError(
-            f"{path}: holds sparse or nested tensors ({len(dense)}, first {dense[0]}: {_layout(tensors[dense[0]])}); "
+            f"{source}: holds sparse or nested tensors ({len(dense)}, first {dense[0]}: {_layout(tensors[dense[0]])}); "
             "save dense ones (tensor.to_dense())"
         )
     if all(k.startswith("module.") for k in tensors):
@@ -306,32 +330,113 @@ def _finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def convert(spec: ArchSpec, dataset: str, state: dict, own: Mapping[str, torch.Tensor]) -> dict:
-    """``state`` in the model's keys: as is when it fits, else through the spec's converters."""
-    if _fit(state, own) >= 0.5:
-        return state
-    converters = [w.converter for w in sorted(spec.weights, key=lambda w: w.dataset != dataset) if w.converter]
-    best, best_fit = state, _fit(state, own)
-    for converter in dict.fromkeys(converters):
-        try:
-            converted = converter(state)
-        except (KeyError, ValueError, IndexError, RuntimeError):
-            continue
-        if _fit(converted, own) > best_fit:
-            best, best_fit = converted, _fit(converted, own)
-    return best
+def _keys(state: Mapping[str, torch.Tensor]) -> set[str]:
+    return {k for k in state if not k.endswith("num_batches_tracked")}
 
 
-def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_classes: int, source: str) -> None:
-    """Load ``state`` into ``model`` exactly; one `BenchError` listing what does not fit.
+def recognise_format(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The publisher's layout that ``state``'s keys show (wrappers and DataParallel's prefix removed), or None."""
+    prefixes = {key.split(".", 1)[0] for key in state}
+    if any(_MMSEG_CLASSIFIER.fullmatch(key) for key in state):
+        return "mmseg"
+    if "decode_head" in prefixes and len(prefixes) == 2 and "backbone" not in prefixes:
+        return "hf"  # a transformers *ForSemanticSegmentation: the base model under its type's name, decode_head
+    if {"backbone", "classifier"} <= prefixes:
+        return "torchvision"  # torchvision.models.segmentation: backbone, classifier (, aux_classifier)
+    if {"mod1", "final_seg"} <= prefixes:
+        return "gscnn"  # nv-tlabs/GSCNN: the WideResNet trunk's mod1..mod7 beside the shape stream and heads
+    return None
+
+
+def accepted_formats(spec: ArchSpec, dataset: str) -> dict[str, CheckpointFormat]:
+    """The layouts ``spec`` loads, by name: its ``dataset`` entry's first, then its other entries', then its formats."""
+    out: dict[str, CheckpointFormat] = {}
+    for entry in sorted(spec.weights, key=lambda w: w.dataset != dataset):
+        if entry.converter is not None and entry.format not in out:
+            out[entry.format] = CheckpointFormat(entry.format, entry.converter, entry.configure, "official")
+    for layout in spec.formats:
+        out.setdefault(layout.format, layout)
+    return out
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A checkpoint's tensors in the model's keys.
 
     Args:
-        model: the built model.
+        format: the layout it was read in.
+        state: the tensors, keyed as the model's state dict.
+        configure: to apply to the model once loaded (`archs.Weights.configure`), or None.
+    """
+
+    format: str
+    state: dict[str, torch.Tensor]
+    configure: Callable[[nn.Module], None] | None = None
+
+
+def convert(
+    spec: ArchSpec,
+    dataset: str,
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    *,
+    declared: str | None = None,
+    source: str = "the checkpoint",
+) -> Converted:
+    """``state`` in the model's keys, through the converter of its layout.
+
+    Args:
+        spec: the architecture's spec (its official entries and formats).
+        dataset: protocol dataset name (its entry's converter comes first).
+        state: the checkpoint's tensors (`read_checkpoint`).
+        own: the model's state dict.
+        declared: the layout the file is known to be in (an official entry's format); None: recognised
+            from the keys.
+        source: the file, for messages.
+    """
+    if _keys(state) == _keys(own):
+        return Converted(SEGBENCH_FORMAT, dict(state))
+    formats = accepted_formats(spec, dataset)
+    found = recognise_format(state)
+    layout = declared if declared in formats else found
+    if layout in formats:
+        try:
+            converted = formats[layout].converter(state)
+        except (KeyError, ValueError, IndexError, RuntimeError) as exc:
+            raise BenchError(
+                f"{source}: its {layout} layout does not convert onto {spec.name} ({first_line(exc, 400)})"
+            ) from None
+        return Converted(layout, converted, formats[layout].configure)
+    if found is None and _fit(state, own) >= 0.5:  # segbench's own keys, some missing or extra: the load names them
+        return Converted(SEGBENCH_FORMAT, dict(state))
+    what = f"is in the {found} layout" if found else "is in a layout segbench does not recognise"
+    accepted = [f"{name} ({fmt.source})" if fmt.source else name for name, fmt in formats.items()]
+    raise BenchError(
+        f"{source} {what} (keys {_shown(sorted(state))}); {spec.name} loads: "
+        f"{', '.join([*accepted, 'segbench (its own state dict)'])}"
+    )
+
+
+def resized_on_load(model: nn.Module) -> set[str]:
+    """State-dict keys whose shape the loaded tensor sets (a module's ``resized_on_load`` names, e.g. ViT's
+    positional embeddings, which adopt a checkpoint's grid)."""
+    return {
+        f"{name}.{attr}" if name else attr
+        for name, module in model.named_modules()
+        for attr in getattr(module, "resized_on_load", ())
+    }
+
+
+def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_classes: int, source: str) -> None:
+    """One `BenchError` unless ``state`` has exactly ``model``'s state-dict keys and shapes.
+
+    Args:
+        model: the built model (on any device, the meta device included).
         state: tensors in the model's keys.
         num_classes: the dataset's class count (a checkpoint for another count is refused).
         source: the file, for messages.
     """
-    own = model.state_dict()
+    own, resized = model.state_dict(), resized_on_load(model)
     for key, value in state.items():
         mine = own.get(key)
         if mine is not None and mine.shape != value.shape and mine.ndim and mine.shape[0] == num_classes:
@@ -345,7 +450,7 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_
     shapes = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in state
-        if k in own and state[k].shape != own[k].shape
+        if k in own and k not in resized and state[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
         parts = [f"{len(missing)} missing ({_shown(missing)})"] if missing else []
@@ -355,6 +460,19 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_
             f"{source} does not fit the model: keys {'; '.join(parts)}; pass a checkpoint of this architecture "
             "(official format or segbench's own state dict)"
         )
+
+
+def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, num_classes: int, source: str) -> None:
+    """Load ``state`` into ``model`` exactly; one `BenchError` listing what does not fit.
+
+    Args:
+        model: the built model.
+        state: tensors in the model's keys.
+        num_classes: the dataset's class count (a checkpoint for another count is refused).
+        source: the file, for messages.
+    """
+    check_fit(model, state, num_classes=num_classes, source=source)
+    own = model.state_dict()
     meta = [k for k, v in state.items() if v.is_meta]
     if meta:
         raise BenchError(
@@ -401,10 +519,10 @@ def load_weights(
     num_classes = proto.dataset(dataset).num_classes
     if str(weights) == "none":
         return LoadedWeights("none")
-    uri = None
+    uri = declared = None
     if str(weights) == "official":
         entry = official(spec, dataset)
-        uri = entry.uri
+        uri, declared = entry.uri, entry.format
         path = cached_path(spec, entry)
         if path is None:
             if not download:
@@ -419,6 +537,8 @@ def load_weights(
     else:
         path = expand_user(weights, "--weights")
     state = read_checkpoint(path)
-    own = model.state_dict()
-    load_state_dict(model, convert(spec, dataset, state, own), num_classes=num_classes, source=str(path))
-    return LoadedWeights(str(weights), str(path), sha256sum(path), uri)
+    converted = convert(spec, dataset, state, model.state_dict(), declared=declared, source=str(path))
+    load_state_dict(model, converted.state, num_classes=num_classes, source=str(path))
+    if converted.configure is not None:
+        converted.configure(model)
+    return LoadedWeights(str(weights), str(path), sha256sum(path), uri, converted.format)

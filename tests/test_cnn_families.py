@@ -1,9 +1,11 @@
 """The CNN rows of the comparison table: FCN, PSPNet, DeepLabV3+ (ResNet-101, MobileNetV2) and ICNet.
 
-Correctness: equal outputs against mmsegmentation 1.2.2's models (random weights, CPU, through
-our mmseg-layout converter) and against torchvision's ``fcn_resnet101``/``deeplabv3_resnet101``
-(through the torchvision-layout converters). Faithfulness: parameter and FLOP counts against the
-published figures (full-size FLOP counts are marked slow).
+Correctness: each row's official mmseg checkpoint layout loads through `bench.weights.load_weights` and
+gives mmsegmentation 1.2.2's logits (test_official_layouts.py); here the training-only auxiliary heads
+convert too, and torchvision's ``fcn_resnet101``/``deeplabv3_resnet101`` give the same outputs through
+the torchvision-layout converters. Every comparison runs on weights that keep activations at scale and
+fails when one loaded parameter moves (`tests.equivalence`). Faithfulness: parameter and FLOP counts
+against the published figures (full-size FLOP counts are marked slow).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from bench.compare import agrees
 from bench.measure.flops import count_flops
 from bench.measure.params import count_params
 from bench.protocol import dataset as protocol_dataset
+from bench.weights import check_fit
+from tests.equivalence import assert_equivalent, scale_preserving_init
 
 MMSEG_ROWS = {
     # registered name: mmseg 1.x packaged config of the same model
@@ -35,27 +39,6 @@ MMSEG_ROWS = {
 }
 MMSEG_FAMILIES = tuple(MMSEG_ROWS)
 ALL_NAMES = (*MMSEG_FAMILIES, "icnet")
-TOL = 1e-4  # max abs difference, fp32
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics and affine parameters, so that a wrong BN mapping shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    # The comparison only means something if the logits are not (near) constant.
-    assert a.std() > 100 * TOL
-    return (a - b).abs().max().item()
 
 
 # --- backbones ---------------------------------------------------------------------------------
@@ -99,13 +82,13 @@ def test_mobilenetv2_d8_channels_strides_and_torchvision_keys():
 
 
 def test_mobilenetv2_undilated_equals_torchvision():
-    tv = torchvision.models.mobilenet_v2().features[:18].eval()
-    randomize_batchnorm(tv)
+    tv = scale_preserving_init(torchvision.models.mobilenet_v2().features[:18].eval())
     net = MobileNetV2(strides=IMAGENET_STRIDES, dilations=(1,) * 7, out_indices=(6,)).eval()
     net.features.load_state_dict(tv.state_dict())
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():
-        assert max_diff(tv(x), net(x)[0]) <= TOL
+        expected = tv(x)
+    assert_equivalent(expected, net, lambda m: m(x)[0])
 
 
 # --- oracles: mmsegmentation -------------------------------------------------------------------
@@ -121,25 +104,28 @@ def mmseg_oracle():
 
 
 @pytest.mark.parametrize("name", MMSEG_FAMILIES)
-def test_equal_outputs_to_mmseg_through_the_converter(name, mmseg_oracle):
-    build_mmseg_model, mmseg_logits = mmseg_oracle
-    reference = build_mmseg_model(MMSEG_ROWS[name], num_classes=19, aux_head=True)
-    randomize_batchnorm(reference)
-    checkpoint = {"meta": {}, "state_dict": reference.state_dict()}  # the layout of an mmseg .pth
+def test_the_auxiliary_head_converts_onto_a_model_built_with_it(name, mmseg_oracle):
+    """Keys and shapes (meta device): the training-only head the published parameter counts include."""
+    build_mmseg_model, _ = mmseg_oracle
+    from tests.publishers import registered_on_meta
 
-    ours = archs.build(name, 19, aux_head=True)
-    assert count_params(ours) == count_params(reference)
-    ours.load_state_dict(convert_mmseg_state_dict(checkpoint, aux_head=True))
+    with registered_on_meta():
+        reference = build_mmseg_model(MMSEG_ROWS[name], num_classes=19, aux_head=True, seed=None)
+    with torch.device("meta"):
+        ours = archs.build(name, 19, aux_head=True)
+    checkpoint = {"meta": {}, "state_dict": reference.state_dict()}  # the layout of an mmseg .pth
+    check_fit(ours, convert_mmseg_state_dict(checkpoint, aux_head=True), num_classes=19, source=name)
+
+
+def test_the_auxiliary_head_equals_mmsegs(mmseg_oracle):
+    build_mmseg_model, _ = mmseg_oracle
+    reference = scale_preserving_init(build_mmseg_model(MMSEG_ROWS["fcn-mobilenetv2"], num_classes=19, aux_head=True))
+    ours = archs.build("fcn-mobilenetv2", 19, aux_head=True)
+    ours.load_state_dict(convert_mmseg_state_dict({"state_dict": reference.state_dict()}, aux_head=True))
     x = torch.randn(1, 3, 65, 97)
     with torch.no_grad():
-        feats = reference.extract_feat(x)
-        assert max_diff(mmseg_logits(reference, x), ours(x)) <= TOL
-        assert max_diff(reference.auxiliary_head(feats), ours.aux_head(ours.backbone(x))) <= TOL
-
-    # The inference model has no auxiliary head; the default conversion drops it and loads strictly.
-    inference = archs.build(name, 19)
-    assert inference.aux_head is None
-    inference.load_state_dict(convert_mmseg_state_dict(checkpoint))
+        expected = reference.auxiliary_head(reference.extract_feat(x))
+    assert_equivalent(expected, ours, lambda m: m.aux_head(m.backbone(x)), shifted="aux_head.convs.0.1.bias")
 
 
 def test_mmcv_ops_stand_in_exposes_mmcv_pure_pytorch_ops(mmseg_oracle):
@@ -170,15 +156,16 @@ def test_mmcv_ops_stand_in_exposes_mmcv_pure_pytorch_ops(mmseg_oracle):
 def test_equal_outputs_to_torchvision_through_the_converter(factory, builder, converter):
     torch.manual_seed(0)
     reference = factory(weights=None, weights_backbone=None, num_classes=19, aux_loss=True).eval()
-    randomize_batchnorm(reference)
+    scale_preserving_init(reference)
     ours = builder(num_classes=19).eval()
     ours.load_state_dict(converter(reference.state_dict()))  # strict; torchvision's aux classifier dropped
     x = torch.randn(1, 3, 65, 97)
     with torch.no_grad():
         expected = reference(x)["out"]
-        # torchvision resizes the logits to the input inside the model; segbench's harness does it.
-        got = F.interpolate(ours(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    assert max_diff(expected, got) <= TOL
+    # torchvision resizes the logits to the input inside the model; segbench's harness does it.
+    assert_equivalent(
+        expected, ours, lambda m: F.interpolate(m(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    )
 
 
 # --- the inference contract --------------------------------------------------------------------

@@ -11,6 +11,7 @@ from bench.measure.flops import count_flops
 from bench.measure.fusion import fuse_for_inference, precast_for_autocast
 from bench.measure.speed import measure_latency
 from bench.protocol import SpeedProtocol
+from tests.equivalence import assert_equivalent
 from tests.test_contract import _randomise_batchnorm
 from tests.test_segformer import hf_model
 
@@ -92,14 +93,14 @@ def test_merged_segformer_decoder_equals_hf_and_drops_the_fuse_convolution(varia
     hf = hf_model(variant, 150)
     ours = archs.build(f"segformer-{variant}", num_classes=150)
     ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
-    x = torch.randn(1, 3, 256, 320)
+    x = torch.randn(1, 3, 96, 128)
     built = count_flops(ours, (256, 320)).total
     with torch.no_grad():
         expected = hf(pixel_values=x).logits
         report = fuse_for_inference(ours, x)
-        got = ours(x)
     assert report.rewritten == ["decode_head"]
-    assert (got - expected).abs().max().item() <= 1e-4
+    # the merged projections carry the fuse convolution and BatchNorm: moving one stage's projection bias shows
+    assert_equivalent(expected, ours, lambda m: m(x), shifted="decode_head.merged.0.bias")
     # the 1x1 convolution over 4E channels at stride 4 is what goes: E * 4E multiply-adds per output pixel
     width = 256 if variant == "b0" else 768
     saved = built - count_flops(ours, (256, 320)).total

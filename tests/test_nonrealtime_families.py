@@ -5,7 +5,8 @@ What is proven here (the shape/FLOP-coverage/CUDA-graph contract of every model 
 test_contract.py):
 
 - equal outputs to mmsegmentation's OCRNet-HRNetW48, SETR (naive, PUP, MLA), EncNet-R101 and
-  CCNet-R101 with the same random weights, through the mmseg-layout converters;
+  CCNet-R101, and GSCNN's official layout, through `bench.weights.load_weights` (test_official_layouts.py);
+  here the training-only auxiliary heads convert too;
 - the published parameter counts, reproduced with what they include (auxiliary heads, SETR's
   Cityscapes positional grid), and the published FLOPs at the protocol sizes (slow);
 - for the models without a runnable reference, their building blocks against the papers'
@@ -34,7 +35,6 @@ from archs.ccnet import CrissCrossAttention, convert_mmseg_ccnet
 from archs.dynamic_routing import DynamicCell, DynamicRoutingNet
 from archs.encnet import Encoding, convert_mmseg_encnet
 from archs.gscnn import CannyEdges, GatedSpatialConv2d
-from archs.ocrnet import convert_mmseg_ocrnet
 from archs.setr import convert_mmseg_setr
 from bench.compare import agrees
 from bench.errors import BenchError
@@ -42,6 +42,7 @@ from bench.measure.flops import count_flops
 from bench.measure.params import count_params
 from bench.protocol import dataset as protocol_dataset
 from bench.protocol import input_size
+from bench.weights import check_fit
 
 TOL = 1e-4
 NAMES = (
@@ -93,68 +94,30 @@ def mmseg():
     return build_mmseg_model, mmseg_logits
 
 
-def test_ocrnet_equals_mmseg(mmseg):
+# training-only heads of each checkpoint: registered name -> (mmseg config, converter)
+AUX_HEADS = {
+    "setr-naive-vit-l": ("setr/setr_vit-l_naive_8xb2-160k_ade20k-512x512.py", convert_mmseg_setr),
+    "setr-pup-vit-l": ("setr/setr_vit-l_pup_8xb2-160k_ade20k-512x512.py", convert_mmseg_setr),
+    "setr-mla-vit-l": ("setr/setr_vit-l_mla_8xb2-160k_ade20k-512x512.py", convert_mmseg_setr),
+    "encnet-r101": ("encnet/encnet_r101-d8_4xb2-80k_cityscapes-512x1024.py", convert_mmseg_encnet),
+    "ccnet-r101": ("ccnet/ccnet_r101-d8_4xb2-80k_cityscapes-512x1024.py", convert_mmseg_ccnet),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUX_HEADS))
+def test_the_training_only_parts_convert_onto_a_model_built_with_them(name, mmseg):
+    """Keys and shapes (meta device): the auxiliary heads (and EncNet's SE layer) the published counts include."""
+    from tests.publishers import registered_on_meta
+
     build_mmseg_model, _ = mmseg
-    reference = build_mmseg_model("ocrnet/ocrnet_hr48_4xb2-160k_cityscapes-512x1024.py", num_classes=19)
-    randomize_norms(reference)
-    ours = archs.build("ocrnet-hr48", 19)
-    assert count_params(ours) == count_params(reference)
-    ours.load_state_dict(convert_mmseg_ocrnet(reference.state_dict()))
-    for size in ((64, 64), (72, 100)):  # 72x100: HRNet's upsample-then-resize on non-divisible sizes
-        x = torch.randn(1, 3, *size)
-        with torch.no_grad():
-            feats = reference.extract_feat(x)
-            expected = reference.decode_head[1](feats, reference.decode_head[0](feats))
-            assert max_diff(expected, ours(x)) <= TOL
-
-
-@pytest.mark.parametrize("variant", ["naive", "pup", "mla"])
-def test_setr_equals_mmseg(variant, mmseg):
-    build_mmseg_model, mmseg_logits = mmseg
-    config = f"setr/setr_vit-l_{variant}_8xb2-160k_ade20k-512x512.py"
-    reference = build_mmseg_model(config, num_classes=150, aux_head=True)
-    randomize_norms(reference)
+    config, converter = AUX_HEADS[name]
+    classes = 150 if "ade20k" in config else 19
+    with registered_on_meta():
+        reference = build_mmseg_model(config, num_classes=classes, aux_head=True, seed=None)
+    with torch.device("meta"):
+        ours = archs.build(name, classes, aux_head=True)
     checkpoint = {"meta": {}, "state_dict": reference.state_dict()}  # the layout of an mmseg .pth
-    ours = archs.build(f"setr-{variant}-vit-l", 150, aux_head=True)
-    assert count_params(ours) == count_params(reference)
-    ours.load_state_dict(convert_mmseg_setr(checkpoint, aux_head=True))
-    x = torch.randn(1, 3, 48, 80)  # a 3x5 token grid: the 32x32 positional grid is interpolated
-    with torch.no_grad():
-        assert max_diff(mmseg_logits(reference, x), ours(x)) <= TOL
-        feats = reference.extract_feat(x)
-        ours_feats = ours.backbone(x) if ours.neck is None else ours.neck(ours.backbone(x))
-        for ref_head, head, feat in zip(reference.auxiliary_head, ours.aux_heads, ours_feats, strict=False):
-            assert max_diff(ref_head(feats), head(feat)) <= TOL
-    del ours
-    inference = archs.build(f"setr-{variant}-vit-l", 150)  # auxiliary heads dropped by the converter
-    inference.load_state_dict(convert_mmseg_setr(checkpoint))
-
-
-@pytest.mark.parametrize(
-    ("name", "config", "converter"),
-    [
-        ("encnet-r101", "encnet/encnet_r101-d8_4xb2-80k_cityscapes-512x1024.py", convert_mmseg_encnet),
-        ("ccnet-r101", "ccnet/ccnet_r101-d8_4xb2-80k_cityscapes-512x1024.py", convert_mmseg_ccnet),
-    ],
-)
-def test_resnet_heads_equal_mmseg(name, config, converter, mmseg):
-    build_mmseg_model, mmseg_logits = mmseg
-    reference = build_mmseg_model(config, num_classes=19, aux_head=True)
-    randomize_norms(reference)
-    for m in reference.modules():  # mmcv initialises the criss-cross residual scale to 0
-        if type(m).__name__ == "CrissCrossAttention":
-            m.gamma.scale.data.fill_(0.7)
-    checkpoint = {"meta": {}, "state_dict": reference.state_dict()}
-    with_aux = archs.build(name, 19, aux_head=True)
-    assert count_params(with_aux) == count_params(reference)
-    with_aux.load_state_dict(converter(checkpoint, aux_head=True))
-    ours = archs.build(name, 19)  # the inference model: training-only parts dropped by the converter
-    ours.load_state_dict(converter(checkpoint))
-    x = torch.randn(1, 3, 65, 97)
-    with torch.no_grad():
-        expected = mmseg_logits(reference, x)
-        expected = expected[0] if isinstance(expected, tuple) else expected  # EncHead: (logits, se_logits)
-        assert max_diff(expected, ours(x)) <= TOL
+    check_fit(ours, converter(checkpoint, aux_head=True), num_classes=classes, source=name)
 
 
 # --- published parameter counts ----------------------------------------------------------------
@@ -298,23 +261,13 @@ def test_gated_spatial_conv_follows_the_equation():
         assert max_diff(gate(s, r), expected) <= 1e-5
 
 
-def test_the_official_gscnn_layout_loads_through_the_spec(tmp_path, monkeypatch):
+def test_the_official_gscnn_checkpoint_is_not_downloaded_from_google_drive(tmp_path, monkeypatch):
     from bench import weights
 
-    spec = archs.get_spec("gscnn-wrn38")
-    model = archs.build("gscnn-wrn38", num_classes=19)
-    own = model.state_dict()
-    # nv-tlabs/GSCNN's checkpoint: a training dict, DataParallel's prefix, the trunk at top level, an unused dsn1
-    official = {
-        f"module.{key.removeprefix('backbone.')}": value for key, value in own.items() if not key.endswith("tracked")
-    }
-    official["module.dsn1.weight"] = torch.zeros(1)
-    state = weights.convert(spec, "cityscapes", {"state_dict": official, "epoch": 175}, own)
-    weights.load_state_dict(model, state, num_classes=19, source="best_cityscapes_checkpoint.pth")
     # the official file is on Google Drive: `official` says how to get it instead of downloading a web page
     monkeypatch.setenv("SEGBENCH_WEIGHTS", str(tmp_path))
     with pytest.raises(BenchError, match="Google Drive.*--weights PATH"):
-        weights.fetch(spec, "cityscapes", progress=False)
+        weights.fetch(archs.get_spec("gscnn-wrn38"), "cityscapes", progress=False)
 
 
 def test_identity_residual_block_is_pre_activation():

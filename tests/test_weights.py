@@ -23,6 +23,7 @@ from bench.weights import (
     list_official,
     load_weights,
     read_checkpoint,
+    recognise_format,
 )
 from tests.toy_models import ToyNet
 
@@ -355,3 +356,92 @@ def test_nested_training_checkpoints_and_float8_weights_load(tmp_path):
     save_file(f8, tmp_path / "f8.safetensors")
     load_weights(model, spec, "ade20k", tmp_path / "f8.safetensors")
     assert all(torch.equal(v, f8[k].to(v.dtype)) for k, v in model.state_dict().items())
+
+
+# --- the layout of a checkpoint decides its converter ----------------------------------------------------
+
+
+def _mmseg_toy_layout(state: dict) -> dict:
+    """A publisher's layout that shares most keys with ToyNet's: only the classifier is named otherwise."""
+    return {key.replace("classifier.", "decode_head.conv_seg."): value for key, value in state.items()}
+
+
+def _from_mmseg_toy_layout(state: dict) -> dict:
+    return {key.replace("decode_head.conv_seg.", "classifier."): value for key, value in state.items()}
+
+
+def _toy_spec(name: str, configure=None) -> ArchSpec:
+    weights = Weights("ade20k", "https://example.org/toy.pth", "mmseg", None, _from_mmseg_toy_layout, configure)
+    return ArchSpec(
+        name=name,
+        family="Toy",
+        encoder="t",
+        scale="realtime",
+        paper="t",
+        year=2026,
+        output_stride=4,
+        weights=(weights,),
+    )
+
+
+def test_a_publisher_layout_is_converted_though_most_of_its_keys_are_the_models(tmp_path):
+    torch.manual_seed(0)
+    reference = ToyNet(150, 4).eval()
+    torch.save({"meta": {}, "state_dict": _mmseg_toy_layout(reference.state_dict())}, tmp_path / "toy.pth")
+    model = ToyNet(150, 4).eval()
+    loaded = load_weights(model, _toy_spec("toy-mostly-ours"), "ade20k", tmp_path / "toy.pth")
+    assert loaded.format == "mmseg"
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    torch.save(reference.state_dict(), tmp_path / "own.pth")  # segbench's own keys load as they are
+    assert load_weights(ToyNet(150, 4), _toy_spec("toy-mostly-ours"), "ade20k", tmp_path / "own.pth").format == (
+        "segbench"
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        (["encoder.stem.weight", "seg.cls.weight"], "is in a layout segbench does not recognise (keys encoder."),
+        (["segformer.encoder.block.0.weight", "decode_head.classifier.weight"], "is in the hf layout (keys"),
+        (["backbone.conv1.weight", "classifier.4.weight"], "is in the torchvision layout (keys"),
+    ],
+    ids=["unknown", "hf", "torchvision"],
+)
+def test_a_layout_the_model_does_not_load_names_what_was_found_and_what_loads(tmp_path, keys, says):
+    torch.save({key: torch.zeros(2) for key in keys}, tmp_path / "other.pth")
+    with pytest.raises(BenchError) as info:
+        load_weights(ToyNet(150, 4), _toy_spec("toy-layouts"), "ade20k", tmp_path / "other.pth")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'other.pth'} {says}") and "\n" not in message
+    assert message.endswith("toy-layouts loads: mmseg (official), segbench (its own state dict)")
+
+
+@pytest.mark.parametrize(
+    ("keys", "layout"),
+    [
+        (["backbone.layer1.0.conv1.weight", "decode_head.conv_seg.weight", "auxiliary_head.conv_seg.weight"], "mmseg"),
+        (["backbone.stem.weight", "decode_head.0.conv_seg.weight", "decode_head.1.conv_seg.weight"], "mmseg"),
+        (["segformer.encoder.patch_embeddings.0.proj.weight", "decode_head.linear_c.0.proj.weight"], "hf"),
+        (["backbone.layer1.0.conv1.weight", "classifier.0.weight", "aux_classifier.0.weight"], "torchvision"),
+        (["mod1.conv1.weight", "mod2.block1.bn1.0.weight", "final_seg.0.weight", "dsn1.weight"], "gscnn"),
+        (["backbone.patch_embeds.0.proj.weight", "decode_head.linear_c.0.weight"], None),  # segbench's SegFormer
+        (["backbone.stem.0.weight", "head.classifier.weight"], None),  # segbench's CNN rows
+    ],
+)
+def test_publisher_layouts_are_recognised_from_their_keys(keys, layout):
+    assert recognise_format(dict.fromkeys(keys, torch.zeros(1))) == layout
+
+
+def test_a_checkpoints_configure_step_runs_once_it_has_loaded_and_never_after_a_refusal(tmp_path):
+    configured = []
+    spec = _toy_spec("toy-configure", configure=configured.append)
+    torch.save({"state_dict": _mmseg_toy_layout(ToyNet(150, 4).state_dict())}, tmp_path / "toy.pth")
+    torch.save({"state_dict": _mmseg_toy_layout(ToyNet(19, 4).state_dict())}, tmp_path / "city.pth")
+    model = ToyNet(150, 4)
+    with pytest.raises(BenchError, match="predicts 19 classes"):
+        load_weights(model, spec, "ade20k", tmp_path / "city.pth")
+    assert configured == []
+    load_weights(model, spec, "ade20k", tmp_path / "toy.pth")
+    assert configured == [model]

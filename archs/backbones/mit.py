@@ -9,6 +9,10 @@ then blocks of efficient self-attention (keys and values spatially reduced by a 
 ratio ``sr``) and Mix-FFN (a depth-wise 3x3 convolution between the two linear layers), and ends
 with a LayerNorm. Tokens stay in ``(N, L, C)`` layout inside a stage.
 
+The LayerNorms' eps differ between implementations, so each checkpoint is run with its source's
+(`LayerNormEps`): HF transformers' port keeps PyTorch's 1e-5 everywhere; the authors' code builds
+the blocks' and stages' norms with eps 1e-6 and the patch embeddings' and reduced keys' with 1e-5.
+
 On a CUDA GPU, in inference, the memory-bound steps run as fused kernels (`archs.kernels`): each
 residual addition with the LayerNorm after it, the LayerNorms of the patch embeddings and of the
 reduced keys, and Mix-FFN's depth-wise convolution with its GELU. The same function; elsewhere
@@ -35,6 +39,26 @@ class MiTConfig:
     num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     mlp_ratio: int = 4
+
+
+@dataclass(frozen=True)
+class LayerNormEps:
+    """The LayerNorm eps of one MiT implementation.
+
+    Args:
+        blocks: of each block's two norms and of the norm that ends each stage.
+        embeddings: of the patch embeddings' norms and of the reduced keys' norms.
+    """
+
+    blocks: float
+    embeddings: float
+
+
+# transformers' SegFormer: nn.LayerNorm's default throughout.
+HF_LAYER_NORM_EPS = LayerNormEps(blocks=1e-5, embeddings=1e-5)
+# NVlabs/SegFormer mix_transformer.py: norm_layer=partial(nn.LayerNorm, eps=1e-6) for the blocks and stage
+# norms; OverlapPatchEmbed and Attention build theirs with the default.
+AUTHORS_LAYER_NORM_EPS = LayerNormEps(blocks=1e-6, embeddings=1e-5)
 
 
 MIT_CONFIGS = {
@@ -147,9 +171,12 @@ class MixTransformer(nn.Module):
     Args:
         config: widths and depths of the variant (`MIT_CONFIGS`).
         in_channels: input channels.
+        layer_norm_eps: the LayerNorms' eps (`set_layer_norm_eps` changes it on a built encoder).
     """
 
-    def __init__(self, config: MiTConfig, in_channels: int = 3) -> None:
+    def __init__(
+        self, config: MiTConfig, in_channels: int = 3, layer_norm_eps: LayerNormEps = HF_LAYER_NORM_EPS
+    ) -> None:
         super().__init__()
         self.embed_dims = config.embed_dims
         dims = (in_channels, *config.embed_dims)
@@ -164,6 +191,18 @@ class MixTransformer(nn.Module):
             for i in range(4)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in config.embed_dims)
+        self.set_layer_norm_eps(layer_norm_eps)
+
+    def set_layer_norm_eps(self, eps: LayerNormEps) -> None:
+        """Run every LayerNorm with ``eps`` (the implementation whose checkpoint is loaded)."""
+        for embed in self.patch_embeds:
+            embed.norm.eps = eps.embeddings
+        for block in (block for stage in self.blocks for block in stage):
+            block.norm1.eps = block.norm2.eps = eps.blocks
+            if block.attn.sr_ratio > 1:
+                block.attn.sr_norm.eps = eps.embeddings
+        for norm in self.norms:
+            norm.eps = eps.blocks
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []

@@ -99,6 +99,9 @@ class VisionTransformer(nn.Module):
             SETR configurations do not).
     """
 
+    # parameters whose shape a loaded state dict sets (`_load_from_state_dict`): the checkpoint's grid
+    resized_on_load = ("pos_embed",)
+
     def __init__(
         self,
         img_size: int = 512,

@@ -15,6 +15,7 @@ Requirements (test extra): ``mmsegmentation==1.2.2 mmengine mmcv-lite==2.1.0 ftf
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import sys
 import warnings
@@ -23,7 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["available", "build_mmseg_model", "config_path", "install", "mmseg_logits"]
+__all__ = ["available", "build_mmseg_model", "config_for_checkpoint", "config_path", "install", "mmseg_logits"]
+
+# Checkpoints of the model zoo that mmseg 1.x's metafiles no longer list (they list a retrained file of the
+# same configuration): file name -> packaged config.
+_RETRAINED = {
+    "fcn_m-v2-d8_512x1024_80k_cityscapes_20200825_124817-d24c28c1.pth": (
+        "mobilenet_v2/mobilenet-v2-d8_fcn_4xb2-80k_cityscapes-512x1024.py"
+    ),
+}
 
 
 def available() -> bool:
@@ -50,6 +59,28 @@ def config_path(config_relpath: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"mmseg has no packaged config {config_relpath!r} ({path})")
     return path
+
+
+@functools.cache
+def _configs_by_checkpoint() -> dict[str, str]:
+    import yaml
+
+    root = config_path("_base_/default_runtime.py").parent.parent
+    index = dict(_RETRAINED)
+    for metafile in sorted(root.glob("*/metafile.yaml")):
+        for model in yaml.safe_load(metafile.read_text()).get("Models") or ():
+            if model.get("Weights") and model.get("Config"):
+                index[model["Weights"].rsplit("/", 1)[-1]] = model["Config"].removeprefix("configs/")
+    return index
+
+
+def config_for_checkpoint(url: str) -> str:
+    """The packaged config (path under ``configs/``) of an mmseg model-zoo checkpoint, found by its file name."""
+    name = url.rsplit("/", 1)[-1]
+    try:
+        return _configs_by_checkpoint()[name]
+    except KeyError:
+        raise LookupError(f"no mmseg metafile lists the checkpoint {name}") from None
 
 
 def _revert_sync_bn(cfg):
