@@ -124,7 +124,8 @@ def local_machine_ids() -> set[str]:
 
 
 def device_slug(device: str) -> str:
-    """Folder name under results/: the GPU model, or ``cpu-<processor model>``."""
+    """Folder name under runs/ and results/: the GPU model, or ``cpu-<processor model>`` (a kind of device, which
+    many machines share: `machine_id` tells them apart)."""
     if torch.device(device).type == "cuda":
         return slugify(gpu_name(device))
     return "cpu-" + slugify(cpu_model())

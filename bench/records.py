@@ -1,11 +1,12 @@
 """Records: one JSON line per measurement, the single source of every table and plot.
 
-``results/<device-slug>/records.jsonl`` is append-only. An append is one ``write`` of whole
-lines to a file opened with O_APPEND, under an exclusive ``flock`` on a sidecar lock file, then
-``fsync``: concurrent `bench run` processes (one per GPU, or shards on machines sharing the
-folder) never interleave or lose lines. A line torn by a crash of an older writer, or a record whose
-values are not of the shapes the tables read, is skipped by the reader (one warning per file), and
-the next append starts on a fresh line.
+``<results>/<device-slug>/records.jsonl`` (``runs/`` a user's, ``results/`` the shipped references) is
+append-only. An append is one ``write`` of whole lines to a file opened with O_APPEND, under an
+exclusive ``flock`` on a sidecar lock file, then ``fsync``: concurrent `bench run` processes (one
+per GPU, or shards on machines sharing the folder) never interleave or lose lines. A line torn by
+a crash of an older writer, or a record whose values are not of the shapes the tables read, is
+skipped by the reader (one warning per file), and the next append starts on a fresh line. Each
+record names the machine it was measured on (`machine_of`); a run reuses only its own machine's.
 """
 
 from __future__ import annotations
@@ -298,7 +299,7 @@ class RecordStore:
     """The records file of one device folder.
 
     Args:
-        results: the results root (``results/``).
+        results: the results root (``runs/``, or ``results/`` for the reference results).
         device_slug: the device folder name.
     """
 
