@@ -44,12 +44,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 _interrupted = False
+_deferred = False
 
 
 def _note_interrupt(signum, frame):
     global _interrupted
     _interrupted = True
-    raise KeyboardInterrupt
+    if not _deferred:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -78,6 +80,21 @@ def interrupts_noted():
 def was_interrupted() -> bool:
     """Whether Ctrl-C came during this command (see `interrupts_noted`)."""
     return _interrupted
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """A Ctrl-C inside the block raises `KeyboardInterrupt` at its end, not in its middle: for steps that must
+    happen together (a count and the list of what it counted). In force under `interrupts_noted` only."""
+    global _deferred
+    outer = _deferred
+    _deferred = True
+    try:
+        yield
+    finally:
+        _deferred = outer
+    if not outer:
+        check_interrupt()
 
 
 def check_interrupt() -> None:

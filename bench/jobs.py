@@ -94,8 +94,9 @@ class RunOptions:
     plugins: tuple[str, ...] = ()
     data_root: str | None = None
     weights: str | None = None
-    eval_folder: str | None = None  # where mIoU jobs write their per-class CSV and full result
+    eval_folder: str | None = None  # where mIoU jobs write their per-class CSV and full result (and their progress)
     miou_identity: dict | None = None  # `miou_identity` of the run, stored in its mIoU records
+    machine_id: str | None = None  # `bench.provenance.machine_id` of the run, stored in every record
 
 
 def measure(job: Job, options: RunOptions) -> dict:
@@ -148,10 +149,17 @@ def measure(job: Job, options: RunOptions) -> dict:
         return {**proto.MODES[job.mode], **result.as_dict()}
     if job.kind == "miou":
         from bench.evaluate import evaluate  # noqa: PLC0415 - evaluation is optional per run
+        from bench.evaluate.checkpoint import Resume
         from bench.weights import load_weights
 
         loaded = load_weights(model, spec, job.dataset, options.weights or "official")
-        result = evaluate(model, spec, job.dataset, options.data_root, device=options.device, progress=False)
+        # a job stopped at its time limit keeps its progress there; the next run continues it
+        resume = None
+        if options.eval_folder is not None:
+            resume = Resume(Path(options.eval_folder), {"weights": loaded.sha256 or loaded.source})
+        result = evaluate(
+            model, spec, job.dataset, options.data_root, device=options.device, progress=False, resume=resume
+        )
         value = result.as_dict() if hasattr(result, "as_dict") else asdict(result)
         value["weights"] = asdict(loaded)
         value["identity"] = options.miou_identity
@@ -339,6 +347,9 @@ def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
     """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
     started = time.monotonic()
     message = run_in_child(f"bench {job.label}", timeout_s, _measure_job, job, options)
+    where = dict(message.get("provenance") or provenance(options.device))
+    if options.machine_id is not None:  # the machine the run reuses records of, whatever the child read
+        where["machine_id"] = options.machine_id
     return new_record(
         arch=job.arch,
         dataset=job.dataset,
@@ -353,5 +364,5 @@ def run_job(job: Job, options: RunOptions, timeout_s: float) -> dict:
         traceback=message.get("traceback"),
         value=message.get("value"),
         duration_s=round(time.monotonic() - started, 3),
-        provenance=message.get("provenance") or provenance(options.device),
+        provenance=where,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -20,6 +21,10 @@ from bench.measure import nvml
 
 # names the commit of a checkout copied without its .git folder
 COMMIT_ENV = "SEGBENCH_GIT_COMMIT"
+# names the measuring machine in place of the identity read from the system
+MACHINE_ENV = "SEGBENCH_MACHINE_ID"
+# where systemd and D-Bus keep the installation's random id
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
 def slugify(text: str) -> str:
@@ -59,8 +64,68 @@ def gpu_name(device: str) -> str:
     return name or torch.cuda.get_device_name(cuda_index(device))
 
 
+def _short_hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=1)
+def host_id() -> str:
+    """This computer: a short hash of its installation's machine-id (where there is one) and its host name.
+
+    The two together tell apart hosts cloned from one image (same machine-id) and hosts that share a
+    name; neither is secret, and the hash keeps them out of the records.
+    """
+    installation = ""
+    for name in MACHINE_ID_FILES:
+        try:
+            installation = Path(name).read_text().strip()
+        except OSError:
+            continue
+        if installation:
+            break
+    return _short_hash("host", installation, socket.gethostname())
+
+
+def gpu_uuid(device: str) -> str | None:
+    """The UUID of the CUDA device ``device`` (without NVML's ``GPU-``/``MIG-`` prefix), or None."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(cuda_index(device)).uuid)
+    except Exception:
+        return None
+    return uuid.lower().removeprefix("gpu-").removeprefix("mig-") or None
+
+
+def machine_id(device: str) -> str:
+    """What measured on ``device``: the GPU board on a CUDA device (a hash of its UUID), else this computer
+    (`host_id`); ``$SEGBENCH_MACHINE_ID`` names it instead when set.
+
+    `bench run` reuses a record only when it names this machine: a CPU or GPU model's name is shared by
+    every machine that has one.
+    """
+    named = os.environ.get(MACHINE_ENV, "").strip()
+    if named:
+        return named
+    if torch.device(device).type == "cuda":
+        uuid = gpu_uuid(device)
+        if uuid:
+            return _short_hash("gpu", uuid)
+    return host_id()
+
+
+def local_machine_ids() -> set[str]:
+    """The `machine_id` of every device this process sees: this computer and each visible CUDA device."""
+    named = os.environ.get(MACHINE_ENV, "").strip()
+    if named:
+        return {named}
+    ids = {host_id()}
+    if torch.cuda.is_available():
+        ids.update(machine_id(f"cuda:{index}") for index in range(torch.cuda.device_count()))
+    return ids
+
+
 def device_slug(device: str) -> str:
-    """Folder name under results/: the GPU model, or ``cpu-<processor model>``."""
+    """Folder name under runs/ and results/: the GPU model, or ``cpu-<processor model>`` (a kind of device, which
+    many machines share: `machine_id` tells them apart)."""
     if torch.device(device).type == "cuda":
         return slugify(gpu_name(device))
     return "cpu-" + slugify(cpu_model())
@@ -124,6 +189,7 @@ def provenance(device: str) -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "machine_id": machine_id(device),
         "torch_threads": torch.get_num_threads(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

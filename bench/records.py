@@ -1,11 +1,12 @@
 """Records: one JSON line per measurement, the single source of every table and plot.
 
-``results/<device-slug>/records.jsonl`` is append-only. An append is one ``write`` of whole
-lines to a file opened with O_APPEND, under an exclusive ``flock`` on a sidecar lock file, then
-``fsync``: concurrent `bench run` processes (one per GPU, or shards on machines sharing the
-folder) never interleave or lose lines. A line torn by a crash of an older writer, or a record whose
-values are not of the shapes the tables read, is skipped by the reader (one warning per file), and
-the next append starts on a fresh line.
+``<results>/<device-slug>/records.jsonl`` (``runs/`` a user's, ``results/`` the shipped references) is
+append-only. An append is one ``write`` of whole lines to a file opened with O_APPEND, under an
+exclusive ``flock`` on a sidecar lock file, then ``fsync``: concurrent `bench run` processes (one
+per GPU, or shards on machines sharing the folder) never interleave or lose lines. A line torn by
+a crash of an older writer, or a record whose values are not of the shapes the tables read, is
+skipped by the reader (one warning per file), and the next append starts on a fresh line. Each
+record names the machine it was measured on (`machine_of`); a run reuses only its own machine's.
 """
 
 from __future__ import annotations
@@ -106,16 +107,44 @@ def record_key(record: dict) -> tuple:
     )
 
 
-def latest_ok(records: Iterable[dict], protocol: str | None = None) -> dict[tuple, dict]:
+def machine_of(record: dict) -> str | None:
+    """The `bench.provenance.machine_id` a record was measured on (None: a record that does not name one)."""
+    provenance = record.get("provenance")
+    machine = provenance.get("machine_id") if isinstance(provenance, dict) else None
+    return machine if isinstance(machine, str) else None
+
+
+def latest_ok(
+    records: Iterable[dict], protocol: str | None = None, *, prefer: Iterable[str] | None = None
+) -> dict[tuple, dict]:
     """The newest ``ok`` record per measurement key (the one the tables show), of one protocol version
-    when ``protocol`` is given: the records taken under it, and those of older versions that count as it."""
+    when ``protocol`` is given: the records taken under it, and those of older versions that count as it.
+
+    Where machines disagree (a folder holding another machine's records beside this one's), the newest
+    record of a machine in ``prefer`` wins (default: this computer and its GPUs,
+    `bench.provenance.local_machine_ids`), and the newest of any machine where none of them measured it.
+    """
     latest: dict[tuple, dict] = {}
-    for record in records:
+    by_machine: dict[tuple, dict[str | None, tuple[int, dict]]] = {}
+    for position, record in enumerate(records):
         taken = record.get("protocol")
         if record.get("status") == OK and (
             protocol is None or protocol == taken or protocol == counts_as(str(taken), record.get("mode"))
         ):
-            latest[record_key(record)] = record  # file order is append order: the last one wins
+            key = record_key(record)
+            latest[key] = record  # file order is append order: the last one wins
+            by_machine.setdefault(key, {})[machine_of(record)] = (position, record)
+    disputed = [key for key, machines in by_machine.items() if len(machines) > 1]
+    if disputed:
+        if prefer is None:
+            from bench.provenance import local_machine_ids  # noqa: PLC0415 - imports torch, needed only here
+
+            prefer = local_machine_ids()
+        prefer = set(prefer)
+        for key in disputed:
+            own = [found for machine, found in by_machine[key].items() if machine in prefer]
+            if own:
+                latest[key] = max(own, key=lambda found: found[0])[1]
     return latest
 
 
@@ -270,7 +299,7 @@ class RecordStore:
     """The records file of one device folder.
 
     Args:
-        results: the results root (``results/``).
+        results: the results root (``runs/``, or ``results/`` for the reference results).
         device_slug: the device folder name.
     """
 
@@ -313,20 +342,28 @@ class RecordStore:
             warnings.warn(message, stacklevel=2)
         return [r for r in records if r["device_slug"] == mine]
 
-    def done(self) -> set[tuple]:
-        """Keys of the measurements already recorded ``ok``."""
-        return self.triage()[0]
+    def done(self, machine: str | None = None) -> set[tuple]:
+        """Keys of the measurements already recorded ``ok`` by ``machine`` (by any machine when None)."""
+        return self.triage(machine=machine)[0]
 
-    def triage(self, reusable=None) -> tuple[set[tuple], set[tuple]]:
-        """The keys recorded ``ok``, from one read of the file, as (kept, outdated): whether ``reusable`` holds
-        for the newest ``ok`` record of the key (every key is kept without ``reusable``)."""
+    def triage(self, reusable=None, *, machine: str | None = None, records=None) -> tuple[set[tuple], set[tuple]]:
+        """The keys recorded ``ok`` by ``machine`` (by any machine when None), from one read of the file, as
+        (kept, outdated): whether ``reusable`` holds for the newest such record of the key (every key is kept
+        without ``reusable``). ``records``: the folder's records when the caller has read them already.
+
+        Another machine's records are neither: they were not measured here, so they are measured again.
+        """
+        records = self.read() if records is None else records
+        if machine is not None:
+            records = [r for r in records if machine_of(r) == machine]
         kept, outdated = set(), set()
-        for key, record in latest_ok(self.read()).items():
+        for key, record in latest_ok(records, prefer=()).items():
             (kept if reusable is None or reusable(record) else outdated).add(key)
         return kept, outdated
 
     def append(self, records: Iterable[dict], *, replace_ok: bool = False) -> list[dict]:
-        """Append ``records`` atomically; an ``ok`` record whose key is already ``ok`` is dropped.
+        """Append ``records`` atomically; an ``ok`` record whose key its machine has already recorded ``ok``
+        is dropped (another machine's record of the key does not count).
 
         Args:
             records: the records to write.
@@ -337,10 +374,10 @@ class RecordStore:
         """
         records = list(records)
         with self._locked():
-            done = self.done()
+            done = {(machine_of(r), record_key(r)) for r in self.read() if r["status"] == OK}
             fresh = []
             for record in records:
-                key = record_key(record)
+                key = (machine_of(record), record_key(record))
                 if record.get("status") == OK:
                     if key in done and not replace_ok:
                         continue

@@ -24,7 +24,7 @@
 #   fused         bench run --suite realtime --modes graph-fused,eager-fused (the inference forms)
 #   lecture       bench run --suite lecture
 #   non-realtime  bench run --suite non-realtime
-# Every step resumes: records already in records.jsonl and rows already in peers.csv are skipped,
+# Every step resumes: records this GPU took already (records.jsonl) and rows already in peers.csv are skipped,
 # so what a short budget leaves undone the next call continues. A step gets its own cap or what
 # is left of the budget, whichever is less, and is stopped there (what it measured is kept); the
 # tables and plots are rebuilt at the end.
@@ -36,6 +36,7 @@
 #   SEGBENCH_OUT      also write $SEGBENCH_OUT/gpu-results.tgz (the device folder) and log.txt
 #   SEGBENCH_GIT_COMMIT  the commit of a copy without .git, recorded in every record
 #   DEVICE            cuda (default), cuda:N, or cpu to rehearse the script on a machine without a GPU
+#   RESULTS           the results folder (default results, the reference results; RESULTS=runs for a rehearsal)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,7 +66,12 @@ if ! "$PYTHON" -c "import fvcore" 2>/dev/null; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-bench() { "$PYTHON" -m bench "$@"; }
+# The reference results: every command but `bench data` reads and writes $RESULTS (the commands' own default
+# is runs/, where a user's measurements go)
+RESULTS=${RESULTS:-results}
+bench() {
+    if [[ $1 == data ]]; then "$PYTHON" -m bench "$@"; else "$PYTHON" -m bench "$@" --results "$RESULTS"; fi
+}
 
 DEVICE=${DEVICE:-cuda}
 if ! SLUG=$("$PYTHON" -c "
@@ -76,7 +82,7 @@ from bench.provenance import device_slug
 print(device_slug('$DEVICE'))"); then
     exit 2
 fi
-FOLDER=results/$SLUG
+FOLDER=$RESULTS/$SLUG
 mkdir -p "$FOLDER"
 say "device folder $FOLDER; budget ${BUDGET} s; steps ${STEPS[*]}"
 if command -v nvidia-smi >/dev/null; then
@@ -164,7 +170,7 @@ run_eval() {
 }
 
 export -f bench run_tests run_peers run_layout run_profiles run_eval
-export PYTHON FOLDER ADE SYNTH DEVICE
+export PYTHON RESULTS FOLDER ADE SYNTH DEVICE
 for s in "${STEPS[@]}"; do
     case $s in
         tests) step tests 300 run_tests ;;
@@ -191,6 +197,6 @@ fi
 say "tables and plots of $FOLDER"
 bench table --device "$SLUG" >/dev/null 2>>"$LOG" && bench plot --device "$SLUG" 2>&1 | tail -n 3 | tee -a "$LOG"
 if [[ -n ${SEGBENCH_OUT:-} ]]; then
-    tar czf "$SEGBENCH_OUT/gpu-results.tgz" --exclude='*.lock' -C results "$SLUG" && say "wrote $SEGBENCH_OUT/gpu-results.tgz"
+    tar czf "$SEGBENCH_OUT/gpu-results.tgz" --exclude='*.lock' -C "$RESULTS" "$SLUG" && say "wrote $SEGBENCH_OUT/gpu-results.tgz"
 fi
 say "finished"

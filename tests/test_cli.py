@@ -69,6 +69,69 @@ def test_run_records_every_measurement_and_writes_table_and_plots(finished_run):
     assert not (folder / "plots" / "ade20k_graph.png").exists()
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces as single spaces (rich wraps long lines at 80 columns)."""
+    return " ".join(text.split())
+
+
+def test_the_cpu_note_names_the_modes_this_run_times(finished_run):
+    from bench.commands.run import cpu_note
+
+    _, proc = finished_run
+    assert (
+        "note: mode graph, graph-fp32 need a CUDA GPU and are left out; on the CPU this run times eager "
+        "(eager-fused also runs on a CPU: --modes eager,eager-fused)"
+    ) in one_line(proc.stderr)
+    assert cpu_note(["graph"], ["eager", "eager-fused"]) == (
+        "mode graph needs a CUDA GPU and is left out; on the CPU this run times eager, eager-fused"
+    )
+    assert cpu_note(["graph"], []).startswith("mode graph needs a CUDA GPU and is left out: no latency is measured")
+
+
+def test_another_machines_records_are_kept_as_references_and_a_rerun_here_resumes(tmp_path):
+    results = tmp_path / "results"
+    args = ("run", *PLUGIN, "--arch", "toy-w4", "--measure", "params", "--results", str(results))
+    there = run_bench(*args, env={"SEGBENCH_MACHINE_ID": "machine-there"})
+    assert there.returncode == 0 and "2 ok, 0 failed, 0 skipped" in there.stderr, there.stderr
+    here = run_bench(*args, env={"SEGBENCH_MACHINE_ID": "machine-here"})
+    assert here.returncode == 0 and "2 ok, 0 failed, 0 skipped" in here.stderr, here.stderr  # measured here
+    (folder,) = [p.parent for p in results.glob("*/records.jsonl")]
+    assert (
+        f"records: {folder / 'records.jsonl'} (this machine machine-here); nothing of this machine's to reuse; "
+        "2 records of other machines there are kept as references, not reused"
+    ) in one_line(here.stderr)
+    machines = [r["provenance"]["machine_id"] for r in records(results)]
+    assert machines == ["machine-there"] * 2 + ["machine-here"] * 2  # the other machine's records stay
+    again = run_bench(*args, env={"SEGBENCH_MACHINE_ID": "machine-here"})
+    assert "0 ok, 0 failed, 2 skipped (measured on this machine already)" in one_line(again.stderr), again.stderr
+    assert "reusing 2 of this machine's records" in one_line(again.stderr)
+    assert len(records(results)) == 4
+
+
+def test_a_run_beside_reference_results_of_its_device_kind_measures_here_and_leaves_them(finished_run, tmp_path):
+    """The quick start in a checkout whose results/ holds a folder named like this machine's."""
+    import shutil
+
+    (measured,) = [p.parent for p in finished_run[0].glob("*/records.jsonl")]
+    references = shutil.copytree(measured, tmp_path / "results" / measured.name)
+    shipped = {p: p.read_bytes() for p in references.rglob("*") if p.is_file()}
+    proc = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--measure", "params", "--no-report", cwd=tmp_path)
+    assert proc.returncode == 0 and "2 ok, 0 failed, 0 skipped" in proc.stderr, proc.stderr
+    assert f"records: runs/{measured.name}/records.jsonl (this machine " in one_line(proc.stderr)
+    assert f"reference records of this device kind in results/{measured.name}/ are not reused" in one_line(proc.stderr)
+    assert len(records(tmp_path / "runs")) == 2
+    assert {p: p.read_bytes() for p in references.rglob("*") if p.is_file()} == shipped
+
+
+def test_what_users_measure_is_ignored_by_git():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "runs/cpu-x/records.jsonl"], cwd=ROOT, timeout=30)
+    assert ignored.returncode == 0
+    shipped = subprocess.run(["git", "check-ignore", "-q", "results/cpu-x/records.jsonl"], cwd=ROOT, timeout=30)
+    assert shipped.returncode == 1
+
+
 def test_rerun_skips_recorded_and_force_redoes(finished_run):
     results, _ = finished_run
     before = len(records(results))
@@ -143,6 +206,7 @@ def test_table_and_plot_commands_regenerate_from_records(finished_run):
         (("run", "--arch", "toy-w4", "--dataset", ","), "--dataset: empty"),
         (("run", "--arch", "toy-w4", "--modes", "graph", "--measure", "latency", "--device", "cpu"), "CUDA GPU only"),
         (("table", "--protocol", "99"), "no successful record of protocol '99' in"),
+        (("run", "--arch", "toy-w4", "--dataset", "ade20k", "--data-root", __file__), "a file, not a folder"),
         (("profile", "segformer-b0", "--size", "8x8", "--steps", "1"), "cannot run at --size 8x8"),
     ],
 )

@@ -83,7 +83,12 @@ def _copy_tree(src, dst):
     "damage, expected",
     [
         ("missing_root", "no such folder"),
+        ("root_is_a_file", "ADE20K.txt: a file, not a folder; pass the ADEChallengeData2016 folder"),
+        ("root_is_an_archive", "a file, not a folder (an archive: extract it first); pass the ADEChallengeData2016"),
         ("misnamed_root", "no ADE20K layout"),
+        ("misnamed_split", "validation exists; found images/val, annotations/val: rename val to validation"),
+        ("misnamed_image_split", "annotations/validation does (found images/val: rename val to validation); "),
+        ("other_split_only", "exists (found images/training, annotations/training); pass the ADEChallengeData2016"),
         ("no_annotations", "annotations/validation does not exist but"),
         ("image_without_label", "have no label map (first: ADE_val_00000002.jpg"),
         ("label_without_image", "have no image (first: "),
@@ -99,6 +104,16 @@ def test_bad_ade20k_input_is_one_line_naming_the_file(ade_root, tmp_path, damage
     target = root
     if damage == "missing_root":
         target = tmp_path / "nowhere"
+    elif damage == "root_is_a_file":
+        target = tmp_path / "ADE20K.txt"
+        target.write_bytes(b"not a folder")
+    elif damage == "root_is_an_archive":
+        target = tmp_path / "ADEChallengeData2016.zip"
+        target.write_bytes(b"PK")
+    elif damage in ("misnamed_split", "misnamed_image_split", "other_split_only"):
+        new_name = "training" if damage == "other_split_only" else "val"
+        for kind in ("images",) if damage == "misnamed_image_split" else ("images", "annotations"):
+            (root / kind / "validation").rename(root / kind / new_name)
     elif damage == "misnamed_root":
         target = tmp_path / "empty"
         target.mkdir()
@@ -248,3 +263,41 @@ def test_generator_leaves_no_partial_file_and_a_rerun_resumes(tmp_path, capsys, 
     resumed = {p: d for p, d in _files(out).items() if not p.name.startswith(".")}
     assert resumed == {p: d for p, d in clean.items() if not p.name.startswith(".")}
     assert len(open_dataset("cityscapes", out)) == 3
+
+
+def test_a_cut_short_or_mismatched_file_is_found_from_the_headers_and_named(ade_root, city_root, tmp_path):
+    root = _copy_tree(ade_root, tmp_path / "ADEChallengeData2016")
+    ds = open_dataset("ade20k", root)
+    ds.check_files()  # an intact set passes
+    image, label = ds.pairs[2]
+    with open(image, "ab") as f:  # data after JPEG's end marker, as some encoders write: not a fault
+        f.write(b"\x00" * 3000)
+    seen = []
+    ds.check_files(advance=lambda: seen.append(1))
+    assert len(seen) == 3 and ds[2].error is None
+    for path, what in ((image, "image"), (label, "label map")):
+        intact = path.read_bytes()
+        path.write_bytes(intact[: len(intact) // 2])  # a copy cut short
+        with pytest.raises(DataError) as info:
+            ds.check_files()
+        message = str(info.value)
+        assert message.startswith(f"cannot read {what} {path} (") and "replace the file with an intact copy" in message
+        assert "truncated" in message and "\n" not in message
+        assert ds[2].error is not None  # decoding would have found it too, part-way through an evaluation
+        path.write_bytes(intact)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(label)
+    with pytest.raises(DataError, match=f"label map {label} is 8x8 \\(WxH\\) but its image {image.name} is"):
+        ds.check_files()
+    Image.fromarray(np.zeros((*Image.open(image).size[::-1], 3), np.uint8)).save(label)
+    with pytest.raises(DataError, match=f"label map {label} has mode RGB \\(3 channels\\)"):
+        ds.check_files()
+    open_dataset("cityscapes", city_root).check_files()  # PNG images, labelTrainIds preferred
+
+
+def test_a_generated_set_is_marked_and_a_copy_of_it_without_the_marker_is_not(ade_root, city_root, tmp_path):
+    ds = open_dataset("ade20k", ade_root)
+    assert ds.synthetic["dataset"] == "ade20k" and ds.synthetic["num"] == 3
+    assert open_dataset("cityscapes", city_root).synthetic["train_ids"] is True
+    root = _copy_tree(ade_root, tmp_path / "ADEChallengeData2016")
+    (root / "images" / "validation" / synthetic.MANIFEST).unlink()
+    assert open_dataset("ade20k", root).synthetic is None

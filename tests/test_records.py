@@ -259,6 +259,7 @@ class _Result:
     protocol = {"mode": "whole", "aug_test": False}
     per_class_iou = per_class_acc = [0.5, float("nan")]
     gt_pixels = pred_pixels = [1, 0]
+    synthetic = None
 
     def __init__(self, tag):
         self.tag = tag
@@ -309,3 +310,62 @@ def test_a_device_folder_name_drops_trademark_marks():
     assert slugify("Intel(TM) Core(tm) i7") == "intel-core-i7"
     assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert slugify("(R)") == "unknown"
+
+
+def on(machine, arch="a", **kw):
+    """A record of ``arch`` measured on ``machine`` (its `bench.provenance.machine_id`)."""
+    return {**rec(arch, **kw), "provenance": {"machine_id": machine, "git_commit": "0" * 40}}
+
+
+def test_another_machines_record_is_not_done_here_and_stays_in_the_file(tmp_path):
+    store = RecordStore(tmp_path, "dev")
+    store.append([on("machine-a", "a"), on("machine-a", "b"), rec("c")])  # c names no machine
+    key = record_key(rec("a"))
+    assert store.done("machine-a") == {key, record_key(rec("b"))}
+    assert store.done("machine-b") == set()  # neither another machine's records nor one that names none
+    assert store.triage(machine="machine-b") == (set(), set())
+    written = store.append([on("machine-b", "a")])  # measured here: written beside the other machine's
+    assert len(written) == 1 and store.append([on("machine-b", "a")]) == []  # and then done here
+    assert [(r["arch"], r["provenance"]["machine_id"]) for r in store.read() if r["arch"] == "a"] == [
+        ("a", "machine-a"),
+        ("a", "machine-b"),
+    ]
+    assert store.done("machine-b") == {key} and store.done() == {key, record_key(rec("b")), record_key(rec("c"))}
+
+
+def test_the_tables_take_this_machines_newest_record_over_a_newer_one_of_another_machine():
+    from bench.records import latest_ok
+
+    records = [
+        on("here", value={"params_m": 1.0}),
+        on("here", value={"params_m": 2.0}),
+        on("there", value={"params_m": 3.0}),  # newer, but another machine's
+        on("there", "b", value={"params_m": 4.0}),  # measured nowhere else: shown
+    ]
+    chosen = {key[0]: r["value"]["params_m"] for key, r in latest_ok(records, prefer={"here"}).items()}
+    assert chosen == {"a": 2.0, "b": 4.0}
+    chosen = {key[0]: r["value"]["params_m"] for key, r in latest_ok(records, prefer={"elsewhere"}).items()}
+    assert chosen == {"a": 3.0, "b": 4.0}  # none of them this machine's: the newest
+
+
+def test_this_machine_is_named_by_its_installation_and_host_not_its_processor(tmp_path, monkeypatch):
+    from bench import provenance
+
+    def identity(machine_file_text, host):
+        (tmp_path / "machine-id").write_text(machine_file_text)
+        monkeypatch.setattr(provenance, "MACHINE_ID_FILES", (str(tmp_path / "missing"), str(tmp_path / "machine-id")))
+        monkeypatch.setattr(provenance.socket, "gethostname", lambda: host)
+        provenance.host_id.cache_clear()
+        try:
+            return provenance.machine_id("cpu")
+        finally:
+            provenance.host_id.cache_clear()
+
+    monkeypatch.delenv(provenance.MACHINE_ENV, raising=False)
+    monkeypatch.setattr(provenance, "cpu_model", lambda: "AMD EPYC")  # every such machine's name
+    first = identity("3d1219c7c4c5404aaa1f6d2a48adfda4\n", "vm")
+    assert first == identity("3d1219c7c4c5404aaa1f6d2a48adfda4", "vm") and len(first) == 12
+    assert identity("0123456789abcdef0123456789abcdef", "vm") != first  # another installation
+    assert identity("3d1219c7c4c5404aaa1f6d2a48adfda4", "vm-2") != first  # a clone of it, another host
+    monkeypatch.setenv(provenance.MACHINE_ENV, "bench-node-7")
+    assert provenance.machine_id("cpu") == "bench-node-7" and provenance.local_machine_ids() == {"bench-node-7"}

@@ -203,3 +203,22 @@ def test_an_error_without_a_ctrl_c_is_not_taken_for_one(monkeypatch):
     monkeypatch.setattr(bench.commands.list, "run", failing)
     with pytest.raises(AttributeError, match="a bug"):
         main(["list"])
+
+
+def test_a_ctrl_c_inside_a_deferred_block_is_raised_at_its_end(monkeypatch):
+    """An evaluation's counts and the list of images they count are updated together, or not at all."""
+    from bench import errors
+
+    monkeypatch.setattr(errors, "_interrupted", False)  # restored when the test ends: later tests see no Ctrl-C
+    steps = []
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with errors.interrupts_noted(), pytest.raises(KeyboardInterrupt):
+            with errors.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)  # Python runs its handler at the next instruction: here
+                steps.append("counted")
+                steps.append("listed")
+            steps.append("after the block")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert steps == ["counted", "listed"]

@@ -11,6 +11,10 @@ from bench.data.base import expand_user
 from bench.errors import BenchError, check_interrupt, described
 
 PLUGIN_ENV = "SEGBENCH_PLUGINS"
+# A user's own measurements (git-ignored), and the reference results segbench ships: a command reads and
+# writes the first unless --results names another folder.
+RUNS = Path("runs")
+REFERENCES = Path("results")
 MAX_SIDE = 16384  # --size / --sizes: 16 times the protocol's 1024 rows; one 3-channel fp32 input is then 3 GiB
 
 
@@ -21,6 +25,22 @@ def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="MODULE",
         help=f"import MODULE to register extra models (also ${PLUGIN_ENV}, comma-separated)",
+    )
+
+
+def add_results_argument(parser: argparse.ArgumentParser, writes: str = "") -> None:
+    """``--results DIR``, default `RUNS` (this machine's measurements; `REFERENCES` holds the shipped ones).
+
+    Args:
+        writes: what the command writes under ``<results>/<device>/``, for the help (e.g. ``profiles/``).
+    """
+    what = f"writes <results>/<device>/{writes}; " if writes else ""
+    parser.add_argument(
+        "--results",
+        type=path_arg,
+        default=RUNS,
+        help=f"results folder ({what}default: ./{RUNS}, git-ignored; the reference results shipped with segbench "
+        f"are in ./{REFERENCES})",
     )
 
 

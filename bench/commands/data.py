@@ -52,5 +52,6 @@ def run_synth(args: argparse.Namespace) -> int:
         kwargs["train_ids"] = True
     root = synthetic.write(args.dataset, args.out, args.num, **kwargs)
     print(f"{root} holds {args.num} generated {args.dataset} pairs")
+    print(f"  marked as generated ({synthetic.MANIFEST} in its image folder): evaluations of it say synthetic")
     print(f"  try: bench eval ARCH --dataset {args.dataset} --data-root {root} --weights none")
     return 0

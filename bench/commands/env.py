@@ -1,9 +1,10 @@
-"""`bench env`: what the harness sees — GPU, driver, versions, the results folder it would use."""
+"""`bench env`: what the harness sees — GPU, driver, versions, this machine's id, the results folder it would use."""
 
 from __future__ import annotations
 
 import argparse
 
+from bench.commands.common import REFERENCES, RUNS
 from bench.measure import nvml
 
 
@@ -19,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     info = provenance(device)
-    info["results_folder"] = f"results/{device_slug(device)}"
+    info["results_folder"] = f"{RUNS}/{device_slug(device)}"
+    info["reference_folder"] = f"{REFERENCES}/{device_slug(device)}"
     info["cuda_available"] = torch.cuda.is_available()
     info["nvml"] = "available" if nvml.available() else "not available (no NVIDIA driver)"
     if torch.cuda.is_available():

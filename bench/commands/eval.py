@@ -1,10 +1,13 @@
 """`bench eval`: mIoU of one architecture on a validation set under its published test protocol.
 
-Prints aAcc, mAcc, mIoU and fwIoU beside the published mIoU and writes, under
-``<results>/<device>/eval/``, the per-class IoU and accuracy (CSV) and the whole result with its
+Checks every image and label map first (a bad file fails in seconds, named), then prints aAcc,
+mAcc, mIoU and fwIoU beside the published mIoU and writes, under ``<results>/<device>/eval/``
+(``runs/`` by default), the per-class IoU and accuracy (CSV) and the whole result with its
 confusion matrix (JSON), in new files named after the run (an existing file is never touched).
-Under ``torchrun --nproc-per-node N -m bench eval ...`` the set is sharded over the processes
-and only rank 0 prints and writes.
+A set `bench data synth` generated is called synthetic in all of them. An evaluation stopped
+part-way keeps its progress there, and the same command continues it. Under ``torchrun
+--nproc-per-node N -m bench eval ...`` the set is sharded over the processes, only rank 0 prints
+and writes, and a stopped evaluation starts over.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from pathlib import Path
 
 import archs
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, build_model, load_plugins, path_arg, resolve_device
+from bench.commands.common import (
+    add_plugin_argument,
+    add_results_argument,
+    build_model,
+    load_plugins,
+    resolve_device,
+)
 from bench.errors import BenchError
 
 
@@ -38,7 +47,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--mode", choices=("whole", "slide"), default=None, help="override the published inference mode")
     p.add_argument("--aug-test", action="store_true", help="multi-scale (0.5-1.75) + flip test")
-    p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
+    add_results_argument(p, "eval/")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: up to 8)")
     p.add_argument("--split", default=None, help="dataset split (default: the validation split)")
@@ -61,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bench.data import open_dataset
-    from bench.evaluate import distributed, evaluate
+    from bench.evaluate import Resume, check_files, distributed, evaluate
     from bench.evaluate.outputs import result_json, write_outputs
     from bench.provenance import device_slug, provenance
     from bench.records import ensure_writable_folder
@@ -76,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("--benchmark times one process on one GPU against its model alone: run it without torchrun")
     if args.workers is not None and args.workers < 0:
         raise BenchError(f"--workers {args.workers}: pass 0 (decode in this process) or more worker processes")
-    open_dataset(args.dataset, args.data_root, args.split)  # a bad root fails before any download
+    data = open_dataset(args.dataset, args.data_root, args.split)  # a bad root fails before any download
+    single = distributed.world_size() == 1
+    if single:  # so does a bad file (under torchrun each rank checks its share, in `evaluate`)
+        count = len(data) if args.limit is None else min(args.limit, len(data))
+        check_files(data, list(range(count)), progress=not args.no_progress)
     folder = Path(args.results) / device_slug(device) / "eval"
     ensure_writable_folder(folder)
     num_classes = proto.dataset(args.dataset).num_classes
@@ -92,14 +105,23 @@ def run(args: argparse.Namespace) -> int:
         timing = benchmark(model, spec, args.dataset, args.data_root, **options)
         result = timing.result
     else:
+        resume = Resume(folder, {"weights": loaded.sha256 or loaded.source})
         result = evaluate(
-            model, spec, args.dataset, args.data_root, progress=not args.no_progress, split=args.split, **options
+            model,
+            spec,
+            args.dataset,
+            args.data_root,
+            progress=not args.no_progress,
+            split=args.split,
+            resume=resume,
+            check_inputs=not single,
+            **options,
         )
     if result.rank != 0:
         return 0
     published = spec.published.get(args.dataset)
     reference = f" (published {published.miou:g})" if published and published.miou is not None else ""
-    print(f"{spec.name} on {proto.dataset(args.dataset).title} {result.split}, {result.num_images} images")
+    print(f"{spec.name} on {result.data}, {result.num_images} images")
     print(f"  protocol: {result.description}")
     if loaded.path is None:
         print("  weights:  none (random initialisation)")
@@ -109,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  aAcc {_fmt(result.aAcc)}   mAcc {_fmt(result.mAcc)}   mIoU {_fmt(result.mIoU)}{reference}", end="")
     print(f"   fwIoU {_fmt(result.fwIoU)}")
     ranks = f" x {result.world_size} processes" if result.world_size > 1 else ""
-    print(f"  {result.seconds:.1f} s, {result.images_per_s:.1f} images/s on {result.device}{ranks}")
+    resumed = f" (and {result.resumed_images} images from a stopped run)" if result.resumed_images else ""
+    print(f"  {result.seconds:.1f} s, {result.images_per_s:.1f} images/s on {result.device}{ranks}{resumed}")
     extra = {"weights": dataclasses.asdict(loaded), "provenance": provenance(result.device)}
     if timing is not None:
         print(

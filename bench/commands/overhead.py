@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from bench import protocol as proto
 from bench.commands.common import (
     add_plugin_argument,
+    add_results_argument,
     build_model,
     csv_list,
     load_plugins,
     parse_dataset,
     parse_modes,
-    path_arg,
     resolve_device,
 )
 from bench.errors import BenchError, is_out_of_memory
@@ -30,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default="ade20k", help="protocol dataset (input size, classes)")
     p.add_argument("--modes", default="eager,graph", help="speed modes")
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
-    p.add_argument("--results", type=path_arg, default=Path("results"), help="writes <results>/<device>/overhead.md")
+    add_results_argument(p, "overhead.md")
     add_plugin_argument(p)
     p.set_defaults(handler=run)
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from bench import protocol as proto
-from bench.commands.common import csv_list, job_progress, parse_modes, parse_size, path_arg, resolve_device
+from bench.commands.common import (
+    add_results_argument,
+    csv_list,
+    job_progress,
+    parse_modes,
+    parse_size,
+    resolve_device,
+)
 from bench.errors import BenchError, check_interrupt, described, first_line
 from bench.peers import SAME_WORK
 from bench.records import ensure_writable_folder, write_text_atomic
@@ -29,7 +36,7 @@ def register(subparsers) -> None:
         help="speed modes (graph modes need CUDA and are left out on a CPU)",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--results", type=path_arg, default=Path("results"), help="writes <results>/<device>/peers.md|csv")
+    add_results_argument(p, "peers.md|csv")
     p.add_argument("--force", action="store_true", help="measure again the rows already in peers.csv")
     p.set_defaults(handler=run)
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bench import protocol as proto
 from bench.commands import table
-from bench.commands.common import add_plugin_argument, path_arg
+from bench.commands.common import add_plugin_argument, add_results_argument
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("plot", help="regenerate the mIoU-vs-FPS plots (PNG and SVG) from the records")
-    p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
+    add_results_argument(p, "plots/")
     p.add_argument("--device", default=None, help="only this device folder (default: every folder with records)")
     p.add_argument("--protocol", default=proto.PROTOCOL_VERSION, help="protocol version to plot")
     p.add_argument(

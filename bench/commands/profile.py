@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
 from bench import protocol as proto
 from bench.commands.common import (
     add_plugin_argument,
+    add_results_argument,
     build_model,
     load_plugins,
     parse_dataset,
     parse_size,
-    path_arg,
     resolve_device,
 )
 from bench.errors import BenchError, first_line, is_out_of_memory
@@ -41,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=25, help="operators listed (default 25)")
     p.add_argument("--peer", action="store_true", help="profile the model's peer (`bench peers`) instead of ours")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--results", type=path_arg, default=Path("results"), help="writes <results>/<device>/profiles/")
+    add_results_argument(p, "profiles/")
     add_plugin_argument(p)
     p.set_defaults(handler=run)
 

@@ -11,19 +11,21 @@ import archs
 from bench import jobs as jobs_mod
 from bench import protocol as proto
 from bench.commands.common import (
+    REFERENCES,
     add_plugin_argument,
+    add_results_argument,
     csv_list,
     job_progress,
     load_plugins,
     parse_dataset,
     parse_modes,
-    path_arg,
     resolve_device,
 )
+from bench.data import open_dataset
 from bench.data.base import expand_user
 from bench.errors import BenchError
-from bench.provenance import device_slug
-from bench.records import OK, RecordStore
+from bench.provenance import CHECKOUT, device_slug, machine_id
+from bench.records import OK, RECORDS_FILE, RecordStore, machine_of
 from bench.suites import SUITES, get_suite
 
 
@@ -49,7 +51,7 @@ def register(subparsers) -> None:
         "mIoU: --data-root)",
     )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
+    add_results_argument(p, "records.jsonl, tables, plots")
     p.add_argument("--force", action="store_true", help="measure again what is already recorded")
     p.add_argument("--job-timeout", type=float, default=None, help="seconds per job (default: per measurement)")
     p.add_argument("--shard", default=None, help="i/n: run the i-th of n deterministic shards of the job list")
@@ -106,14 +108,15 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchError(f"--job-timeout {args.job_timeout:g}: pass a positive number of seconds per job")
     if args.data_root is not None and len(datasets) != 1:
         raise BenchError("--data-root belongs to one dataset: pass it with a single --dataset (ade20k or cityscapes)")
-    if args.data_root is not None and not expand_user(args.data_root, "--data-root").is_dir():
-        raise BenchError(f"--data-root {args.data_root}: no such folder; pass the dataset's root folder")
+    if args.data_root is not None:  # a bad root or layout fails now, not as a failed record per model
+        open_dataset(datasets[0], args.data_root)
     if args.weights is not None and args.data_root is None:
         raise BenchError("--weights is the checkpoint of the mIoU jobs: pass it with --data-root DIR")
     if args.weights not in (None, "official", "none") and not expand_user(args.weights, "--weights").is_file():
         raise BenchError(f"--weights {args.weights}: no such file; pass a checkpoint file, official or none")
 
     slug = device_slug(device)
+    this_machine = machine_id(device)
     store = RecordStore(args.results, slug)
     store.ensure_writable()
     sweep_mode = proto.SWEEP_MODE if device != "cpu" else "eager"
@@ -136,8 +139,9 @@ def _run(args: argparse.Namespace) -> int:
             return False
         return record["kind"] != "miou" or (record.get("value") or {}).get("identity") == identity
 
-    # outdated: measured again, and the new record replaces them
-    done, outdated = (set(), set()) if args.force else store.triage(reusable)
+    # outdated: measured again, and the new record replaces them; another machine's records are neither
+    recorded = store.read()
+    done, outdated = (set(), set()) if args.force else store.triage(reusable, machine=this_machine, records=recorded)
     options = jobs_mod.RunOptions(
         device=device,
         device_slug=slug,
@@ -146,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         weights=args.weights,
         eval_folder=str(store.folder / "eval"),
         miou_identity=identity,
+        machine_id=this_machine,
     )
     stale = sum(job.key(slug) in outdated for job in planned)
     if stale:
@@ -154,16 +159,15 @@ def _run(args: argparse.Namespace) -> int:
             "other weights or data: measured again (the older records stay in the file; the tables use the newest)"
         )
     if cpu_skips and "latency" in kinds:
-        console.print(
-            f"[yellow]note:[/] mode {', '.join(cpu_skips)} needs a CUDA GPU; "
-            "on the CPU only modes eager and eager-fused run"
-        )
+        console.print(f"[yellow]note:[/] {cpu_note(cpu_skips, modes)}")
     console.print(
-        f"segbench run: {len(names)} architectures x {len(datasets)} datasets, {len(planned)} jobs on "
-        f"{device} ({slug}); records in {store.path}"
+        f"segbench run: {len(names)} architectures x {len(datasets)} datasets, {len(planned)} jobs on {device} ({slug})"
     )
+    reused = sum(job.key(slug) in done for job in planned)
+    # one line however long (a terminal folds it; a log keeps it whole)
+    console.print(start_line(store, this_machine, recorded, reused, args.force), markup=False, soft_wrap=True)
     if device != "cpu" and {"latency", "sweep"} & set(kinds):
-        _ensure_peaks(store.path.parent, device, args.force, console)
+        _ensure_peaks(store.folder, device, this_machine, args.force, console)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with job_progress(console) as progress:
         task = progress.add_task("measuring", total=len(planned))
@@ -183,7 +187,10 @@ def _run(args: argparse.Namespace) -> int:
                 counts["failed"] += 1
                 console.print(f"  [red]{record['status']:<7}[/] {job.label}: {record['error']}")
             progress.advance(task)
-    console.print(f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped (already recorded)")
+    console.print(
+        f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped (measured on this machine "
+        "already)"
+    )
     if not args.no_report:
         from bench.report import write_reports
 
@@ -192,17 +199,57 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _ensure_peaks(folder: Path, device: str, force: bool, console) -> None:
-    """Measure the device's roofline ceilings once (a child process) and store them with the records."""
+def cpu_note(left_out: list[str], modes: list[str]) -> str:
+    """What a CPU times of the speed modes asked for: ``left_out`` need a CUDA GPU, ``modes`` run."""
+    one = len(left_out) == 1
+    need = f"{', '.join(left_out)} {'needs' if one else 'need'} a CUDA GPU and {'is' if one else 'are'} left out"
+    cpu_modes = [m for m in proto.MODES if not proto.needs_cuda(m)]
+    if not modes:
+        return f"mode {need}: no latency is measured (modes a CPU runs: {', '.join(cpu_modes)}; pass --modes eager)"
+    also = [m for m in cpu_modes if m not in modes]
+    more = f" ({', '.join(also)} also runs on a CPU: --modes {','.join(modes + also)})" if also else ""
+    return f"mode {need}; on the CPU this run times {', '.join(modes)}{more}"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder where it is under it (as a user typed it), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def start_line(store: RecordStore, machine: str, recorded: list[dict], reused: int, force: bool) -> str:
+    """Where the run's records go and what it reuses, in one line: this machine's records of its jobs; never
+    another machine's (in the folder, or the reference records segbench ships for this device kind)."""
+    parts = [f"records: {_shown(store.path)} (this machine {machine})"]
+    if force:
+        parts.append("--force: measuring everything again")
+    else:
+        parts.append(f"reusing {reused} of this machine's records" if reused else "nothing of this machine's to reuse")
+    others = sum(r["status"] == OK and machine_of(r) != machine for r in recorded)
+    if others:
+        parts.append(f"{others} record{'s' * (others != 1)} of other machines there are kept as references, not reused")
+    slug = store.folder.name
+    for references in dict.fromkeys((REFERENCES / slug, CHECKOUT / REFERENCES / slug)):
+        if (references / RECORDS_FILE).is_file() and references.resolve() != store.folder.resolve():
+            parts.append(f"reference records of this device kind in {_shown(references)}/ are not reused")
+            break
+    return "; ".join(parts)
+
+
+def _ensure_peaks(folder: Path, device: str, machine: str, force: bool, console) -> None:
+    """Measure the device's roofline ceilings once per machine (a child process) and store them with the records."""
     from bench.measure.roofline import read_peaks, write_peaks
 
-    if read_peaks(folder) is not None and not force:
+    stored = read_peaks(folder)
+    if stored is not None and machine_of(stored) == machine and not force:
         return
     message = jobs_mod.measure_device_peaks(device)
     if message["status"] != OK:
         console.print(f"  [yellow]roofline ceilings not measured[/]: {message['error']}")
         return
-    write_peaks(folder, message["value"], message["provenance"])
+    write_peaks(folder, message["value"], {**message["provenance"], "machine_id": machine})
     peaks = ", ".join(f"{k} {v:.1f}" for k, v in message["value"].items())
     console.print(f"  [green]ok[/]      device ceilings: {peaks}")
 

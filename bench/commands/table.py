@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, csv_list, load_plugins, path_arg
+from bench.commands.common import REFERENCES, add_plugin_argument, add_results_argument, csv_list, load_plugins
 from bench.errors import BenchError
 from bench.records import OK, RecordStore, ensure_writable_folder, iter_record_files
 
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "table", help="regenerate table.md / table.csv from the records (table-vN.* for another protocol version)"
     )
-    p.add_argument("--results", type=path_arg, default=Path("results"), help="results folder (default: ./results)")
+    add_results_argument(p, "table.md|csv")
     p.add_argument("--device", default=None, help="only this device folder (default: every folder with records)")
     p.add_argument("--format", default="md,csv", help="md, csv or both (default: md,csv); md is also printed")
     p.add_argument("--protocol", default=proto.PROTOCOL_VERSION, help="protocol version to tabulate")
@@ -32,7 +32,10 @@ def device_folders(results: Path, device: str | None) -> list[str]:
             raise BenchError(f"no records for device {device!r} under {results}; found: {', '.join(slugs) or 'none'}")
         return [device]
     if not slugs:
-        raise BenchError(f"no records under {results}; run `bench run` first or pass --results DIR")
+        raise BenchError(
+            f"no records under {results}; run `bench run` first, or pass --results DIR (the reference results "
+            f"shipped with segbench: --results {REFERENCES})"
+        )
     return slugs
 
 

@@ -20,7 +20,7 @@ from bench.data.base import (
     DataError,
     SegDataset,
     apply_lut,
-    expand_user,
+    dataset_folder,
     pair_files,
     split_folders,
 )
@@ -102,10 +102,7 @@ class ADE20K(SegDataset):
     num_classes = 150
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
-        root = expand_user(root, "--data-root")
-        if not root.is_dir():
-            raise DataError(f"--data-root {root}: no such folder; pass the ADEChallengeData2016 folder")
-        root = find_root(root)
+        root = find_root(dataset_folder(root, "pass the ADEChallengeData2016 folder"))
         folder = SPLITS.get(split or DEFAULT_SPLIT)
         if folder is None:
             raise DataError(f"ADE20K split {split!r}: choose validation or training")
@@ -117,8 +114,10 @@ class ADE20K(SegDataset):
             missing_one=f"an ADE20K split needs both images/{folder} and annotations/{folder} "
             "(re-extract ADEChallengeData2016.zip)",
             missing_both="pass the ADEChallengeData2016 folder",
+            splits=SPLITS.values(),
         )
-        super().__init__(root, folder, pair_files(images, labels, "*.jpg", "*.png", ".jpg", (".png",), root))
+        pairs = pair_files(images, labels, "*.jpg", "*.png", ".jpg", (".png",), root)
+        super().__init__(root, folder, pairs, image_dir=images)
 
     def map_label(self, raw: np.ndarray, label_path: Path) -> np.ndarray:
         return apply_lut(raw, _LUT, label_path, "0..150 (ADE20K annotations)")

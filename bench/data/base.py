@@ -9,8 +9,10 @@ evaluation loop raises it as a `DataError` in the main process.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,9 @@ from PIL import Image
 from bench.errors import BenchError
 
 IGNORE_INDEX = 255
+# Left by `bench data synth` in the image folder of a split it generated (its options, as JSON): the set is
+# generated, and every evaluation of it says so.
+SYNTHETIC_MARKER = ".segbench-synth.json"
 
 
 class DataError(BenchError):
@@ -118,20 +123,57 @@ def read_label(path: Path) -> np.ndarray:
     except (OSError, ValueError) as exc:
         reason = _reason(exc, path)
         raise DataError(f"cannot read label map {path} ({reason}); replace the file with an intact copy") from None
-    if array.ndim != 2:
-        raise DataError(
-            f"label map {path} has mode {mode} ({array.shape[-1]} channels); expected a single-channel PNG of "
-            "class ids, not a colour rendering"
-        )
+    single_channel(mode, 1 if array.ndim == 2 else array.shape[-1], path)
     return array
 
 
-def check_size(label: np.ndarray, image: np.ndarray, label_path: Path, image_path: Path) -> None:
-    if label.shape != image.shape[:2]:
+def check_size(label: tuple[int, int], image: tuple[int, int], label_path: Path, image_path: Path) -> None:
+    """A `DataError` unless the label map's (H, W) ``label`` is its image's ``image``."""
+    if tuple(label) != tuple(image):
         raise DataError(
-            f"label map {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) but its image {image_path.name} is "
-            f"{image.shape[1]}x{image.shape[0]}; the label must have the image's size (replace the label map)"
+            f"label map {label_path} is {label[1]}x{label[0]} (WxH) but its image {image_path.name} is "
+            f"{image[1]}x{image[0]}; the label must have the image's size (replace the label map)"
         )
+
+
+def single_channel(mode: str, bands: int, path: Path) -> None:
+    """A `DataError` for a label map of ``bands`` channels (a colour rendering, not class ids)."""
+    if bands != 1:
+        raise DataError(
+            f"label map {path} has mode {mode} ({bands} channels); expected a single-channel PNG of "
+            "class ids, not a colour rendering"
+        )
+
+
+# What ends an intact file of each format. A file whose last `TAIL_BYTES` hold no end marker is decoded whole
+# before it is called cut short: an encoder may append data after the marker, which PIL decodes past.
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+TAIL_BYTES = 1024
+
+
+def _ends_with_marker(path: Path, image_format: str | None) -> bool:
+    marker = END_MARKERS.get(image_format or "")
+    if marker is None:
+        return True
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - TAIL_BYTES))
+        return marker in f.read()
+
+
+def inspect_file(path: Path, what: str) -> tuple[tuple[int, int], str, int]:
+    """(H, W), mode and channels of the image file ``path``, from its header; a `DataError` naming it when it
+    cannot be opened or is cut short (its end marker missing, and decoding it fails)."""
+    try:
+        with open_image(path, what, warn=False) as img:  # the decoding warns of a large image
+            found = (img.height, img.width), img.mode, len(img.getbands())
+            if not _ends_with_marker(path, img.format):
+                img.load()
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot read {what} {path} ({_reason(exc, path)}); replace the file with an intact copy"
+        ) from None
+    return found
 
 
 def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, valid: str) -> np.ndarray:
@@ -158,15 +200,20 @@ class SegDataset(torch.utils.data.Dataset):
         root: the dataset root as found on disk.
         split: the split folder name.
         pairs: (image path, label path) per image, sorted.
+        image_dir: the split's image folder, where `bench data synth` leaves its `SYNTHETIC_MARKER`.
+
+    Attributes:
+        synthetic: the options `bench data synth` generated the split with, or None for a set it did not write.
     """
 
     name = ""
     num_classes = 0
 
-    def __init__(self, root: Path, split: str, pairs: list[tuple[Path, Path]]) -> None:
+    def __init__(self, root: Path, split: str, pairs: list[tuple[Path, Path]], image_dir: Path | None = None) -> None:
         self.root = Path(root)
         self.split = split
         self.pairs = pairs
+        self.synthetic = None if image_dir is None else read_synthetic_marker(image_dir)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -179,8 +226,26 @@ class SegDataset(torch.utils.data.Dataset):
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
         raw = read_label(label_path)
-        check_size(raw, image, label_path, image_path)
+        check_size(raw.shape, image.shape[:2], label_path, image_path)
         return image, self.map_label(raw, label_path)
+
+    def check_files(self, indices: Iterable[int] | None = None, advance: Callable[[], object] | None = None) -> None:
+        """Open the image and label map of each pair of ``indices`` (all by default) and compare their sizes,
+        from the files' headers: a file that does not open or is cut short, a label map of several channels or of
+        another size is a `DataError` naming it, in seconds, where decoding would find it part-way through a run.
+
+        Args:
+            indices: the pairs to check.
+            advance: called after each pair (a progress bar).
+        """
+        for index in range(len(self)) if indices is None else indices:
+            image_path, label_path = self.pairs[index]
+            image_size, _, _ = inspect_file(image_path, "image")
+            label_size, mode, bands = inspect_file(label_path, "label map")
+            single_channel(mode, bands, label_path)
+            check_size(label_size, image_size, label_path, image_path)
+            if advance is not None:
+                advance()
 
     def __getitem__(self, index: int) -> Sample:
         name = str(self.pairs[index][0].relative_to(self.root))
@@ -191,22 +256,83 @@ class SegDataset(torch.utils.data.Dataset):
         return Sample(index, name, torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label))
 
 
-def split_folders(root: Path, images: Path, labels: Path, *, missing_one: str, missing_both: str) -> None:
-    """Both the image and the label folder of a split must exist; a `DataError` names which is missing.
+def read_synthetic_marker(image_dir: Path) -> dict | None:
+    """The options in ``image_dir``'s `SYNTHETIC_MARKER` (an empty dict when unreadable), or None without one."""
+    marker = image_dir / SYNTHETIC_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        options = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
+    return options if isinstance(options, dict) else {}
+
+
+def dataset_folder(root: str | Path, fix: str) -> Path:
+    """``--data-root`` expanded, or a `DataError` saying that there is no such folder or that it is a file.
+
+    Args:
+        root: the path given.
+        fix: which folder to pass instead.
+    """
+    path = expand_user(root, "--data-root")
+    if path.is_dir():
+        return path
+    if path.exists():
+        archive = path.name.lower().endswith((".zip", ".tar", ".tgz", ".tar.gz", ".tar.xz", ".7z"))
+        extract = " (an archive: extract it first)" if archive else ""
+        raise DataError(f"--data-root {path}: a file, not a folder{extract}; {fix}")
+    raise DataError(f"--data-root {path}: no such folder; {fix}")
+
+
+def _found_instead(missing: list[Path], root: Path, splits: Iterable[str]) -> tuple[str, str | None]:
+    """The folders found beside the missing split folders ``missing`` (``images/val``), in words, and the
+    rename that would fix a folder of no split name of the dataset (None when every one is a split's)."""
+    found, misnamed = [], []
+    for path in missing:
+        try:
+            names = sorted(p.name for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            names = []
+        found += [str((path.parent / name).relative_to(root)) for name in names]
+        misnamed += [name for name in names if name not in splits and name not in misnamed]
+    if not found:
+        return "", None
+    shown = "found " + ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+    target = missing[0].name
+    if len(misnamed) == 1:
+        return shown, f"rename {misnamed[0]} to {target}"
+    if misnamed:
+        return shown, f"rename the folders of this split to {target}"
+    return shown, None
+
+
+def split_folders(
+    root: Path, images: Path, labels: Path, *, missing_one: str, missing_both: str, splits: Iterable[str] = ()
+) -> None:
+    """Both the image and the label folder of a split must exist; a `DataError` names which is missing, and
+    the folders found in its place (a split folder of another name, ``val`` for ``validation``, is named).
 
     Args:
         root: the dataset root.
         images, labels: the split's two folders.
         missing_one: the fix when only one exists (how to restore the other).
         missing_both: the fix when neither exists (which folder to pass).
+        splits: the dataset's split folder names (a folder of another name is taken for a misnamed split).
     """
+    splits = set(splits)
     for path, other in ((images, labels), (labels, images)):
-        if not path.is_dir():
-            if other.is_dir():
-                raise DataError(f"{path} does not exist but {other} does; {missing_one}")
-            raise DataError(
-                f"{root}: neither {images.relative_to(root)} nor {labels.relative_to(root)} exists; {missing_both}"
-            )
+        if path.is_dir():
+            continue
+        if other.is_dir():
+            found, rename = _found_instead([path], root, splits)
+            where = f" ({found}: {rename})" if rename else f" ({found})" if found else ""
+            raise DataError(f"{path} does not exist but {other} does{where}; {missing_one}")
+        found, rename = _found_instead([images, labels], root, splits)
+        missing = f"{root}: neither {images.relative_to(root)} nor {labels.relative_to(root)} exists"
+        if rename:
+            raise DataError(f"{missing}; {found}: {rename}")
+        raise DataError(f"{missing}{f' ({found})' if found else ''}; {missing_both}")
 
 
 def pair_files(

@@ -23,7 +23,7 @@ from bench.data.base import (
     DataError,
     SegDataset,
     apply_lut,
-    expand_user,
+    dataset_folder,
     pair_files,
     split_folders,
 )
@@ -95,10 +95,7 @@ class Cityscapes(SegDataset):
     num_classes = 19
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
-        root = expand_user(root, "--data-root")
-        if not root.is_dir():
-            raise DataError(f"--data-root {root}: no such folder; pass the folder holding leftImg8bit and gtFine")
-        root = find_root(root)
+        root = find_root(dataset_folder(root, "pass the folder holding leftImg8bit and gtFine"))
         folder = SPLITS.get(split or DEFAULT_SPLIT)
         if folder is None:
             raise DataError(f"Cityscapes split {split!r}: choose val or train")
@@ -110,11 +107,12 @@ class Cityscapes(SegDataset):
             missing_one=f"Cityscapes needs both leftImg8bit/{folder} and gtFine/{folder} "
             f"(extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root})",
             missing_both="pass the folder holding leftImg8bit and gtFine",
+            splits=(*SPLITS.values(), "test"),
         )
         pairs = pair_files(
             images, labels, f"*/*{IMAGE_SUFFIX}", "*/*_gtFine_*.png", IMAGE_SUFFIX, (TRAIN_IDS, LABEL_IDS), root
         )
-        super().__init__(root, folder, pairs)
+        super().__init__(root, folder, pairs, image_dir=images)
 
     def map_label(self, raw: np.ndarray, label_path: Path) -> np.ndarray:
         if label_path.name.endswith(TRAIN_IDS):

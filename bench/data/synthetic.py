@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from bench.data import cityscapes
-from bench.data.base import DataError
+from bench.data.base import SYNTHETIC_MARKER, DataError
 from bench.records import ensure_writable_folder, write_text_atomic
 
 LEVELS = np.array([21, 64, 106, 149, 191, 234], dtype=np.int16)
@@ -68,7 +68,8 @@ def render(rng: np.random.Generator, label: np.ndarray, noise: int) -> np.ndarra
 # (Image.MAX_IMAGE_PIXELS, 89 MP; rendering a pair takes about 30 bytes a pixel: 2.7 GB at the limit)
 # and within JPEG's largest side.
 MAX_SIDE = 65500
-MANIFEST = ".segbench-synth.json"  # the options of the set a split folder holds: a rerun resumes it
+# the options of the set a split folder holds: a rerun resumes it, and an evaluation says the set is generated
+MANIFEST = SYNTHETIC_MARKER
 FORMATS = {".jpg": "JPEG", ".png": "PNG"}
 
 

@@ -1,5 +1,7 @@
 """An evaluation's files: the per-class IoU and accuracy (CSV) and the whole result with its confusion
-matrix (JSON), in new files named after the run (an existing file is not replaced), each written in one rename."""
+matrix (JSON), in new files named after the run (an existing file is not replaced), each written in one rename.
+A generated set (`bench data synth`) says so in both files' names (``ade20k-synthetic``), the JSON's
+``synthetic`` and ``data`` and the CSV's ``synthetic`` column."""
 
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     mode = result.protocol["mode"] + ("+aug" if result.protocol["aug_test"] else "")
-    stem = f"{result.arch}_{result.dataset}_{mode}_{stamp}"
-    rows = [["class_id", "class", "iou", "acc", "gt_pixels", "pred_pixels"]]
+    synthetic = result.synthetic is not None
+    data = result.dataset + ("-synthetic" if synthetic else "")
+    stem = f"{result.arch}_{data}_{mode}_{stamp}"
+    rows = [["class_id", "class", "iou", "acc", "gt_pixels", "pred_pixels", "synthetic"]]
     for i, name in enumerate(result.class_names):
         iou, acc = result.per_class_iou[i], result.per_class_acc[i]
         rows.append([i, name, "" if math.isnan(iou) else f"{iou:.6f}", "" if math.isnan(acc) else f"{acc:.6f}"])
-        rows[-1] += [result.gt_pixels[i], result.pred_pixels[i]]
+        rows[-1] += [result.gt_pixels[i], result.pred_pixels[i], str(synthetic).lower()]
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
     n = 0
