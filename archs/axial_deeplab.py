@@ -13,7 +13,8 @@ attends to 32 on either side along the row or column; DeepLab2's ``memory_flange
 Panoptic-DeepLab's semantic decoder: at strides 8 and 4 the decoder features are upsampled
 (bilinear), concatenated with a 1x1 projection of the backbone stage (64 and 32 channels) and fused
 by a 5x5 depthwise-separable conv (256); the semantic head is a 5x5 depthwise-separable conv (256)
-and a 1x1 classifier: logits at stride 4.
+and a 1x1 classifier: logits at stride 4, ``ceil(H / 4) x ceil(W / 4)`` for any input size (every
+strided layer keeps ceil(L / 2) positions, as DeepLab2's do; see `archs.backbones.axial_resnet`).
 
 ``instance_branch=True`` adds Panoptic-DeepLab's class-agnostic instance decoder (128 channels,
 projections 32 and 16) with its centre and offset heads (5x5 depthwise-separable conv 32, 1x1 to

@@ -22,6 +22,17 @@ Official code: https://github.com/Megvii-BaseDetection/DynamicRouting (Apache-2.
 - decoder: from stride 32 to 4, 1x1 conv + BN + ReLU (C -> C/2; 64 -> 64 at stride 4), x2 bilinear,
   added to the next finer output; a 3x3 classifier: logits at stride 4.
 
+Input sizes. The routing space needs every scale's map to be exactly twice the next coarser one (an
+up route's x2 upsampling meets the finer scale's own map), so the official code pads each normalised
+image with zeros at the bottom and right to a multiple of 32, its largest stride
+(``ImageList.from_tensors`` with ``size_divisibility = MAX_STRIDE``), and crops the prediction back to the
+image (``sem_seg_postprocess``). So does this module: an input whose sides are not multiples of 32 is
+padded likewise, and the logits returned are those over the image's own area, ``ceil(H / 4) x ceil(W / 4)``
+at stride 4. The official code crops after its x4 upsampling, to the exact image size; the crop at stride 4
+keeps up to three quarters of a logit beyond the image's edge, which the harness's resize to ``H x W``
+spreads over the image (at most 3 pixels at the far edge). Multiples of 32 (the protocol's sizes) are not
+padded.
+
 Input-dependent FLOPs. A closed gate (below 1e-4) lets the official code skip a route, and a cell
 whose gates are all closed; the paper's GFLOPs count what runs for each image, averaged. This
 module computes every route and multiplies by the gate (the same output, no host synchronisation,
@@ -155,6 +166,8 @@ class DynamicRoutingNet(nn.Module):
     ) -> None:
         super().__init__()
         c = init_channels
+        # the official MAX_STRIDE: inputs are padded to a multiple of the coarsest scale's stride
+        self.size_divisibility = 4 * 2 ** (num_scales - 1)
         self.stem = nn.Sequential(
             Conv2dNormActivation(3, c, 3, stride=2, padding=0),
             nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False),
@@ -189,7 +202,13 @@ class DynamicRoutingNet(nn.Module):
         self.predictor = nn.Conv2d(c, num_classes, 3, padding=1)
 
     def _routing(self, x: Tensor) -> tuple[list[Tensor], list[tuple[str, Tensor]]]:
-        """The last layer's outputs per scale and every cell's gates (with the cell's module name)."""
+        """The last layer's outputs per scale and every cell's gates (with the cell's module name).
+
+        ``x`` is padded to a multiple of ``size_divisibility`` first, as the official code pads its images.
+        """
+        pad_h, pad_w = -x.shape[-2] % self.size_divisibility, -x.shape[-1] % self.size_divisibility
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros at the bottom and right: the mean colour once normalised
         up, keep, down, gates = self.init_cell(self.stem(x))
         previous = [(up, keep, down)]
         all_gates = [("init_cell", gates)]
@@ -213,6 +232,7 @@ class DynamicRoutingNet(nn.Module):
         return [keep for _, keep, _ in previous], all_gates
 
     def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
         features, _ = self._routing(x)
         if self.psp is not None:
             features[-1] = self.psp(features[-1])
@@ -222,7 +242,10 @@ class DynamicRoutingNet(nn.Module):
             pred = self.decoder[i](feat)
             if i > 0:
                 pred = F.interpolate(pred, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.predictor(pred)
+        logits = self.predictor(pred)
+        if height % self.size_divisibility or width % self.size_divisibility:
+            logits = logits[..., : -(-height // 4), : -(-width // 4)]  # the image's own area, without the padding
+        return logits
 
     @torch.no_grad()
     def inactive_modules(self, x: Tensor) -> list[str]:

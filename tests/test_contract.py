@@ -3,8 +3,8 @@
 Each model: a complete spec; forward on a small non-square input gives finite float logits of the
 right shape at the spec's output stride; the FLOP count leaves no operator uncounted; the whole
 inference step (and its inference form) runs on the meta device at both protocol sizes, which no
-forward that reads tensor values on the host can do; on a GPU the step captures into a CUDA graph
-and replays the eager prediction.
+forward that reads tensor values on the host can do, and at sides that are no multiple of 32 (ADE20K's
+whole images); on a GPU the step captures into a CUDA graph and replays the eager prediction.
 """
 
 import contextlib
@@ -24,6 +24,8 @@ from bench.measure.speed import inference_step
 from bench.protocol import DATASETS, input_size
 
 SMALL = (128, 192)
+# Sides that are no multiple of 32: ADE20K's whole-image protocol feeds short side 512 and any long side.
+ANY_SIZES = ((97, 131), (512, 683), (384, 500))
 
 
 def builtin_names() -> list[str]:
@@ -187,6 +189,36 @@ def test_inference_step_needs_no_tensor_values_on_the_host(name, meta_autocast):
         prediction, problems = _meta_step(model, x)
         assert problems == [], f"{name} at {size}{' fused' * fused}: {problems[:3]}"
         assert prediction.shape == (1, *size)
+
+
+def _covers_the_input(extent: int, size: int, stride: int) -> bool:
+    """Whether logits of ``extent`` at ``stride`` cover a side of ``size`` pixels, give or take one logit.
+
+    A model may pad its input to a multiple of at most 32 and return the padded area's logits: the
+    padding a ViT's patch grid needs (mmseg's ViT keeps it); most size their maps from the input or
+    crop the padding back.
+    """
+    return size - stride <= extent * stride <= -(-size // 32) * 32 + stride
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_any_input_size_runs_with_logits_at_the_output_stride(name, meta_autocast):
+    """The inference step at sides that are no multiple of 32, on the meta device: shapes only, so that the
+    largest models cost a second or two each instead of a CPU forward at 512x683."""
+    spec = archs.get_spec(name)
+    with torch.device("meta"):
+        model = archs.build(name, num_classes=19)
+    logits = []
+    model.register_forward_hook(lambda module, args, out: logits.append(out))
+    for size in ANY_SIZES:
+        prediction, problems = _meta_step(model, torch.empty(1, 3, *size, device="meta"))
+        assert problems == [], f"{name} at {size}: {problems[:3]}"
+        assert prediction.shape == (1, *size)
+        shape = tuple(logits[-1].shape)
+        assert shape[:2] == (1, 19) and len(shape) == 4, f"{name} at {size}: logits {shape}"
+        assert all(_covers_the_input(e, s, spec.output_stride) for e, s in zip(shape[2:], size)), (
+            f"{name} at {size}: logits {shape} do not cover the input at stride {spec.output_stride}"
+        )
 
 
 def _captured_prediction(step):

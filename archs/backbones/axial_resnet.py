@@ -45,6 +45,13 @@ strided conv + BN projection), ReLU. Stage widths ``m * (128, 256, 512, 1024)`` 
 multiplier by default, as the reference PyTorch code scales its stem (``int(64 * s)``); the
 published Axial-DeepLab-XL cost agrees with the scaled stem (see `archs.axial_deeplab`). For
 segmentation the last stage is not strided (output stride 16).
+
+Any input size runs: every strided layer keeps ``ceil(L / 2)`` of L positions, as DeepLab2's do
+(its "SAME" strided convolutions, and its strided attention, which keeps every other position;
+its crop sizes, 32k + 1 such as 1025 x 2049, are odd at every stride). The stem's convolution and
+max pooling and the strided 1x1 shortcut give ``ceil(L / 2)`` as they are; the 2x2 average pooling
+of a strided block pools in ceil mode to match them (on an odd axis the last position is averaged
+alone). On even sizes, the protocol's, ceil mode changes nothing.
 """
 
 from __future__ import annotations
@@ -252,7 +259,8 @@ class AxialBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.height_block = AxialAttention(width, width, heads, 2, span, max_distance)
         self.width_block = AxialAttention(width, width, heads, 3, span, max_distance)
-        self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+        # ceil mode: ceil(L / 2) positions on an odd axis, as many as the strided shortcut keeps
+        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
         self.conv_up = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
