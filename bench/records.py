@@ -114,6 +114,13 @@ def machine_of(record: dict) -> str | None:
     return machine if isinstance(machine, str) else None
 
 
+def machine_label(record: dict) -> str:
+    """The machine a record names, as a reader knows it: its host name, else its machine id, else "unnamed"."""
+    provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    host = provenance.get("host")
+    return host if isinstance(host, str) and host else machine_of(record) or "unnamed"
+
+
 def latest_ok(
     records: Iterable[dict], protocol: str | None = None, *, prefer: Iterable[str] | None = None
 ) -> dict[tuple, dict]:

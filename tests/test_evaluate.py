@@ -398,6 +398,24 @@ def test_an_image_too_large_for_memory_names_it_and_its_size(roots, tmp_path, ca
     assert not list(results.rglob("*.json")) and "mIoU" not in out
 
 
+def test_a_model_that_fails_on_an_image_is_a_one_line_error_naming_it(roots, tmp_path, capsys, monkeypatch):
+    from bench.evaluate import inference
+
+    def fail(logits, size, align_corners):
+        raise RuntimeError("The size of tensor a (171) must match the size of tensor b (172)\nat dimension 3")
+
+    monkeypatch.setattr(inference, "resize_logits", fail)
+    root = roots["ade20k-small"]
+    code, out, err = _main(
+        capsys, *EVAL_ARGS, "--data-root", str(root), "--weights", "none", "--results", str(tmp_path)
+    )
+    first = root / "images" / "validation" / "ADE_val_00000001.jpg"
+    width, height = Image.open(first).size
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"toy-w4 failed on image {first} ({width}x{height}): RuntimeError: The size of tensor a (171)" in err
+    assert "mIoU" not in out
+
+
 def test_a_builder_that_raises_is_a_one_line_error(roots, tmp_path, capsys, monkeypatch):
     import archs
 

@@ -423,3 +423,24 @@ def test_published_fps_name_their_gpu_and_a_row_measured_on_another_gpu_says_whi
     text = to_markdown(build_frame(records), device="cuda", provenance=None)
     header, _, fcn, icnet = section(text, "Cityscapes")
     assert "| pub. FPS (V100) " in header and "| 14.2 " in fcn and "| 30.3 (Titan X Maxwell) " in icnet
+
+
+def test_a_table_of_several_machines_names_them_and_each_row_its_own(tmp_path):
+    from bench.records import RecordStore
+    from bench.report import write_reports
+
+    def on(host, record):
+        record["provenance"] = {"gpu_name": "Test GPU", "host": host, "machine_id": f"id-{host}"}
+        return record
+
+    store = RecordStore(tmp_path, "dev")
+    store.append([on("alpha", rec("toy-w8", "ade20k", "params", {"params_m": 0.0101}))])
+    store.append([on("beta", rec("toy-w4", "ade20k", "params", {"params_m": 0.002}))])
+    write_reports(tmp_path, "dev", plots=False)
+    text = (tmp_path / "dev" / "table.md").read_text()
+    assert "measured on 2 machines of this kind (alpha, beta;" in text
+    frame = pd.read_csv(tmp_path / "dev" / "table.csv").set_index("arch")
+    assert frame.loc["toy-w8", "machines"] == "alpha" and frame.loc["toy-w4", "machines"] == "beta"
+    store.append([on("alpha", rec("toy-w4", "ade20k", "params", {"params_m": 0.002}))])
+    write_reports(tmp_path, "dev", plots=False)
+    assert "machines of this kind" not in (tmp_path / "dev" / "table.md").read_text()  # the newest record is shown

@@ -28,7 +28,7 @@ from torch import nn
 from archs import ArchSpec
 from bench import protocol as proto
 from bench.data import CLASSES, DataError, open_dataset
-from bench.errors import BenchError, check_interrupt, interrupts_deferred, is_out_of_memory
+from bench.errors import BenchError, check_interrupt, described, interrupts_deferred, is_out_of_memory
 from bench.evaluate import distributed
 from bench.evaluate.checkpoint import Checkpoint, Resume
 from bench.evaluate.inference import EvalProtocol, Predictor, eval_protocol
@@ -288,9 +288,14 @@ def evaluate(
                             matrix.update(prediction, target)
                             done.append(sample.index)
                     except (RuntimeError, MemoryError) as exc:
-                        if not is_out_of_memory(exc):
-                            raise
-                        error = _out_of_memory(sample, data.root, num_classes, device)
+                        if is_out_of_memory(exc):
+                            error = _out_of_memory(sample, data.root, num_classes, device)
+                        else:  # the model's fault on this input: name the image, keep what was done
+                            height, width = sample.image.shape[-2:]
+                            error = (
+                                f"{spec.name} failed on image {data.root / sample.name} ({width}x{height}): "
+                                f"{described(exc, 200)}"
+                            )
                         break
                     advance(1)
                     if checkpoint is not None and checkpoint.due():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench import protocol as proto
 from bench.measure.roofline import read_peaks
-from bench.records import RecordStore, latest_ok, write_text_atomic
+from bench.records import RecordStore, latest_ok, machine_label, write_text_atomic
 from bench.report.markdown import write_table
 from bench.report.plot import write_plots
 from bench.report.table import build_frame, published_frame
@@ -41,7 +41,10 @@ def write_reports(
     provenance = latest[-1].get("provenance")
     device = latest[-1]["device"]
     commits = len({(r.get("provenance") or {}).get("git_commit") for r in latest} - {None})
-    paths = write_table(frame, store.folder, device=device, provenance=provenance, peaks=peaks, commits=commits)
+    machines = tuple(sorted({machine_label(r) for r in latest}))
+    paths = write_table(
+        frame, store.folder, device=device, provenance=provenance, peaks=peaks, commits=commits, machines=machines
+    )
     if plots:
         paths += write_plots(frame, store.folder, device=device, speeds=speeds, provenance=provenance)
     reported = Path(results) / "reported.csv"

@@ -120,8 +120,9 @@ def mode_description(mode: str, protocol: str = proto.PROTOCOL_VERSION) -> str:
     return f"{mode} = {' + '.join(parts)}"
 
 
-def _device_line(device: str, prov: dict | None, commits: int = 1) -> str:
-    """Where the newest record was measured; ``commits``: how many segbench commits all the records name."""
+def _device_line(device: str, prov: dict | None, commits: int = 1, machines: tuple[str, ...] = ()) -> str:
+    """Where the newest record was measured; ``commits``: how many segbench commits all the records name;
+    ``machines``: the machines they were measured on (`bench.records.machine_label`)."""
     prov = prov or {}
     commit = prov.get("git_commit")
     line = f"{device_name(device, prov)}"
@@ -132,6 +133,11 @@ def _device_line(device: str, prov: dict | None, commits: int = 1) -> str:
     line += f"; torch {prov.get('torch', '?')}" + (f"; segbench {commit[:10]}" if commit else "")
     if commit and commits > 1:
         line += f" (the newest record's; the records span {commits} commits, each record names its own)"
+    if len(machines) > 1:
+        line += (
+            f"; measured on {len(machines)} machines of this kind ({', '.join(machines)}; "
+            "table.csv's `machines` column names each row's)"
+        )
     return line
 
 
@@ -263,7 +269,14 @@ def _step_notes(row, ds: str, modes: list[str]) -> list[str]:
     return [f"the {row['step']} step alone (this row minus {base.family}'s, same device and mode): {', '.join(costs)}"]
 
 
-def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = None, commits: int = 1) -> str:
+def to_markdown(
+    frame: pd.DataFrame,
+    *,
+    device: str,
+    provenance: dict | None = None,
+    commits: int = 1,
+    machines: tuple[str, ...] = (),
+) -> str:
     """table.md: a section per dataset, then the protocol, the legend of the marks shown and the footnotes.
 
     ``provenance`` is the newest record's; ``commits`` how many segbench commits the records were taken at.
@@ -281,8 +294,9 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
     head = [
         f"# Results on {device_name(device, provenance)}, protocol v{protocol}",
         "",
-        f"Measured on: {_device_line(device, provenance, commits)}. Measured figures stand beside the published "
-        f"ones (ours / pub.); {MISSING} = not measured here, or not published. Legend and notes below the tables.",
+        f"Measured on: {_device_line(device, provenance, commits, machines)}. Measured figures stand beside the "
+        f"published ones (ours / pub.); {MISSING} = not measured here, or not published. Legend and notes below "
+        "the tables.",
         "",
         "",
     ]
@@ -317,7 +331,13 @@ def to_markdown(frame: pd.DataFrame, *, device: str, provenance: dict | None = N
 
 
 def to_speed_markdown(
-    frame: pd.DataFrame, *, device: str, provenance: dict | None, peaks: dict | None, commits: int = 1
+    frame: pd.DataFrame,
+    *,
+    device: str,
+    provenance: dict | None,
+    peaks: dict | None,
+    commits: int = 1,
+    machines: tuple[str, ...] = (),
 ) -> str:
     """Every measured speed mode per dataset: latency, spread, achieved TFLOP/s, % of peak, launch overhead."""
     modes = measured_modes(frame, device)
@@ -360,7 +380,7 @@ def to_speed_markdown(
     ceilings = ", ".join(f"{k} {v:.1f}" for k, v in (peaks or {}).items()) or "not measured"
     probed = any(known(v) is not None for c in frame.columns if "_channels_last_" in c for v in frame[c])
     footer = [
-        f"Measured on: {_device_line(device, provenance, commits)}. "
+        f"Measured on: {_device_line(device, provenance, commits, machines)}. "
         f"Device ceilings (matmul TFLOP/s, copy TB/s): {ceilings}.",
         "TFLOP/s: 2 x the model's fvcore multiply-adds per image / median latency (the step's resize and argmax "
         "add to the time, not to the count; a -fused mode counts what its inference form executes); % peak: "
@@ -386,17 +406,18 @@ def write_table(
     provenance: dict | None,
     peaks: dict | None = None,
     commits: int = 1,
+    machines: tuple[str, ...] = (),
 ) -> list[Path]:
     """table.md, table.csv and (where speed was measured on a GPU) speed.md of one device folder; for
     another protocol version than the current one, table-v<N>.md and so on (`bench.protocol.file_suffix`)."""
     folder.mkdir(parents=True, exist_ok=True)
     suffix = proto.file_suffix(frame.attrs.get("protocol", proto.PROTOCOL_VERSION))
     md, csv = folder / f"table{suffix}.md", folder / f"table{suffix}.csv"
-    write_text_atomic(md, to_markdown(frame, device=device, provenance=provenance, commits=commits))
+    write_text_atomic(md, to_markdown(frame, device=device, provenance=provenance, commits=commits, machines=machines))
     write_text_atomic(csv, frame.to_csv(index=False, float_format="%.6g"))
     paths = [md, csv]
     speed = (
-        to_speed_markdown(frame, device=device, provenance=provenance, peaks=peaks, commits=commits)
+        to_speed_markdown(frame, device=device, provenance=provenance, peaks=peaks, commits=commits, machines=machines)
         if device != "cpu"
         else ""
     )

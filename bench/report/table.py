@@ -16,7 +16,7 @@ from bench import protocol as proto
 from bench.compare import delta
 from bench.jobs import is_current
 from bench.measure import roofline
-from bench.records import latest_ok
+from bench.records import latest_ok, machine_label
 
 MISSING = "—"
 GROUP_TITLES = {"realtime": "Real-Time", "non-realtime": "Non Real-Time"}
@@ -99,6 +99,7 @@ def build_frame(records: list[dict], protocol: str = proto.PROTOCOL_VERSION, pea
         row.update(params_m=params, params_m_published=pub_params, params_delta_pct=_pct(params, pub_params))
         outdated = [_taken_at(r) for (arch, *_), r in values.items() if arch == name and not is_current(r)]
         row["outdated"] = "; ".join(outdated) or None
+        row["machines"] = "; ".join(sorted({machine_label(r) for (arch, *_), r in values.items() if arch == name}))
         for ds in proto.DATASETS:
             pub = published.get(ds)
             gflops = _value(values, name, ds, "flops", None, "gflops")
