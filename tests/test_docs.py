@@ -120,3 +120,23 @@ def test_every_relative_link_resolves(page):
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(target)
     assert not broken
+
+
+def _rows(text: str) -> list[list[str]]:
+    """The cells of every Markdown table row of ``text`` (the separator rows left out)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()]
+    return [row for row in rows if len(row) > 1 and not all(set(cell) <= set(":-") for cell in row)]
+
+
+def test_the_readme_quotes_the_reference_table_as_it_stands():
+    readme = (ROOT / "README.md").read_text().split("## What you get", 1)[1].split("\n## ", 1)[0]
+    source = re.search(r"\(\[full table\]\(([^)]+)\)", readme)[1]
+    ade20k = (ROOT / source).read_text().split("## ADE20K", 1)[1].split("\n## ", 1)[0]
+    header, *quoted = _rows(readme)
+    table_header, *table = _rows(ade20k)
+    assert quoted, "the README shows no rows of the table"
+    for row in quoted:
+        matches = [r for r in table if r[1:3] == row[:2]]  # the table's first column is the group
+        assert matches, f"{row[:2]} is not a row of {source}"
+        for title, cell in zip(header, row):
+            assert cell == matches[0][table_header.index(title)], f"{row[:2]}: {title} reads {cell!r} in the README"
