@@ -1,29 +1,19 @@
 """The inference form of a model: the same function, fewer kernels (the ``fused`` speed modes).
 
-Two rewrites, both exact in real arithmetic (outputs differ by float rounding only), and, in a
-reduced-precision mode, a third that changes no bit (`precast_for_autocast`):
+Rewrites that are exact in real arithmetic (outputs differ by float rounding only):
 
-1. Every module that defines ``fuse_for_inference()`` is asked to rewrite itself (a model's own
-   algebra: SegFormer's decoder merges each projection with its slice of the fuse convolution).
-2. Every BatchNorm (eval mode, running statistics) whose only input is the output of a
-   convolution that nothing else reads is folded into that convolution
-   (`torch.nn.utils.fusion.fuse_conv_bn_weights`) and replaced by ``nn.Identity``.
+1. Every module that defines ``fuse_for_inference()`` rewrites itself (a model's own algebra:
+   SegFormer's decoder merges each projection with its slice of the fuse convolution).
+2. Every BatchNorm (eval mode) whose only input is the output of a convolution that nothing else
+   reads is folded into that convolution and replaced by ``nn.Identity``.
+3. Under autocast, a parameter the forward only reads to cast it to the autocast precision is stored
+   in that precision (`precast_for_autocast`): autocast's weight cache is off, since it must not
+   outlive a CUDA-graph capture, so each such cast would run at every step. This changes no bit.
 
-Which pairs qualify is observed, not guessed from module names: one probe forward runs under a
-``TorchFunctionMode`` that counts, for each convolution's output, every operation that reads it.
-A convolution whose output is read twice (a residual taken before the norm, say) keeps its norm.
-3. Under autocast, every parameter that the forward only ever reads to cast it to the autocast
-   precision (the weights and biases of convolutions and linear layers) is stored in that
-   precision: autocast then has nothing to cast, and the step launches one cast kernel less per
-   weight (autocast's weight cache is off, since it must not outlive a CUDA-graph capture, so
-   these casts would run at every step). What is read otherwise (norms, which autocast runs in
-   fp32) stays as it is. Observed in one probe forward, as above, not guessed from module types.
-
-Models from other libraries get the same BatchNorm folding and the same stored precision, so a
-``fused`` mode compares like with like; only rewrite 1 is a model's own.
-
-FLOPs are counted on the model as built (the published architecture); a fused latency record
-adds the FLOPs its inference form executes, which is what its achieved TFLOP/s is computed from.
+What qualifies is observed in one probe forward (which operations read each convolution's output and
+each parameter), not guessed from module names or types. Peers from other libraries get 2 and 3
+too, so a ``fused`` mode compares like with like. FLOPs are counted on the model as built; a fused
+latency record adds the FLOPs its inference form executes (docs/adding-a-model.md).
 """
 
 from __future__ import annotations
