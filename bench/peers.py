@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ def hf_segformer(variant: str) -> Callable[[int], nn.Module]:
             num_attention_heads=mit.num_heads,
             sr_ratios=mit.sr_ratios,
             mlp_ratios=(mit.mlp_ratio,) * len(mit.depths),
-            decoder_hidden_size=ours.decode_head.classifier.in_channels,
+            decoder_hidden_size=ours.get_parameter("decode_head.classifier.weight").shape[1],
         )
         config.num_labels = num_classes
         model = SegformerForSemanticSegmentation(config)
@@ -153,7 +154,7 @@ def compare(
     ``same_work`` says whether they agree within `SAME_WORK`.
     """
     gflops = {} if gflops is None else gflops
-    row = {"ours": pair.ours, "peer": pair.peer, "input": "x".join(map(str, input_size)), "mode": mode}
+    row: dict[str, Any] = {"ours": pair.ours, "peer": pair.peer, "input": "x".join(map(str, input_size)), "mode": mode}
     results = {}
     for side, build in (
         ("ours", lambda: archs.build(pair.ours, num_classes=num_classes)),

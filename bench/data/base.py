@@ -56,10 +56,16 @@ class Sample:
 
     def pin_memory(self) -> Sample:
         """Page-locked copies, so the host-to-device copies can be asynchronous (DataLoader hook)."""
-        if self.image is not None:
+        if self.image is not None and self.label is not None:
             self.image = self.image.pin_memory()
             self.label = self.label.pin_memory()
         return self
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, label); a `DataError` with the error of a pair that could not be read."""
+        if self.image is None or self.label is None:
+            raise DataError(self.error or f"{self.name}: not decoded")
+        return self.image, self.label
 
 
 def expand_user(path: str | Path, what: str) -> Path:
@@ -92,10 +98,11 @@ def open_image(path: Path, what: str, *, warn: bool = True) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as exc:
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f" ({int(pixels[1]) / 1e6:.0f} MP)" if pixels else ""
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(found[1]) / 1e6:.0f} MP)" if found else ""
+        refused = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # set, or PIL would not have refused
         raise DataError(
-            f"{what} {path} is too large to decode{size}: PIL refuses more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+            f"{what} {path} is too large to decode{size}: PIL refuses more than {refused / 1e6:.0f} "
             "MP (a decompression-bomb guard); evaluate a downscaled copy of the image and its label map"
         ) from None
     pixels = img.width * img.height

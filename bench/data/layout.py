@@ -196,7 +196,9 @@ def pair_files(
         )
     label_glob = image_glob.rpartition("/")[0] + "/*" if "/" in image_glob else "*"
     labels = {p for p in label_dir.glob(label_glob) if p.name.endswith(label_suffixes)}
-    pairs, missing, used = [], [], set()
+    pairs: list[tuple[Path, Path]] = []
+    missing: list[Path] = []
+    used: set[Path] = set()
     for image in images:
         stem = image.relative_to(image_dir).as_posix()[: -len(image_suffix)]
         for suffix in label_suffixes:

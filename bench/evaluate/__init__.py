@@ -51,9 +51,9 @@ __all__ = [
 ]
 
 
-def _out_of_memory(sample, root, num_classes: int, device: str) -> str:
+def _out_of_memory(sample: Sample, root: Path, num_classes: int, device: str) -> str:
     """The one-line error for an image whose inference ran out of memory (what its full-size logits take)."""
-    height, width = sample.image.shape[-2:]
+    height, width = sample.decoded()[0].shape[-2:]
     need = num_classes * height * width * 4 / 1e9  # float32 logits, upsampled to the label's size before the argmax
     return (
         f"image {root / sample.name} ({width}x{height}) ran out of {device} memory: its {num_classes}-class logits "
@@ -66,7 +66,11 @@ def _out_of_memory(sample, root, num_classes: int, device: str) -> str:
 def _progress(enabled: bool, total: int, description: str, completed: int = 0) -> Iterator[Callable[[int], object]]:
     """A progress bar with images/s on stderr, ``completed`` of ``total`` done at the start; yields ``advance(n)``."""
     if not enabled:
-        yield lambda n=1: None
+
+        def ignore(n: int = 1) -> None:
+            pass
+
+        yield ignore
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -79,7 +83,11 @@ def _progress(enabled: bool, total: int, description: str, completed: int = 0) -
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total, completed=completed)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance
 
 
 def _identity(spec: ArchSpec, dataset: str, data, count: int, protocol: dict, device: torch.device) -> dict:
@@ -169,7 +177,7 @@ def _failure(arch: str, root: Path, num_classes: int, device: str, sample: Sampl
     """The one-line error for an image whose inference failed: out of memory, or the model's fault on it."""
     if is_out_of_memory(exc):
         return _out_of_memory(sample, root, num_classes, device)
-    height, width = sample.image.shape[-2:]
+    height, width = sample.decoded()[0].shape[-2:]
     return f"{arch} failed on image {root / sample.name} ({width}x{height}): {described(exc, 200)}"
 
 
@@ -183,10 +191,11 @@ def _count_images(
         check_interrupt()
         if sample.error:
             return sample.error
+        image, label = sample.decoded()
         try:
-            image = sample.image.to(device, non_blocking=True).unsqueeze(0)
-            target = sample.label.to(device, non_blocking=True)
-            counts.add(sample.index, predict(image)[0], target)
+            x = image.to(device, non_blocking=True).unsqueeze(0)
+            target = label.to(device, non_blocking=True)
+            counts.add(sample.index, predict(x)[0], target)
         except (RuntimeError, MemoryError) as exc:
             return failure(sample, exc)
         advance(1)

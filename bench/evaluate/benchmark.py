@@ -20,7 +20,7 @@ from torch import nn
 
 from archs import ArchSpec
 from bench import protocol as proto
-from bench.data import DataError, SegDataset, open_dataset
+from bench.data import SegDataset, open_dataset
 from bench.evaluate import EvalResult, evaluate
 from bench.evaluate.inference import Predictor, eval_protocol
 
@@ -54,12 +54,7 @@ def _sync(device: torch.device) -> None:
 def model_only_throughput(predict: Predictor, data: SegDataset, *, device: torch.device, images: int) -> float:
     """Images/s of ``predict`` alone over ``images`` images, cycling through the first `CACHED_IMAGES` of
     ``data`` kept on the device."""
-    samples = [data[i] for i in range(min(CACHED_IMAGES, len(data), images))]
-    cached = []
-    for sample in samples:
-        if sample.error or sample.image is None:
-            raise DataError(sample.error or f"{sample.name}: not decoded")
-        cached.append(sample.image.to(device).unsqueeze(0))
+    cached = [data[i].decoded()[0].to(device).unsqueeze(0) for i in range(min(CACHED_IMAGES, len(data), images))]
     for image in cached:  # warm-up: one pass per cached size
         predict(image)
     _sync(device)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -85,10 +87,10 @@ def _foldable_norm(norm: nn.Module) -> bool:
     )
 
 
-def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, nn.Module]]:
+def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[_ConvNd, _BatchNorm]]:
     """(convolution, BatchNorm) pairs where the norm's every input is a convolution output it alone reads."""
-    calls: list[tuple[nn.Module, int]] = []  # (norm, tag of its input or -1) per norm call
-    conv_of: dict[int, nn.Module] = {}  # tag -> the convolution that produced it
+    calls: list[tuple[_BatchNorm, int]] = []  # (norm, tag of its input or -1) per norm call
+    conv_of: dict[int, _ConvNd] = {}  # tag -> the convolution that produced it
     handles = []
 
     def tag_output(conv, _inputs, output):
@@ -114,23 +116,24 @@ def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, n
         for handle in handles:
             handle.remove()
 
-    by_norm: dict[nn.Module, set] = {}
+    by_norm: dict[_BatchNorm, set[_ConvNd | None]] = {}
     for norm, tag in calls:
         by_norm.setdefault(norm, set()).add(None if tag < 0 or counter.reads[tag] != 1 else conv_of[tag])
     outputs_of = Counter(conv_of.values())  # calls of each convolution
     calls_of = Counter(norm for norm, _ in calls)
-    pairs = []
+    pairs: list[tuple[_ConvNd, _BatchNorm]] = []
     for norm, convs in by_norm.items():
         if len(convs) != 1 or None in convs:
             continue
-        conv = next(iter(convs))
+        conv = convs.pop()
+        assert conv is not None  # excluded above
         # every output of the convolution goes to this norm (none elsewhere, no other norm)
         if outputs_of[conv] == calls_of[norm] and _fold_supported(conv, norm):
             pairs.append((conv, norm))
     return pairs
 
 
-def _fold_supported(conv: nn.Module, norm: nn.Module) -> bool:
+def _fold_supported(conv: _ConvNd, norm: _BatchNorm) -> bool:
     return conv.out_channels == norm.num_features and not (isinstance(conv, _TRANSPOSED) and conv.groups != 1)
 
 
@@ -160,11 +163,13 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> FusionReport:
                 report.rewritten.append(name or type(model).__name__)
         pairs = _observe(model, example)
         for conv, norm in pairs:
+            mean, var = norm.running_mean, norm.running_var
+            assert mean is not None and var is not None  # `_foldable_norm` admits only norms with running statistics
             weight, bias = fuse_conv_bn_weights(
                 conv.weight,
                 conv.bias,
-                norm.running_mean,
-                norm.running_var,
+                mean,
+                var,
                 norm.eps,
                 norm.weight,
                 norm.bias,

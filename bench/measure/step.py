@@ -192,16 +192,16 @@ def _probed_step(
         form: the inference form the step runs in, for the result.
     """
     time_steps = timer.timer_for(device)
-    first: Step | None = build(True, True)
-    layout_ms = {LAYOUT_NAMES[True]: _probe_ms(first, time_steps)}
-    first = None  # its graph's memory pool goes before the next capture
+    fn = build(True, True)
+    layout_ms = {LAYOUT_NAMES[True]: _probe_ms(fn, time_steps)}
+    del fn  # its graph's memory pool goes before the next capture
     release_memory(device)
-    last: Step | None = build(False, True)
-    layout_ms[LAYOUT_NAMES[False]] = _probe_ms(last, time_steps)
+    fn = build(False, True)
+    layout_ms[LAYOUT_NAMES[False]] = _probe_ms(fn, time_steps)
     kept = layout_ms["channels_last"] <= layout_ms["contiguous"]
     if not kept and (capture or not graph):  # the step built last is the one to keep
-        return PreparedStep(last, None, form, kept, layout_ms)
-    last = None
+        return PreparedStep(fn, None, form, kept, layout_ms)
+    del fn
     release_memory(device)
     return PreparedStep(build(kept, capture), None, form, kept, layout_ms)
 

@@ -57,8 +57,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path}: torch.load(weights_only=True) refuses it (it pickles {refused[1]}); segbench loads tensors "
                 "only: re-save its state dict with torch.save or convert it to safetensors"
             ) from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
-        reason = reason[1].strip() if reason else "unpickling failed"
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        reason = found[1].strip() if found else "unpickling failed"
         raise BenchError(f"{path}: not a readable checkpoint ({reason}); {unreadable}") from None
     except MemoryError:
         size = path.stat().st_size / 2**30
