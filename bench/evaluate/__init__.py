@@ -63,7 +63,7 @@ def _out_of_memory(sample: Sample, root: Path, num_classes: int, device: str) ->
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int, description: str, completed: int = 0) -> Iterator[Callable[[int], object]]:
+def _progress(enabled: bool, total: int, description: str, completed: int = 0) -> Iterator[Callable[..., object]]:
     """A progress bar with images/s on stderr, ``completed`` of ``total`` done at the start; yields ``advance(n)``."""
     if not enabled:
 
@@ -90,7 +90,7 @@ def _progress(enabled: bool, total: int, description: str, completed: int = 0) -
         yield advance
 
 
-def _identity(spec: ArchSpec, dataset: str, data, count: int, protocol: dict, device: torch.device) -> dict:
+def _identity(spec: ArchSpec, dataset: str, data: SegDataset, count: int, protocol: dict, device: torch.device) -> dict:
     """What a rerun must share with a stopped evaluation to continue it (beside the caller's part, the weights)."""
     names = "\n".join(str(image.relative_to(data.root)) for image, _ in data.pairs[:count])
     return {
@@ -105,7 +105,7 @@ def _identity(spec: ArchSpec, dataset: str, data, count: int, protocol: dict, de
     }
 
 
-def check_files(data, indices: list[int], *, progress: bool) -> None:
+def check_files(data: SegDataset, indices: list[int], *, progress: bool) -> None:
     """`SegDataset.check_files` of ``indices`` (every image and label map opens; their sizes agree), with a
     progress bar; a `DataError` naming the first bad file."""
     with _progress(progress, len(indices), "checking images and label maps") as advance:
@@ -206,7 +206,7 @@ def evaluate(
     model: nn.Module,
     spec: ArchSpec,
     dataset: str,
-    data_root,
+    data_root: str | Path,
     *,
     device: str,
     mode: str | None = None,
