@@ -104,8 +104,9 @@ def measure(job: Job, options: RunOptions) -> dict:
     import torch
 
     from bench.measure.flops import count_flops
+    from bench.measure.latency import measure_latency
     from bench.measure.params import count_params
-    from bench.measure.speed import measure_latency, sweep_batches
+    from bench.measure.sweep import sweep_batches
     from bench.provenance import gpu_handle
 
     spec = archs.get_spec(job.arch)

@@ -17,7 +17,8 @@ import torch  # noqa: E402, F401
 
 import archs  # noqa: E402
 import bench.measure.flops  # noqa: E402, F401
-import bench.measure.speed  # noqa: E402, F401
+import bench.measure.latency  # noqa: E402, F401
+import bench.measure.sweep  # noqa: E402, F401
 import bench.provenance  # noqa: E402, F401
 
 archs.list_archs()  # import the built-in families and entry-point plugins once

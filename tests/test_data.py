@@ -160,6 +160,46 @@ def test_bad_cityscapes_input(city_root, tmp_path):
         open_dataset("cityscapes", root)
 
 
+@pytest.mark.parametrize(
+    "dataset, alias, choices, example, restore",
+    [
+        (
+            "ade20k",
+            "val",
+            "validation or training",
+            "images/validation/*.jpg, annotations/validation/*.png",
+            "re-extract ADEChallengeData2016.zip",
+        ),
+        (
+            "cityscapes",
+            "validation",
+            "val or train",
+            "leftImg8bit/val/*/*_leftImg8bit.png, gtFine/val/*/*_gtFine_labelIds.png",
+            "extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root}",
+        ),
+    ],
+)
+def test_each_layout_finds_its_split_and_names_what_is_missing(
+    request, tmp_path, dataset, alias, choices, example, restore
+):
+    import re
+    import shutil
+
+    root = _copy_tree(request.getfixturevalue("ade_root" if dataset == "ade20k" else "city_root"), tmp_path / "copy")
+    found = open_dataset(dataset, root)
+    assert [p for p, _ in open_dataset(dataset, root, alias).pairs] == [p for p, _ in found.pairs]
+    title = found.layout.title
+    with pytest.raises(DataError, match=re.escape(f"{title} split 'test': choose {choices}")):
+        open_dataset(dataset, root, "test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"no {title} layout ({example}); {found.layout.pass_root}")):
+        open_dataset(dataset, tmp_path / "empty")
+    shutil.rmtree(found.root / found.layout.labels / found.split)
+    with pytest.raises(DataError) as info:
+        open_dataset(dataset, root)
+    assert str(info.value).endswith(f"({restore.format(root=found.root)})") and "\n" not in str(info.value)
+
+
 def _bench(capsys, *args: str) -> tuple[int, str, str]:
     from bench.cli import main
 

@@ -9,7 +9,7 @@ import archs
 from archs.segformer import convert_hf_state_dict
 from bench.measure.flops import count_flops
 from bench.measure.fusion import fuse_for_inference, precast_for_autocast
-from bench.measure.speed import measure_latency
+from bench.measure.latency import measure_latency
 from bench.protocol import SpeedProtocol
 from tests.equivalence import assert_equivalent
 from tests.test_contract import _randomise_batchnorm

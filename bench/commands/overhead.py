@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import archs
-    from bench.measure.speed import bare_latency, measure_latency
+    from bench.measure.latency import bare_latency, measure_latency
     from bench.provenance import device_slug, provenance
     from bench.suites import get_suite
 
