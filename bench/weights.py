@@ -39,7 +39,7 @@ from bench import __version__
 from bench import protocol as proto
 from bench.data.base import expand_user
 from bench.errors import BenchError, described, first_line
-from bench.records import ensure_writable_folder
+from bench.io import ensure_writable_folder
 
 CACHE_ENV = "SEGBENCH_WEIGHTS"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -358,12 +358,15 @@ def test_an_impossible_output_folder_is_one_line_before_any_work(args, message):
 
 
 def test_a_latency_line_names_the_layout_a_probing_mode_kept():
-    from bench.commands.run import summarise
+    from bench.measurements import summarise
+    from bench.store import Record
 
     value = {"median_ms": 2.0, "fps": 500.0, "spread": 0.001, "channels_last": False}
-    record = {"kind": "latency", "device": "cuda", "value": {**value, "layout_ms": None}}
-    assert "kept" not in summarise(record)
-    record["value"]["layout_ms"] = {"channels_last": 5.97, "contiguous": 2.05}
+    line = {"arch": "a", "dataset": "ade20k", "kind": "latency", "mode": "graph", "protocol": "2", "device": "cuda"}
+    line |= {"device_slug": "dev", "status": "ok", "value": {**value, "layout_ms": None}}
+    assert "kept" not in summarise(Record.from_json(line))
+    line["value"]["layout_ms"] = {"channels_last": 5.97, "contiguous": 2.05}
     assert (
-        summarise(record) == "2.00 ms median, 500.0 FPS (cuda), NCHW kept (probe 5.97 ms channels_last, 2.05 ms NCHW)"
+        summarise(Record.from_json(line))
+        == "2.00 ms median, 500.0 FPS (cuda), NCHW kept (probe 5.97 ms channels_last, 2.05 ms NCHW)"
     )
