@@ -9,10 +9,11 @@ measures (`counts_as`: parameters, FLOPs, and the modes no later version changed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
-if TYPE_CHECKING:  # a type only: the records and tables read this module without importing torch
+if TYPE_CHECKING:  # types only: the records and tables read this module without importing torch
     from archs import ArchSpec
+    from bench.store.record import Record
 
 PROTOCOL_VERSION = "2"
 # Per version, the speed modes whose measurement it changed (latency and sweep records of those modes).
@@ -75,11 +76,25 @@ SPEED = {
     "cpu": SpeedProtocol(warmup_steps=1, repeats=2, min_steps=1, min_repeat_s=1.0, max_repeat_s=5.0),
 }
 
+
+class _Runtime(TypedDict):
+    channels_last: bool | str  # "auto": the faster of the two layouts, timed
+    cuda_graph: bool
+    compile: bool
+    fused: bool
+
+
+class ModeSettings(_Runtime):
+    """What a speed mode runs: its precision, memory layout, CUDA-graph replay, torch.compile, inference form."""
+
+    precision: str
+
+
 # Speed modes (docs/protocol.md): `eager` is what the papers timed, `graph` what the GPU does without Python
 # launch overhead; each other mode changes one factor of these two. channels_last "auto" times both layouts
 # (`LAYOUT_PROBE`) and keeps the faster; `compile` holds channels_last, as a second compile takes minutes.
-_PLAIN = {"channels_last": False, "cuda_graph": False, "compile": False, "fused": False}
-MODES = {
+_PLAIN: _Runtime = {"channels_last": False, "cuda_graph": False, "compile": False, "fused": False}
+MODES: dict[str, ModeSettings] = {
     "eager": {**_PLAIN, "precision": "fp32"},
     "graph": {**_PLAIN, "precision": "fp16", "channels_last": "auto", "cuda_graph": True},
     "graph-fp32": {**_PLAIN, "precision": "fp32", "cuda_graph": True},
@@ -162,4 +177,25 @@ def dataset(name: str) -> DatasetProtocol:
 
 def input_size(spec: ArchSpec, dataset_name: str) -> tuple[int, int]:
     """(H, W) for ``spec`` on ``dataset_name``: the spec's published size, else the protocol's."""
-    return tuple(spec.input_size.get(dataset_name, dataset(dataset_name).input_size))
+    height, width = spec.input_size.get(dataset_name, dataset(dataset_name).input_size)
+    return height, width
+
+
+def job_settings(spec: ArchSpec, dataset_name: str, mode: str | None) -> dict[str, Any]:
+    """What a job is measured with: input size and classes (the spec's), and its mode's settings."""
+    return {
+        "input_size": list(input_size(spec, dataset_name)),
+        "num_classes": dataset(dataset_name).num_classes,
+        **(MODES[mode] if mode else {}),
+    }
+
+
+def is_current(record: Record) -> bool:
+    """Whether ``record`` was taken at the input size and classes its job has now (a spec may change them)."""
+    import archs  # imports torch: only a run and the tables ask
+
+    if record.arch not in archs.list_archs() or record.dataset not in DATASETS:
+        return True  # a plugin not loaded this run, or an old dataset: nothing to compare with
+    recorded = record.settings or {}  # a setting the record does not name cannot be compared
+    current = job_settings(archs.get_spec(record.arch), record.dataset, None)
+    return all(recorded[key] == value for key, value in current.items() if key in recorded)

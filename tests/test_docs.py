@@ -99,7 +99,10 @@ def test_the_command_check_catches_a_wrong_option_and_command():
     assert _unknown("data synth --dataset ade20k --num 3", parser) == []
     assert _unknown("data synth --bogus 3", parser) == ["bench data synth --bogus"]
     assert _unknown("frobnicate", parser) == ["bench frobnicate"]
-    block = "```\nbench run --suite S\n          [--results DIR] [--nope]\n    --results /data/segbench --nix\nbench list\n```"
+    block = (
+        "```\nbench run --suite S\n          [--results DIR] [--nope]\n"
+        "    --results /data/segbench --nix\nbench list\n```"
+    )
     assert [u for c in _commands(block) for u in _unknown(c, parser)] == ["bench run --nix", "bench run --nope"]
     assert _commands("`bench weights list | fetch NAME --dataset D`") == [
         "weights list",

@@ -313,13 +313,6 @@ def test_roofline_arithmetic():
         roofline.measure_peaks("cpu")
 
 
-def test_peaks_are_stored_with_their_provenance(tmp_path):
-    roofline.write_peaks(tmp_path, {"matmul_fp16_tflops": 760.9}, {"gpu_name": "Test GPU"})
-    stored = roofline.read_peaks(tmp_path)
-    assert stored["peaks"] == {"matmul_fp16_tflops": 760.9} and stored["provenance"]["gpu_name"] == "Test GPU"
-    assert roofline.read_peaks(tmp_path / "none") is None
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", list(MODES))
 def test_cuda_modes_measure_and_graph_replays_the_same_prediction(mode):

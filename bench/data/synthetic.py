@@ -20,7 +20,7 @@ from PIL import Image
 
 from bench.data import cityscapes
 from bench.data.base import SYNTHETIC_MARKER, DataError
-from bench.records import ensure_writable_folder, write_text_atomic
+from bench.io import ensure_writable_folder, write_text_atomic
 
 LEVELS = np.array([21, 64, 106, 149, 191, 234], dtype=np.int16)
 GRID = 16

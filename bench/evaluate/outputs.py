@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from bench.records import write_text_atomic
+from bench.io import write_text_atomic
 
 
 def result_json(result, extra: dict, indent: int | None = 1) -> str:

@@ -18,7 +18,7 @@ import archs
 from archs import ArchSpec, Weights
 from bench import __version__
 from bench.errors import BenchError
-from bench.records import ensure_writable_folder
+from bench.io import ensure_writable_folder
 from bench.weights.registry import BROWSER_ONLY, CACHE_ENV, cache_dir, cached_path, download_urls, official
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt|bin|safetensors)$")
