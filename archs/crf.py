@@ -44,16 +44,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DEEPLAB_V1_LARGEFOV_CRF", "CRFRefinement", "DenseCRF"]
+__all__ = ["DEEPLAB_V1_LARGEFOV_CRF", "CRFParameters", "CRFRefinement", "DenseCRF"]
+
+
+class CRFParameters(TypedDict):
+    """Keyword arguments of `DenseCRF` that a published configuration fixes."""
+
+    iterations: int
+    appearance_weight: float
+    theta_alpha: float
+    theta_beta: float
+    smoothness_weight: float
+    theta_gamma: float
+
 
 # DeepLab-LargeFOV's CRF (deeplab-public run_densecrf.sh, "FOV" line): bi_w 4, bi_xy_std 121,
 # bi_rgb_std 5, pos_w 3, pos_xy_std 3, 10 mean-field iterations.
-DEEPLAB_V1_LARGEFOV_CRF = {
+DEEPLAB_V1_LARGEFOV_CRF: CRFParameters = {
     "iterations": 10,
     "appearance_weight": 4.0,
     "theta_alpha": 121.0,
@@ -80,6 +93,9 @@ class DenseCRF(nn.Module):
         cell: side of the pixel cells the appearance kernel gathers from (1 = every pixel).
         radius: the appearance window spans ``2 * radius + 1`` cells per axis.
     """
+
+    position_term: Tensor
+    smoothness_taps: Tensor
 
     def __init__(
         self,
@@ -158,7 +174,9 @@ class DenseCRF(nn.Module):
         hc, wc = image.shape[-2] // s, image.shape[-1] // s
         pixels = image.view(n, 3, hc, s, wc, s).permute(0, 2, 4, 3, 5, 1).reshape(n, hc * wc, s * s, 3)
         cells = self._window(F.avg_pool2d(image, s))  # (N, cells, O, 3)
-        colour = sum((pixels[..., ch, None] - cells[..., None, :, ch]) ** 2 for ch in range(3))
+        colour = (pixels[..., 0, None] - cells[..., None, :, 0]) ** 2
+        for ch in (1, 2):
+            colour = colour + (pixels[..., ch, None] - cells[..., None, :, ch]) ** 2
         inside = self._window(torch.ones_like(image[:1, :1, ::s, ::s]))  # (1, cells, O, 1)
         weights = torch.exp(-0.5 * colour - self.position_term) * inside.transpose(-1, -2)
         own = weights[..., self.radius * (2 * self.radius + 2)]  # the centre of the window: the pixel's cell
@@ -205,6 +223,9 @@ class CRFRefinement(nn.Module):
         mean: per-channel mean the input was normalised with (RGB, 0..255).
         std: per-channel standard deviation of that normalisation.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, model: nn.Module, crf: DenseCRF, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -44,6 +44,7 @@ from which the per-image count (and its mean over the benchmark inputs) follows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +93,10 @@ class DynamicCell(nn.Module):
         self.allow_up, self.allow_down = allow_up, allow_down
         self.ops = SepConv(channels, 3)
         num_gates = 1 + int(allow_up) + int(allow_down)
-        self.gate = nn.Sequential(
-            Conv2dNormActivation(channels, channels // 2, 1),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels // 2, num_gates, 1),
-        )
-        nn.init.constant_(self.gate[2].bias, gate_bias)
+        reduce = Conv2dNormActivation(channels, channels // 2, 1)
+        gate_logits = nn.Conv2d(channels // 2, num_gates, 1)
+        nn.init.constant_(gate_logits.get_parameter("bias"), gate_bias)
+        self.gate = nn.Sequential(reduce, nn.AdaptiveAvgPool2d(1), gate_logits)
         self.res_up = nn.Sequential(nn.ReLU(), Conv2dNormActivation(channels, channels // 2, 1)) if allow_up else None
         self.res_down = (
             nn.Sequential(nn.ReLU(), Conv2dNormActivation(channels, 2 * channels, 1, stride=2, padding=0))
@@ -214,7 +213,9 @@ class DynamicRoutingNet(nn.Module):
         all_gates = [("init_cell", gates)]
         for layer, (cells, sources) in enumerate(zip(self.layers, self.inputs, strict=True)):
             outputs = []
-            for i, (cell, (from_finer, from_same, from_coarser)) in enumerate(zip(cells, sources, strict=True)):
+            for i, (cell, (from_finer, from_same, from_coarser)) in enumerate(
+                zip(cast(nn.ModuleList, cells), sources, strict=True)
+            ):
                 parts = []
                 if from_finer:
                     parts.append(previous[i - 1][2])

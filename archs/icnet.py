@@ -41,7 +41,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from archs.backbones.resnet import ResNet
 from archs.base import ArchSpec, Published, register
-from archs.fcn import conv_bn_relu
+from archs.common import conv_bn_relu
 
 __all__ = ["ICNet", "CascadeFeatureFusion", "icnet"]
 

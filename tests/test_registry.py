@@ -1,5 +1,7 @@
 """The one interface: registration, lookup with suggestions, entry-point plugins."""
 
+import inspect
+import re
 import sys
 import textwrap
 
@@ -48,6 +50,31 @@ def test_a_plugin_module_that_fails_to_import_is_a_one_line_error(tmp_path, monk
 def test_bad_scale_is_refused():
     with pytest.raises(ValueError, match="scale"):
         archs.ArchSpec(name="x", family="X", encoder="X", scale="fast", paper="", year=2020, output_stride=8)
+
+
+def test_every_built_in_name_is_the_def_of_its_builder():
+    """`grep "def <name>"` (dashes as underscores, timm's convention) finds the builder of every built-in model."""
+    built_in = [n for n in archs.list_archs() if base._entry(n).builder.__module__.startswith("archs.")]
+    assert len(built_in) > 30
+    for name in built_in:
+        builder = base._entry(name).builder
+        expected = name.replace("-", "_")
+        assert builder.__name__ == expected, name
+        source = inspect.getsource(sys.modules[builder.__module__])
+        assert re.search(rf"^def {expected}\(", source, re.M), f"no `def {expected}(` in {builder.__module__}"
+
+
+def test_a_published_evaluation_is_whole_image_or_complete_sliding_windows():
+    assert archs.Evaluation().mode == "whole"
+    with pytest.raises(ValueError, match="mode"):
+        archs.Evaluation("tiles")
+    with pytest.raises(ValueError, match="crop and stride"):
+        archs.Evaluation("slide", crop=(512, 512))
+    with pytest.raises(ValueError, match="crop and stride"):
+        archs.Evaluation("whole", crop=(512, 512), stride=(341, 341))
+    slide = {name: archs.get_spec(name).evaluation for name in ("segformer-b0", "setr-pup-vit-l")}
+    assert slide["segformer-b0"] == {"cityscapes": archs.Evaluation("slide", (1024, 1024), (768, 768))}
+    assert slide["setr-pup-vit-l"]["ade20k"] == archs.Evaluation("slide", (512, 512), (341, 341))
 
 
 def test_list_filters_by_scale():

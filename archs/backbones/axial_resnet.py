@@ -170,6 +170,8 @@ class AxialAttention(nn.Module):
 
     @staticmethod
     def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError("inference folds the similarity and output BatchNorms: they need running statistics")
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return scale, bn.bias - bn.running_mean * scale
 
@@ -290,6 +292,11 @@ class AxialResNet(nn.Module):
         output_stride: 16 (the last stage keeps the resolution) or 32.
         stem_multiplier: width multiplier of the stem (64, 64, 128 channels at 1); None: ``width_multiplier``.
     """
+
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,

@@ -86,6 +86,11 @@ class ResNet(nn.Module):
             ``"caffe"`` on its first 1x1 convolution (the original Caffe ResNets, PSPNet, ICNet).
     """
 
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         depth: int = 101,
@@ -123,9 +128,7 @@ class ResNet(nn.Module):
         for i, (num_blocks, stride, dilation) in enumerate(zip(blocks, strides, dilations, strict=True)):
             planes = base_channels * 2**i
             grid = multi_grid if i == len(blocks) - 1 else None
-            layer = self._make_layer(in_channels, planes, num_blocks, stride, dilation, grid, contract_dilation)
-            if style == "caffe" and stride != 1:
-                layer[0].conv1.stride, layer[0].conv2.stride = (stride, stride), (1, 1)
+            layer = self._make_layer(in_channels, planes, num_blocks, stride, dilation, grid, contract_dilation, style)
             self.add_module(f"layer{i + 1}", layer)
             in_channels = planes * Bottleneck.expansion
             self.out_channels += (in_channels,)
@@ -140,6 +143,7 @@ class ResNet(nn.Module):
         dilation: int,
         multi_grid: Sequence[int] | None,
         contract_dilation: bool,
+        style: str,
     ) -> nn.Sequential:
         out_channels = planes * Bottleneck.expansion
         downsample = None
@@ -152,8 +156,10 @@ class ResNet(nn.Module):
         else:
             first = dilation // 2 if contract_dilation and dilation > 1 else dilation
             block_dilations = [first] + [dilation] * (num_blocks - 1)
-        layers = [Bottleneck(in_channels, planes, stride, downsample, dilation=block_dilations[0])]
-        layers += [Bottleneck(out_channels, planes, dilation=d) for d in block_dilations[1:]]
+        first = Bottleneck(in_channels, planes, stride, downsample, dilation=block_dilations[0])
+        if style == "caffe" and stride != 1:
+            first.conv1.stride, first.conv2.stride = (stride, stride), (1, 1)
+        layers = [first] + [Bottleneck(out_channels, planes, dilation=d) for d in block_dilations[1:]]
         return nn.Sequential(*layers)
 
     def layers(self) -> Iterator[nn.Sequential]:
