@@ -25,9 +25,7 @@ attention are first resized to that scale's input size, then
 
 so the result is at the scale-1 input resolution. All resizes are bilinear with
 ``align_corners=False`` (the repository's default ``MODEL.ALIGN_CORNERS``). The highest scale's
-attention is never used, so it is not computed here. The OCR module is mmsegmentation's layout
-(`archs.ocrnet`); NVIDIA's OCR block is the same network except for biases on two convolutions
-(``conv3x3_ocr`` and the first soft-region convolution), 1,232 parameters.
+attention is never used, so it is not computed here. Figures: docs/models/attention-scale.md.
 """
 
 from __future__ import annotations

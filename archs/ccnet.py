@@ -108,14 +108,9 @@ class CCHead(nn.Module):
         output_stride=8,
         notes="mmseg ccnet_r101-d8: ResNetV1c-101 (OS8) + CCHead(512 channels, recurrence 2).",
         **mmseg_row(
-            "ccnet",
-            (
-                "ccnet_r101-d8_512x512_160k_ade20k_20200616_000644-e849e007",
-                "ccnet_r101-d8_512x1024_80k_cityscapes_20200617_203935-ffae8917",
-            ),
-            params_m=68.9,
-            ade20k=(278.4, 14.1, 45.2),
-            cityscapes=(2224.8, 1.0, 80.2),
+            "ccnet/ccnet_r101-d8",
+            ("20200616_000644-e849e007", "20200617_203935-ffae8917"),
+            (68.9, (278.4, 14.1, 45.2), (2224.8, 1.0, 80.2)),
             source=(
                 f"{SEGFORMER_TABLE}; FPS = mmseg configs/ccnet README (14.11, V100); "
                 "mIoU as the table prints it (mmseg's best ADE20K CCNet-R101 is 45.13)",

@@ -3,41 +3,22 @@
 Krähenbühl & Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian Edge Potentials",
 NIPS 2011; used after the network by DeepLab v1/v2 (Chen et al., ICLR 2015 and TPAMI 2017,
 https://bitbucket.org/aquariusjay/deeplab-public-ver2, whose ``densecrf`` is Krähenbühl's code).
+Potts compatibility, an appearance kernel on positions and RGB colours (w1, theta_alpha,
+theta_beta) and a smoothness kernel on positions (w2, theta_gamma); mean-field inference from
+``Q = softmax(logits)``, messages normalised per pixel as Krähenbühl's code normalises them.
+`DenseCRF` returns the last energies, whose argmax is the CRF labelling and whose softmax is Q.
 
-The model. Labels x_i of the pixels of an image I; energy
-``E(x) = sum_i U_i(x_i) + sum_{i<j} [x_i != x_j] k(f_i, f_j)`` (Potts compatibility) with
-``U_i = -log P_i`` from the network and two Gaussian kernels on positions p and RGB colours I:
+Krähenbühl's permutohedral lattice does not map onto dense GPU kernels or CUDA graphs, so:
 
-- appearance ("bilateral"): ``w1 * exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)``;
-- smoothness ("Gaussian"): ``w2 * exp(-|p_i - p_j|^2 / 2 theta_gamma^2)``.
+- the smoothness kernel is exact up to truncation at 3 theta_gamma (a separable depthwise convolution);
+- the appearance kernel gathers, for each pixel, from the ``(2 radius + 1)^2`` cells of
+  ``cell x cell`` pixels around its own: exact position term, colour term against the cell's mean
+  colour, applied to the cell's mean Q; the pixel itself is counted exactly. The weights depend
+  only on the image, so each iteration is one batched matrix product. With ``cell=1`` and a window
+  covering the image the filter is exact (the tests check it against a brute-force dense CRF).
 
-Mean-field inference starts from ``Q = softmax(-U)`` and repeats ``Q = softmax(-U + w1 m1 + w2 m2)``,
-where ``m = sum_j k(i, j) Q_j / sum_j k(i, j)`` is the kernel-filtered Q, normalised per pixel as
-Krähenbühl's code normalises it (``norm_ = 1 / filter(1)``, the pixel itself included); the Potts
-term's label-independent part cancels in the softmax. `DenseCRF` returns the last energies
-``logits + w1 m1 + w2 m2`` (equal to ``-U + ...`` up to a per-pixel constant: their argmax is the
-CRF labelling, their softmax is Q).
-
-The approximation (why it runs on a GPU). Krähenbühl filters with a permutohedral lattice, whose
-hashing does not map onto dense GPU kernels or CUDA graphs. Here:
-
-- the smoothness kernel (theta_gamma = 3 px) is exact up to truncation at 3 theta_gamma: a separable
-  Gaussian depthwise convolution at full resolution;
-- the appearance kernel is a windowed, cell-averaged approximation: the image is divided into
-  ``cell x cell`` pixel cells; each pixel gathers from the ``(2 radius + 1)^2`` cells around its own,
-  with the exact position term (pixel to cell centre) and the colour term against the cell's mean
-  colour, applied to the cell's mean Q (a cell counts as its ``cell^2`` pixels; the pixel itself
-  is counted exactly, so a pixel unlike every cell around it keeps its own Q, as in the exact
-  filter). The pixel-to-cell weights depend only on the image and are computed once; each
-  iteration is then one batched matrix product (cells x pixels-per-cell x window) @ (window x
-  classes). Pixels farther than about ``cell * (radius + 0.5)`` (52 px by
-  default) are ignored: with DeepLab's theta_alpha of 50-121 px this truncates the kernel's tail,
-  which the colour term already suppresses across object boundaries. With ``cell=1`` and a window
-  covering the image the filter is exact (the tests check this against a brute-force dense CRF).
-
-Everything runs in fp32 (autocast is disabled inside): colour distances need the precision.
-`CRFRefinement` wraps a segmentation model so that the CRF is part of the timed inference step
-(upsample the logits to the input size, de-normalise the input to RGB, run the CRF).
+Everything runs in fp32 (colour distances need the precision). `CRFRefinement` makes the CRF part
+of the timed inference step. The model and the approximation in full: docs/models/deeplab.md.
 """
 
 from __future__ import annotations

@@ -218,14 +218,9 @@ def _v3plus(backbone: ResNet | MobileNetV2, num_classes: int, aux_head: bool) ->
         notes="mmseg deeplabv3plus_m-v2-d8: MobileNetV2 (OS8) + separable ASPP (320->512, rates 12/24/36) "
         "+ decoder on the 24-channel stride-4 features.",
         **mmseg_row(
-            "mobilenet_v2",
-            (
-                "deeplabv3plus_m-v2-d8_512x512_160k_ade20k_20200825_223255-465a01d4",
-                "deeplabv3plus_m-v2-d8_512x1024_80k_cityscapes_20200825_124836-d256dd4b",
-            ),
-            params_m=15.4,
-            ade20k=(69.4, 43.1, 34.0),
-            cityscapes=(555.4, 8.4, 75.2),
+            "mobilenet_v2/deeplabv3plus_m-v2-d8",
+            ("20200825_223255-465a01d4", "20200825_124836-d256dd4b"),
+            (15.4, (69.4, 43.1, 34.0), (555.4, 8.4, 75.2)),
             source=MOBILENETV2_SOURCE,
         ),
     )
@@ -252,14 +247,9 @@ def deeplabv3plus_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Se
         notes="mmseg deeplabv3plus_r101-d8: ResNetV1c-101 (OS8) + separable ASPP (2048->512, rates 12/24/36) "
         "+ decoder on the 256-channel stride-4 features.",
         **mmseg_row(
-            "deeplabv3plus",
-            (
-                "deeplabv3plus_r101-d8_512x512_160k_ade20k_20200615_123232-38ed86bb",
-                "deeplabv3plus_r101-d8_512x1024_80k_cityscapes_20200606_114143-068fcfe9",
-            ),
-            params_m=62.7,
-            ade20k=(255.1, 14.1, 44.1),
-            cityscapes=(2032.3, 1.2, 80.9),
+            "deeplabv3plus/deeplabv3plus_r101-d8",
+            ("20200615_123232-38ed86bb", "20200606_114143-068fcfe9"),
+            (62.7, (255.1, 14.1, 44.1), (2032.3, 1.2, 80.9)),
             source=f"{SEGFORMER_TABLE}; FPS = mmseg configs/deeplabv3plus README (V100; ADE 512x512; Cityscapes "
             "769x769 slide); City mIoU = mmseg 80k single scale; ADE mIoU 44.1 has no mmseg README match "
             "(mmseg 160k: 45.47)",

@@ -130,14 +130,9 @@ class EncHead(nn.Module):
         output_stride=8,
         notes="mmseg encnet_r101-d8: ResNetV1c-101 (OS8) + EncHead(512 channels, 32 codewords, no lateral).",
         **mmseg_row(
-            "encnet",
-            (
-                "encnet_r101-d8_512x512_160k_ade20k_20200622_073348-7989641f",
-                "encnet_r101-d8_512x1024_80k_cityscapes_20200622_003555-1de64bec",
-            ),
-            params_m=55.1,
-            ade20k=(218.8, 14.9, 44.7),
-            cityscapes=(1748.0, 1.3, 76.9),
+            "encnet/encnet_r101-d8",
+            ("20200622_073348-7989641f", "20200622_003555-1de64bec"),
+            (55.1, (218.8, 14.9, 44.7), (1748.0, 1.3, 76.9)),
             source=(
                 f"{SEGFORMER_TABLE}; FPS = mmseg configs/encnet README (14.87, V100); "
                 "mIoU as the table prints it (mmseg's best ADE20K EncNet-R101 is 44.01)",

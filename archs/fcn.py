@@ -54,14 +54,9 @@ PAPER = "Long et al., CVPR 2015"
         output_stride=8,
         notes="mmseg fcn_m-v2-d8: MobileNetV2 (OS8) + FCNHead(320->512, 2 convs, concat input).",
         **mmseg_row(
-            "mobilenet_v2",
-            (
-                "fcn_m-v2-d8_512x512_160k_ade20k_20200825_214953-c40e1095",
-                "fcn_m-v2-d8_512x1024_80k_cityscapes_20200825_124817-d24c28c1",
-            ),
-            params_m=9.8,
-            ade20k=(39.6, 64.4, 19.7),
-            cityscapes=(317.1, 14.2, 61.5),
+            "mobilenet_v2/fcn_m-v2-d8",
+            ("20200825_214953-c40e1095", "20200825_124817-d24c28c1"),
+            (9.8, (39.6, 64.4, 19.7), (317.1, 14.2, 61.5)),
             source=MOBILENETV2_SOURCE,
         ),
     )
@@ -88,14 +83,9 @@ def fcn_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Segmentation
         output_stride=8,
         notes="mmseg fcn_r101-d8: ResNetV1c-101 (OS8) + FCNHead(2048->512, 2 convs, concat input).",
         **mmseg_row(
-            "fcn",
-            (
-                "fcn_r101-d8_512x512_160k_ade20k_20200615_105816-fd192bd5",
-                "fcn_r101-d8_512x1024_80k_cityscapes_20200606_113038-3fb937eb",
-            ),
-            params_m=68.6,
-            ade20k=(275.7, 14.8, 41.4),
-            cityscapes=(2203.3, 1.2, 76.6),
+            "fcn/fcn_r101-d8",
+            ("20200615_105816-fd192bd5", "20200606_113038-3fb937eb"),
+            (68.6, (275.7, 14.8, 41.4), (2203.3, 1.2, 76.6)),
             source=f"{SEGFORMER_TABLE}; FPS/mIoU = mmseg configs/fcn README (V100; ADE 512x512 160k ms+flip; "
             "Cityscapes 769x769 80k slide, ms+flip)",
         ),

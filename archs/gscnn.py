@@ -22,6 +22,7 @@ The Canny edges are computed in the model (`CannyEdges`), on the GPU, from the d
 input image, in place of the reference code's ``cv2.Canny`` on the host (which, as written there,
 runs on the normalised tensor cast to ``uint8``). The boundary map is also the output of the
 training-only dual-task loss; the inference model returns the segmentation logits only.
+Figures: docs/models/gscnn.md.
 """
 
 from __future__ import annotations

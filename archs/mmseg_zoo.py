@@ -25,8 +25,10 @@ AUX_NOTE = (
     "FCN head; the inference model has none (aux_head=True reproduces the count)"
 )
 
-# (GFLOPs, FPS, mIoU) as the table prints them; FPS None where it prints none.
-Figures = tuple[float, float | None, float]
+# (GFLOPs, FPS, mIoU) as the table prints them.
+Figures = tuple[float, float, float]
+# (params M, ADE20K figures, Cityscapes figures): one row of the table.
+Row = tuple[float, Figures, Figures]
 
 
 class MmsegRow(TypedDict):
@@ -54,31 +56,33 @@ def mmseg_weights(
 
 
 def mmseg_row(
-    algo: str,
-    checkpoints: tuple[str, str],
+    config: str,
+    stamps: tuple[str, str],
+    row: Row,
     *,
-    params_m: float,
-    ade20k: Figures,
-    cityscapes: Figures,
     source: str | tuple[str, str],
     note: str = AUX_NOTE,
     converter: Callable[[Mapping], dict] = convert_mmseg_state_dict,
+    cityscapes_iterations: str = "80k",
 ) -> MmsegRow:
     """One row of the comparison table with its mmseg checkpoints, as `ArchSpec` fields (``**mmseg_row(...)``).
 
     Args:
-        algo: the model zoo's folder of the checkpoints.
-        checkpoints: file stems of the ADE20K and Cityscapes checkpoints.
-        params_m: published parameters (millions), the same for both datasets.
-        ade20k: published (GFLOPs, FPS, mIoU) on ADE20K.
-        cityscapes: published (GFLOPs, FPS, mIoU) on Cityscapes.
+        config: ``<model-zoo folder>/<config>`` (``pspnet/pspnet_r101-d8``).
+        stamps: ``<date>_<time>-<hash>`` of the ADE20K (512x512, 160k) and Cityscapes (512x1024) checkpoints.
+        row: published (params M, ADE20K (GFLOPs, FPS, mIoU), Cityscapes (GFLOPs, FPS, mIoU)).
         source: where the figures come from; a pair for (ADE20K, Cityscapes) when they differ.
         note: what the figures include that inference does not (by default the auxiliary head).
         converter: maps the checkpoints onto the model's keys.
+        cityscapes_iterations: the Cityscapes schedule in the checkpoint's name.
     """
+    params_m, *figures = row
     sources = (source, source) if isinstance(source, str) else source
     published = {
         dataset: Published(params_m, gflops, fps, miou, source=text, note=note)
-        for dataset, (gflops, fps, miou), text in zip(("ade20k", "cityscapes"), (ade20k, cityscapes), sources)
+        for dataset, (gflops, fps, miou), text in zip(("ade20k", "cityscapes"), figures, sources)
     }
-    return {"published": published, "weights": mmseg_weights(algo, *checkpoints, converter=converter)}
+    algo, name = config.split("/")
+    ade20k = f"{name}_512x512_160k_ade20k_{stamps[0]}"
+    cityscapes = f"{name}_512x1024_{cityscapes_iterations}_cityscapes_{stamps[1]}"
+    return {"published": published, "weights": mmseg_weights(algo, ade20k, cityscapes, converter)}

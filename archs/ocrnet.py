@@ -110,14 +110,10 @@ class OCRNet(nn.Module):
         output_stride=4,
         notes="mmseg configuration; the soft-object-region FCN head is part of inference (it drives the OCR module)",
         **mmseg_row(
-            "ocrnet",
-            (
-                "ocrnet_hr48_512x512_160k_ade20k_20200615_184705-a073726d",
-                "ocrnet_hr48_512x1024_160k_cityscapes_20200602_191037-dfbf1b0c",
-            ),
-            params_m=70.5,
-            ade20k=(164.8, 17.0, 45.6),
-            cityscapes=(1296.8, 4.2, 81.1),
+            "ocrnet/ocrnet_hr48",
+            ("20200615_184705-a073726d", "20200602_191037-dfbf1b0c"),
+            (70.5, (164.8, 17.0, 45.6), (1296.8, 4.2, 81.1)),
+            cityscapes_iterations="160k",
             source=(
                 f"{SEGFORMER_TABLE}; FPS = mmseg OCRNet README (16.99, V100)",
                 f"{SEGFORMER_TABLE}; FPS = mmseg OCRNet README 512x1024 (4.22, V100)",

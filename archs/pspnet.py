@@ -85,14 +85,9 @@ class PSPHead(nn.Module):
         output_stride=8,
         notes="mmseg pspnet_m-v2-d8: MobileNetV2 (OS8) + PSPHead(320->512, bins 1/2/3/6).",
         **mmseg_row(
-            "mobilenet_v2",
-            (
-                "pspnet_m-v2-d8_512x512_160k_ade20k_20200825_214953-f5942f7a",
-                "pspnet_m-v2-d8_512x1024_80k_cityscapes_20200825_124817-19e81d51",
-            ),
-            params_m=13.7,
-            ade20k=(52.9, 57.7, 29.6),
-            cityscapes=(423.4, 11.2, 70.2),
+            "mobilenet_v2/pspnet_m-v2-d8",
+            ("20200825_214953-f5942f7a", "20200825_124817-19e81d51"),
+            (13.7, (52.9, 57.7, 29.6), (423.4, 11.2, 70.2)),
             source=MOBILENETV2_SOURCE,
         ),
     )
@@ -119,14 +114,9 @@ def pspnet_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Segmentat
         output_stride=8,
         notes="mmseg pspnet_r101-d8: ResNetV1c-101 (OS8) + PSPHead(2048->512, bins 1/2/3/6).",
         **mmseg_row(
-            "pspnet",
-            (
-                "pspnet_r101-d8_512x512_160k_ade20k_20200615_100650-967c316f",
-                "pspnet_r101-d8_512x1024_80k_cityscapes_20200606_112211-e1e1100f",
-            ),
-            params_m=68.1,
-            ade20k=(256.4, 15.3, 44.4),
-            cityscapes=(2048.9, 1.2, 78.5),
+            "pspnet/pspnet_r101-d8",
+            ("20200615_100650-967c316f", "20200606_112211-e1e1100f"),
+            (68.1, (256.4, 15.3, 44.4), (2048.9, 1.2, 78.5)),
             source=f"{SEGFORMER_TABLE}; ADE FPS/mIoU = mmseg configs/pspnet README (V100, 512x512 160k single "
             "scale); Cityscapes FPS = mmseg 769x769 slide row, Cityscapes mIoU 78.5 has no mmseg README match",
         ),

@@ -4,6 +4,7 @@ import inspect
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,27 @@ def test_every_built_in_name_is_the_def_of_its_builder():
         assert builder.__name__ == expected, name
         source = inspect.getsource(sys.modules[builder.__module__])
         assert re.search(rf"^def {expected}\(", source, re.M), f"no `def {expected}(` in {builder.__module__}"
+
+
+def _figure(value: str) -> float | None:
+    return float(value) if value.strip() else None
+
+
+def test_every_built_in_model_has_a_page_that_quotes_its_published_figures():
+    """docs/models/<family>.md, named by the module's docstring, lists the spec's published figures as they are."""
+    pages = Path(__file__).resolve().parents[1] / "docs" / "models"
+    row = re.compile(r"^\| `([\w.-]+)` \| (\w+)[^|]* \|([^|]*)\|([^|]*)\|([^|]*)\|([^|]*)\|$", re.M)
+    for name in archs.list_archs():
+        module = sys.modules[base._entry(name).builder.__module__]
+        if not module.__name__.startswith("archs."):
+            continue
+        page = re.search(r"docs/models/([\w-]+\.md)", module.__doc__ or "")
+        assert page, f"{module.__name__}'s docstring names no docs/models page"
+        text = (pages / page[1]).read_text()
+        assert f"`{name}`" in text, f"{page[1]} does not mention {name}"
+        quoted = {(m[1], m[2]): tuple(_figure(v) for v in m.groups()[2:]) for m in row.finditer(text)}
+        for dataset, p in archs.get_spec(name).published.items():
+            assert quoted.get((name, dataset)) == (p.params_m, p.gflops, p.fps, p.miou), (page[1], name, dataset)
 
 
 def test_a_published_evaluation_is_whole_image_or_complete_sliding_windows():
