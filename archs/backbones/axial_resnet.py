@@ -35,9 +35,8 @@ from torch import Tensor, nn
 
 __all__ = ["MAX_DISTANCE", "AxialAttention", "AxialBlock", "AxialResNet"]
 
-# Largest attention tensor computed at once (2**28 floats, 1 GiB in fp32): the (sequences x heads x
-# L x L) similarities of global attention, the (sequences x L x span x channels) key/value windows
-# of local attention. The sequences are chunked (a static, shape-only decision) to stay below it.
+# Largest attention tensor computed at once (2**28 floats, 1 GiB in fp32): similarities or key/value
+# windows; the sequences are chunked to stay below it, a decision made from the shapes alone.
 MAX_ATTENTION_ELEMENTS = 2**28
 # Relative distances with their own embedding: 2 * 254 + 1 = 509 per table (DeepLab2's MAX_SPAN = 255).
 MAX_DISTANCE = 254
