@@ -3,6 +3,7 @@
 from archs.base import (
     ArchSpec,
     CheckpointFormat,
+    Evaluation,
     Published,
     UnknownArchError,
     Weights,
@@ -18,6 +19,7 @@ list = list_archs  # noqa: A001 - `archs.list()` mirrors timm.list_models()
 __all__ = [
     "ArchSpec",
     "CheckpointFormat",
+    "Evaluation",
     "Published",
     "UnknownArchError",
     "Weights",

@@ -23,21 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archs import ArchSpec
+from archs import ArchSpec, Evaluation
 from bench import protocol as proto
 from bench.errors import BenchError
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 # keep-ratio resize bound (long side, short side) of each dataset's test pipeline
 DATASET_SCALES = {"ade20k": (2048, 512), "cityscapes": (2048, 1024)}
-# Published test protocols other than `whole`, by ArchSpec.family (until ArchSpec carries a `test_mode`):
-# mmseg configs segformer_mit-b*_8xb1-160k_cityscapes-1024x1024.py, setr_vit-l_*_ade20k-512x512.py and
-# setr_vit-l_*_cityscapes-768x768.py.
-FAMILY_PROTOCOLS = {
-    ("SegFormer", "cityscapes"): {"mode": "slide", "crop": (1024, 1024), "stride": (768, 768)},
-    ("SETR", "ade20k"): {"mode": "slide", "crop": (512, 512), "stride": (341, 341)},
-    ("SETR", "cityscapes"): {"mode": "slide", "crop": (768, 768), "stride": (512, 512)},
-}
 
 
 @dataclass(frozen=True)
@@ -96,7 +88,7 @@ def eval_protocol(spec: ArchSpec, dataset: str, mode: str | None = None) -> Eval
     """The published test protocol of ``spec`` on ``dataset``; ``mode`` overrides whole/slide.
 
     Args:
-        spec: the architecture's spec (its family and per-dataset input size).
+        spec: the architecture's spec (its per-dataset input size and published `evaluation`).
         dataset: protocol dataset name.
         mode: None (the published protocol), ``whole`` or ``slide``.
     """
@@ -104,10 +96,8 @@ def eval_protocol(spec: ArchSpec, dataset: str, mode: str | None = None) -> Eval
     scale = DATASET_SCALES[dataset]
     if dataset == "ade20k":
         scale = (scale[0], min(size))  # SegFormer-B5 on ADE20K: (2048, 640)
-    # a spec field `test_mode = {dataset: {"mode": ..., "crop": ..., "stride": ...}}` wins over the family table
-    spec_modes = getattr(spec, "test_mode", None) or {}
-    published = spec_modes.get(dataset) or FAMILY_PROTOCOLS.get((spec.family, dataset), {})
-    protocol = EvalProtocol(scale=scale, **published)
+    published = spec.evaluation.get(dataset, Evaluation())
+    protocol = EvalProtocol(mode=published.mode, scale=scale, crop=published.crop, stride=published.stride)
     if mode is None or mode == protocol.mode:
         return protocol
     if mode == "whole":
