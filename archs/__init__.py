@@ -14,7 +14,7 @@ from archs.base import (
     register,
 )
 
-list = list_archs  # noqa: A001 - `archs.list()` mirrors timm.list_models()
+list = list_archs
 
 __all__ = [
     "ArchSpec",

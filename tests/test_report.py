@@ -152,7 +152,7 @@ GPU_RECORDS = [
         "latency",
         {"fps": 400.0, "median_ms": 2.5, "spread": 0.05, "unstable": True},
         mode="graph-fp32",
-    ),  # noqa: E501
+    ),
     rec(
         "toy-w8",
         "ade20k",
@@ -166,7 +166,7 @@ GPU_RECORDS = [
             "layout_ms": {"channels_last": 2.6, "contiguous": 2.0},
         },
         mode="graph",
-    ),  # noqa: E501
+    ),
     rec("toy-w8", "ade20k", "sweep", {"best_batch": 16, "images_s": 2000.0, "points": []}, mode="graph"),
 ]
 PEAKS = {"matmul_tf32_tflops": 400.0, "matmul_fp32_tflops": 50.0, "matmul_fp16_tflops": 800.0}

@@ -125,7 +125,7 @@ def prepare_step(
             profiler can attribute to operators).
         channels_last: the memory layout (default: the mode's; "auto" probes both and keeps the faster).
     """
-    settings: dict[str, Any] = MODES[mode]
+    settings = MODES[mode]
     if needs_cuda(mode) and device.type != "cuda":
         raise ModeUnavailable(f"mode {mode!r} needs a CUDA GPU; on a CPU only mode 'eager' runs")
     if device.type == "cuda":
@@ -136,7 +136,7 @@ def prepare_step(
     form = inference_form(model, x, input_size, precision) if settings["fused"] else None
     layout = settings["channels_last"] if channels_last is None else channels_last
     if settings["compile"]:
-        if layout == "auto":
+        if isinstance(layout, str):  # "auto"
             raise ValueError(f"mode {mode!r}: torch.compile is prepared in one layout, not probed")
         fn, compile_s = _compiled_step(
             model, x, precision, layout, warmup=protocol.warmup_steps if graph and capture else None
@@ -148,7 +148,7 @@ def prepare_step(
         step = inference_step(model, x.contiguous(memory_format=FORMATS[last]), precision)
         return capture_graph(step, protocol.warmup_steps) if graph and captured else step
 
-    if layout != "auto":
+    if not isinstance(layout, str):  # a fixed layout, not "auto"
         return PreparedStep(build(layout, capture), None, form, layout)
     return _probed_step(build, device, capture=capture, graph=graph, form=form)
 

@@ -53,6 +53,8 @@ def evaluate(context: JobContext) -> MiouValue:
     from bench.weights import load_weights
 
     options, model, spec = context.options, context.model, context.spec
+    if options.data_root is None:
+        raise ValueError("an mIoU job needs the dataset: pass --data-root DIR")
     loaded = load_weights(model, spec, context.job.dataset, options.weights or "official")
     folder = None if options.eval_folder is None else Path(options.eval_folder)
     resume = None if folder is None else Resume(folder, {"weights": loaded.sha256 or loaded.source})

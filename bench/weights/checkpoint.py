@@ -65,7 +65,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise BenchError(f"{path}: loading it ({size:.1f} GiB) ran out of memory; free memory and run again") from None
     except OSError as exc:  # the file is there but cannot be read: not a damaged checkpoint
         raise BenchError(f"{path}: cannot be read ({first_line(exc)}); check its permissions and the disk") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler or parser in many ways
+    except Exception as exc:
         raise BenchError(f"{path}: not a readable checkpoint ({described(exc, 160)}); {unreadable}") from None
     return checkpoint_tensors(obj, str(path))
 
