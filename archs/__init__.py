@@ -3,6 +3,7 @@
 from archs.base import (
     ArchSpec,
     CheckpointFormat,
+    Evaluation,
     Published,
     UnknownArchError,
     Weights,
@@ -13,11 +14,12 @@ from archs.base import (
     register,
 )
 
-list = list_archs  # noqa: A001 - `archs.list()` mirrors timm.list_models()
+list = list_archs
 
 __all__ = [
     "ArchSpec",
     "CheckpointFormat",
+    "Evaluation",
     "Published",
     "UnknownArchError",
     "Weights",

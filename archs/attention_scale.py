@@ -2,7 +2,7 @@
 
 Attention-to-Scale: Chen, Yang, Wang, Xu & Yuille, "Attention to Scale: Scale-aware Semantic Image
 Segmentation", CVPR 2016 (arXiv:1511.03339; code in deeplab-public-ver2). One DeepLab-LargeFOV
-(`archs.deeplab.DeepLabLargeFOV`, VGG-16) is shared by the input resized to each scale (1 and 0.5
+(`archs.deeplab_v1v2.DeepLabLargeFOV`, VGG-16) is shared by the input resized to each scale (1 and 0.5
 here, as the lecture shows it; the paper also uses {1, 0.75, 0.5}). The fc7 features of every scale
 are resized to the scale-1 resolution and concatenated; the attention model, a 3x3 convolution with
 512 filters, ReLU, and a 1x1 convolution with one filter per scale, gives after a softmax over
@@ -25,9 +25,7 @@ attention are first resized to that scale's input size, then
 
 so the result is at the scale-1 input resolution. All resizes are bilinear with
 ``align_corners=False`` (the repository's default ``MODEL.ALIGN_CORNERS``). The highest scale's
-attention is never used, so it is not computed here. The OCR module is mmsegmentation's layout
-(`archs.ocrnet`); NVIDIA's OCR block is the same network except for biases on two convolutions
-(``conv3x3_ocr`` and the first soft-region convolution), 1,232 parameters.
+attention is never used, so it is not computed here. Figures: docs/models/attention-scale.md.
 """
 
 from __future__ import annotations
@@ -38,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from archs.base import ArchSpec, Published, register
-from archs.deconvnet import CAFFE_VGG_MEAN
-from archs.deeplab import DeepLabLargeFOV
+from archs.base import CAFFE_VGG_MEAN, UNIT_STD, ArchSpec, Published, register
+from archs.deeplab_v1v2 import DeepLabLargeFOV
 from archs.ocrnet import OCRNet
 
 __all__ = ["AttentionToScale", "HierarchicalMultiScaleAttention", "attention_to_scale_vgg16", "hmsa_ocrnet_hr48"]
@@ -68,7 +65,8 @@ class AttentionToScale(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        features, scores = [], []
+        features: list[Tensor] = []
+        scores: list[Tensor] = []
         for scale in self.scales:
             xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True)
             feat = self.net.features(xs)
@@ -96,7 +94,7 @@ class AttentionToScale(nn.Module):
         year=2016,
         output_stride=8,
         mean=CAFFE_VGG_MEAN,
-        std=(1.0, 1.0, 1.0),
+        std=UNIT_STD,
         notes="Shared DeepLab-LargeFOV on scales {1, 0.5}; attention: 3x3 conv 512 + ReLU + 1x1 conv (one map per "
         "scale) on the concatenated fc7 features, softmax over scales, weighted sum of the fc8 score maps; no "
         "CRF. The per-scale extra supervision is training-only. The paper evaluates on PASCAL-Person-Part, "
@@ -145,28 +143,29 @@ class HierarchicalMultiScaleAttention(nn.Module):
         self.scales = tuple(sorted(scales, reverse=True))
         trunk = OCRNet(num_classes, width=width)
         # The trunk returns the OCR output features (the classifier's input); the classifier is applied here.
-        self.classifier = trunk.decode_head.classifier
+        classifier = trunk.decode_head.classifier
+        assert isinstance(classifier, nn.Conv2d)
         trunk.decode_head.classifier = nn.Identity()
+        self.classifier = classifier
         self.trunk = trunk
-        self.attention = _attention_head(self.classifier.in_channels)
+        self.attention = _attention_head(classifier.in_channels)
 
     def _resize(self, x: Tensor, size: Sequence[int]) -> Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
+    def _at_scale(self, x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+        """The trunk's features and the logits of ``x`` resized by ``scale``, the logits at that input size."""
+        xs = x
+        if scale != 1.0:
+            xs = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=True)
+        feats = self.trunk(xs)
+        return feats, self._resize(self.classifier(feats), xs.shape[-2:])
+
     def forward(self, x: Tensor) -> Tensor:
-        pred = None
-        for scale in self.scales:
-            xs = x
-            if scale != 1.0:
-                xs = F.interpolate(
-                    x, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=True
-                )
-            size = xs.shape[-2:]
-            feats = self.trunk(xs)
-            logits = self._resize(self.classifier(feats), size)
-            if pred is None:  # the highest scale: its attention would be unused
-                pred = logits
-                continue
+        _, pred = self._at_scale(x, self.scales[0])  # the highest scale: its attention would be unused
+        for scale in self.scales[1:]:
+            feats, logits = self._at_scale(x, scale)
+            size = logits.shape[-2:]
             attn = self._resize(self.attention(feats), size)
             # attn * new + (1 - attn) * old, written as old + attn * (new - old) (fewer kernels, same value).
             if scale >= 1.0:

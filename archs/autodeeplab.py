@@ -4,66 +4,21 @@ Liu et al., "Auto-DeepLab: Hierarchical Neural Architecture Search for Semantic 
 Segmentation", CVPR 2019 (arXiv:1901.02985). Official code: TensorFlow DeepLab,
 https://github.com/tensorflow/models/tree/master/research/deeplab (Apache-2.0):
 ``core/nas_network.py`` (``hnasnet``), ``core/nas_cell.py`` (``NASBaseCell``),
-``core/feature_extractor.py`` (decoder end point ``Cell_2`` at stride 4) and ``model.py``
-(ASPP and decoder). No official checkpoint of the searched network was released.
+``core/feature_extractor.py`` and ``model.py`` (ASPP and decoder). No official checkpoint of the
+searched network was released.
 
-- stem: 3x3 conv stride 2 (64) + BN + ReLU, 3x3 conv (64) + BN [s1], ReLU, 3x3 conv stride 2
-  (128) + BN [s2]: stride 4;
+- stem: 3x3 conv stride 2 (64) + BN + ReLU, 3x3 conv (64) + BN, ReLU, 3x3 conv stride 2 (128) + BN;
 - 12 cells on the searched path of levels ``(0, 0, 0, 1, 2, 1, 2, 2, 3, 3, 2, 1)`` (level l has
-  stride ``4 * 2**l`` and ``F * 2**l`` filters per branch, F = 48 for the "L" network). Going up a
-  level, the cell's first operations on its two inputs have stride 2; going down, the input is
-  first upsampled x2 (bilinear, ``align_corners=True``) to the path's resolution at that level;
-- a cell takes the previous output h0 (ReLU, 1x1 conv, BN) and the one before, h1 (resized to
-  h0's size when needed; ReLU, 1x1 conv, BN when its width differs) and builds five blocks, each
-  the sum of two operations on earlier states::
+  stride ``4 * 2**l`` and ``F * 2**l`` filters per branch, F = 48 for the "L" network); going up a
+  level the cell's first operations are strided, going down its input is upsampled x2 (bilinear,
+  ``align_corners=True``) to the size the path had at that level;
+- a cell preprocesses its two inputs (ReLU, 1x1 conv, BN) and builds five blocks, each the sum of
+  two operations (`CELL_OPERATIONS` on the states `HIDDENSTATE_INDICES`), concatenated;
+- ASPP (256 channels: 1x1, three 3x3 at rates 12, 24, 36, image pooling) on the last cell, and
+  the DeepLabv3+ decoder on ``Cell_2`` (stride 4): logits at stride 4.
 
-      h2 = atrous5x5(h1)   + sep3x3(h0)
-      h3 = sep3x3(h1)      + atrous3x3(h0)
-      h4 = sep3x3(h3)      + sep3x3(h1)
-      h5 = sep5x5(h4)      + sep5x5(h2)
-      h6 = sep5x5(h3)      + atrous5x5(h5)
-
-  output = concat(h2..h6) (5 F 2**l channels). ``sepKxK`` is twice {ReLU, depthwise KxK,
-  pointwise 1x1, BN}; ``atrousKxK`` is ReLU, KxK conv with dilation 2, BN (with stride 2: a x0.5
-  bilinear resize and dilation 1);
-- ReLU on the last cell (stride 8, 480 channels for F = 48);
-- ASPP (256 channels, BN + ReLU): 1x1, three 3x3 with rates 12, 24, 36, image pooling;
-  concatenation and 1x1 projection;
-- DeepLabv3+ decoder: ``Cell_2`` (stride 4) projected by 1x1 conv to 48, concatenated with the
-  upsampled ASPP output, two 3x3 conv + BN + ReLU (256), 1x1 classifier: logits at stride 4.
-
-Sizes: TensorFlow's "SAME" padding of the stride-2 convolutions samples one pixel later than
-PyTorch's symmetric padding on even sizes, and its x2 upsampling produces ``2h - 1`` rows (DeepLab's
-``8k + 1`` input convention). Going down a level, this module upsamples to the resolution the path
-had at that level: ``2h - 1`` on ``8k + 1`` inputs, as TensorFlow, and ``2h`` on the protocol's sizes
-(multiples of 32), where TensorFlow's ``2h - 1`` leaves the later cells and the ASPP a few rows and
-columns short (125x253 instead of 128x256 at stride 8; its convolutions at 1024x2048: 647.1 G against
-653.6 G here). Parameters are the same.
-
-FLOPs against the paper (F = 48, 19 classes). The spec puts the Cityscapes measurements at 1025x2049,
-DeepLab's Cityscapes evaluation size (its recipe's ``eval_crop_size``) and the size the paper's figure
-was counted at, where this module has TensorFlow's sizes: our count is 665.4 G there (convolutions
-662.4, batch norms 1.9, resizes 1.05), 4.3% under the paper's 695.03 B Multi-Adds; at the protocol's
-1024x2048 it would be 656.5 G (-5.5%). The network is not the difference: the parameters agree for
-all three published variants (F = 20, 32, 48: 10.15, 21.62, 44.42 M). The paper's figure is
-DeepLab's TensorFlow-profiler count (reconstructed here: the paper states neither the size nor the
-tool), which differs from ours by, in order:
-
-- the evaluation size 1025x2049 at TensorFlow's sizes (257x513 at stride 4 ... 33x65 at stride 32):
-  convolutions 662.4 G;
-- the atrous convolutions, which TensorFlow runs through SpaceToBatchND (``tf.nn.with_space_to_batch``)
-  and whose output the profiler counts rounded up to a multiple of the rate: the ASPP rates 12, 24,
-  36 on 129x257 add 5%, 15% and 25% to those branches (+16.5 G), the rate-2 cell operations +3.3 G:
-  682.1 G;
-- the ASPP image pooling evaluated over the training crop (DeepLab's ``image_pooling_crop_size``: a
-  97x97 = 769/8 window at stride 1, 33x161 outputs) rather than the whole image, which the profiler
-  counts as 97^2 operations per output (12.0 G as Multi-Adds), and its 1x1 convolution at the 33x161
-  positions (0.65 G): 694.8 G, 0.03% under 695.03.
-
-The same reconstruction gives 333.1 and 460.8 G for F = 20 and 32 (paper: 333.25 and 460.93 B),
-and 54.05, 418.45 and 8676.2 G for DeepLab's Xception-65 model-zoo entries (published 54.17, 418.64
-and 8677.92 B). This module keeps the global image pooling of ASPP; our counter counts pooling once
-per input element, so the windowed pooling would add only its 1x1 convolution here.
+Upsampling to the path's own size at a level reproduces TensorFlow's ``2h - 1`` rows on DeepLab's
+``8k + 1`` inputs. The published FLOPs follow another counting convention: docs/models/auto-deeplab.md.
 """
 
 from __future__ import annotations
@@ -309,7 +264,8 @@ class AutoDeepLab(nn.Module):
         },
         input_size={"cityscapes": (1025, 2049)},  # DeepLab's Cityscapes evaluation size, where the paper counted
         notes="the searched network of the paper; no official checkpoint was released; parameters match all three "
-        "published variants (F = 20, 32, 48), FLOPs differ by the paper's counting convention (module docstring)",
+        "published variants (F = 20, 32, 48), FLOPs differ by the paper's counting convention "
+        "(docs/models/auto-deeplab.md)",
     )
 )
 def auto_deeplab_f48(*, num_classes: int) -> nn.Module:

@@ -6,27 +6,16 @@ decoders and heads. Reference code: https://github.com/csrhddlam/axial-deeplab (
 https://github.com/google-research/deeplab2 (the authors' TensorFlow implementation). No official
 Axial-DeepLab-XL checkpoint is public.
 
-As the paper builds it: the Axial-ResNet backbone (`archs.backbones.axial_resnet`) at output
-stride 16, position-sensitive axial attention in every stage with a local span of 65 (each position
-attends to 32 on either side along the row or column; DeepLab2's ``memory_flange=32``); no ASPP (a
-1x1 conv + BN + ReLU projection to 256 takes its place, DeepLab2's ``aspp_use_only_1x1_proj_conv``);
-Panoptic-DeepLab's semantic decoder: at strides 8 and 4 the decoder features are upsampled
-(bilinear), concatenated with a 1x1 projection of the backbone stage (64 and 32 channels) and fused
-by a 5x5 depthwise-separable conv (256); the semantic head is a 5x5 depthwise-separable conv (256)
-and a 1x1 classifier: logits at stride 4, ``ceil(H / 4) x ceil(W / 4)`` for any input size (every
-strided layer keeps ceil(L / 2) positions, as DeepLab2's do; see `archs.backbones.axial_resnet`).
+The Axial-ResNet backbone (`archs.backbones.axial_resnet`) at output stride 16, axial attention of
+span 65 in every stage (DeepLab2's ``memory_flange=32``); a 1x1 conv-BN-ReLU projection to 256 in
+place of ASPP (DeepLab2's ``aspp_use_only_1x1_proj_conv``); Panoptic-DeepLab's semantic decoder
+(at strides 8 and 4: upsample, concatenate a 1x1 projection of the backbone stage, fuse by a 5x5
+depthwise-separable conv) and head: logits at stride 4, ``ceil(H / 4) x ceil(W / 4)``.
 
-``instance_branch=True`` adds Panoptic-DeepLab's class-agnostic instance decoder (128 channels,
-projections 32 and 16) with its centre and offset heads (5x5 depthwise-separable conv 32, 1x1 to
-1 and 2): part of the panoptic model whose size and cost the paper reports, not of the semantic
-segmentation the benchmark runs. The forward pass then returns ``(semantic, center, offset)``.
-
-XL is the width multiplier 2 of Axial-ResNet-L: stage widths 256, 512, 1024, 2048 and the stem
-(128, 128, 256) scaled with them. With the instance branch at 1024 x 2048 it has 173.72 M parameters
-and 2485.9 G multiply-adds (the paper: 173.0 M, 2446.8 B; +0.4%, +1.6%); L (width 1) has 45.29 M and
-691.4 G (the paper: 44.9 M, 687.4 B; +0.9%, +0.6%). The global span would count about 2955 G for XL
-(+21%) and 926 G for L (+35%); a span of 65 with the stem left at width 1 about 2298 G for XL (-6%).
-The semantic model the benchmark runs (no instance branch) has 172.55 M parameters and 2468.6 G.
+``instance_branch=True`` adds the class-agnostic instance decoder with its centre and offset heads:
+part of the panoptic model whose size and cost the paper reports, not of the semantic
+segmentation the benchmark runs; the forward pass then returns ``(semantic, center, offset)``.
+XL is the width multiplier 2 of Axial-ResNet-L, stem included. Counts: docs/models/axial-deeplab.md.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ SCALES = ("realtime", "non-realtime")
 # mmsegmentation's ImageNet statistics on 0..255 RGB input, shared by every table row.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# The Caffe nets (FCN, DeconvNet, DeepLab v1/v2) subtract VGG-16's BGR mean, given here as RGB, and do not scale.
+CAFFE_VGG_MEAN = (122.67892, 116.66877, 104.00699)
+UNIT_STD = (1.0, 1.0, 1.0)
+EVALUATION_MODES = ("whole", "slide")
 
 
 class UnknownArchError(LookupError):
@@ -99,6 +103,27 @@ class CheckpointFormat:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """How the published results ran a model over one dataset's test images (mmsegmentation's ``test_cfg``).
+
+    Args:
+        mode: ``whole`` (one forward pass per image) or ``slide`` (windows of ``crop`` every ``stride``).
+        crop: (H, W) of the sliding windows.
+        stride: (H, W) step between windows.
+    """
+
+    mode: str = "whole"
+    crop: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in EVALUATION_MODES:
+            raise ValueError(f"Evaluation mode must be one of {EVALUATION_MODES}, got {self.mode!r}")
+        if (self.mode == "slide") != (self.crop is not None and self.stride is not None):
+            raise ValueError(f"Evaluation: crop and stride go with the slide mode only, got {self}")
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """Metadata of one registered architecture: everything the tables need.
 
@@ -114,6 +139,8 @@ class ArchSpec:
         published: per dataset, the published figures.
         input_size: per dataset, (H, W) when the published configuration differs from the
             protocol's size (SegFormer-B5 on ADE20K: 640x640).
+        evaluation: per dataset, how the published results were inferred when not whole-image
+            (SegFormer on Cityscapes: 1024x1024 windows every 768).
         weights: official checkpoints.
         formats: other checkpoint layouts the model loads (the authors' own files where the official
             entries are a port's).
@@ -134,6 +161,7 @@ class ArchSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     published: Mapping[str, Published] = field(default_factory=dict)
     input_size: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    evaluation: Mapping[str, Evaluation] = field(default_factory=dict)
     weights: tuple[Weights, ...] = ()
     formats: tuple[CheckpointFormat, ...] = ()
     notes: str = ""
@@ -165,7 +193,6 @@ def register(spec: ArchSpec) -> Callable[[Callable[..., nn.Module]], Callable[..
         if spec.name in _REGISTRY and _REGISTRY[spec.name].builder is not builder:
             raise ValueError(f"architecture {spec.name!r} is registered twice")
         _REGISTRY[spec.name] = _Entry(spec, builder)
-        builder.spec = spec
         return builder
 
     return decorator

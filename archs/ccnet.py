@@ -15,31 +15,25 @@ configuration of the comparison table's row is mmsegmentation's ``configs/ccnet/
   A_u = softmax([q_u . k_(i,w)]_i + [q_u . k_(h,j)]_j), out_u = gamma * sum A_u v + x_u, where
   gamma is a learned scalar initialised to 0.
 
-The attention is plain PyTorch (batched matrix products over the columns and over the rows, no
-custom kernel), so it runs on any device and captures into a CUDA graph. Training adds mmseg's
-auxiliary FCN head on stage 3 (``aux_head=True``); the published 68.9 M counts it.
+The attention is plain PyTorch (batched matrix products over the columns and over the rows), so it
+runs on any device and captures into a CUDA graph. Training adds mmseg's auxiliary FCN head on
+stage 3 (``aux_head=True``); the published 68.9 M counts it. Figures: docs/models/ccnet.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from archs.backbones.resnet import resnet101_v1c
-from archs.base import ArchSpec, Published, Weights, register
-from archs.fcn import (
-    AUX_NOTE,
-    MMSEG_URL,
-    SEGFORMER_TABLE,
-    SegmentationModel,
-    conv_bn_relu,
-    convert_mmseg_state_dict,
-    mmseg_aux_head,
-)
+from archs.base import ArchSpec, register
+from archs.common import SegmentationModel, conv_bn_relu, mmseg_model
+from archs.convert.mmseg import convert_mmseg_ccnet
+from archs.mmseg_zoo import SEGFORMER_TABLE, mmseg_row
 
-__all__ = ["CCHead", "CrissCrossAttention", "ccnet_r101", "convert_mmseg_ccnet"]
+__all__ = ["CCHead", "CrissCrossAttention", "ccnet_r101"]
 
 
 class CrissCrossAttention(nn.Module):
@@ -103,17 +97,6 @@ class CCHead(nn.Module):
         return self.classifier(self.dropout(out))
 
 
-def convert_mmseg_ccnet(state_dict: Mapping[str, Tensor], *, aux_head: bool = False) -> dict[str, Tensor]:
-    """An mmseg CCNet-R101 checkpoint -> our keys (mmcv's ``gamma.scale`` is our ``gamma``).
-
-    Args:
-        state_dict: the checkpoint's ``state_dict`` (or the whole checkpoint dict holding it).
-        aux_head: keep the auxiliary head for a model built with ``aux_head=True``.
-    """
-    out = convert_mmseg_state_dict(state_dict, aux_head=aux_head)
-    return {k.replace("head.cca.gamma.scale", "head.cca.gamma"): v for k, v in out.items()}
-
-
 @register(
     ArchSpec(
         name="ccnet-r101",
@@ -123,43 +106,19 @@ def convert_mmseg_ccnet(state_dict: Mapping[str, Tensor], *, aux_head: bool = Fa
         paper="Huang et al., ICCV 2019",
         year=2019,
         output_stride=8,
-        published={
-            "ade20k": Published(
-                68.9,
-                278.4,
-                14.1,
-                45.2,
-                source=f"{SEGFORMER_TABLE}; FPS = mmseg configs/ccnet README (14.11, V100); "
-                "mIoU as the table prints it (mmseg's best ADE20K CCNet-R101 is 45.13)",
-                note=AUX_NOTE,
-            ),
-            "cityscapes": Published(
-                68.9,
-                2224.8,
-                1.0,
-                80.2,
-                source=f"{SEGFORMER_TABLE}; FPS = mmseg configs/ccnet README (769x769 slide, 1.01, V100); "
-                "mIoU: no public source found for 80.2",
-                note=AUX_NOTE,
-            ),
-        },
-        weights=(
-            Weights(
-                "ade20k",
-                f"{MMSEG_URL}/ccnet/ccnet_r101-d8_512x512_160k_ade20k/"
-                "ccnet_r101-d8_512x512_160k_ade20k_20200616_000644-e849e007.pth",
-                "mmseg",
-                converter=convert_mmseg_ccnet,
-            ),
-            Weights(
-                "cityscapes",
-                f"{MMSEG_URL}/ccnet/ccnet_r101-d8_512x1024_80k_cityscapes/"
-                "ccnet_r101-d8_512x1024_80k_cityscapes_20200617_203935-ffae8917.pth",
-                "mmseg",
-                converter=convert_mmseg_ccnet,
-            ),
-        ),
         notes="mmseg ccnet_r101-d8: ResNetV1c-101 (OS8) + CCHead(512 channels, recurrence 2).",
+        **mmseg_row(
+            "ccnet/ccnet_r101-d8",
+            ("20200616_000644-e849e007", "20200617_203935-ffae8917"),
+            (68.9, (278.4, 14.1, 45.2), (2224.8, 1.0, 80.2)),
+            source=(
+                f"{SEGFORMER_TABLE}; FPS = mmseg configs/ccnet README (14.11, V100); "
+                "mIoU as the table prints it (mmseg's best ADE20K CCNet-R101 is 45.13)",
+                f"{SEGFORMER_TABLE}; FPS = mmseg configs/ccnet README (769x769 slide, 1.01, V100); "
+                "mIoU: no public source found for 80.2",
+            ),
+            converter=convert_mmseg_ccnet,
+        ),
     )
 )
 def ccnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
@@ -170,5 +129,4 @@ def ccnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel
         aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
     """
     backbone = resnet101_v1c()
-    head = CCHead(backbone.out_channels[-1], num_classes)
-    return SegmentationModel(backbone, head, mmseg_aux_head(backbone, num_classes) if aux_head else None)
+    return mmseg_model(backbone, CCHead(backbone.out_channels[-1], num_classes), num_classes, aux_head)

@@ -3,57 +3,51 @@
 Krähenbühl & Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian Edge Potentials",
 NIPS 2011; used after the network by DeepLab v1/v2 (Chen et al., ICLR 2015 and TPAMI 2017,
 https://bitbucket.org/aquariusjay/deeplab-public-ver2, whose ``densecrf`` is Krähenbühl's code).
+Potts compatibility, an appearance kernel on positions and RGB colours (w1, theta_alpha,
+theta_beta) and a smoothness kernel on positions (w2, theta_gamma); mean-field inference from
+``Q = softmax(logits)``, messages normalised per pixel as Krähenbühl's code normalises them.
+`DenseCRF` returns the last energies, whose argmax is the CRF labelling and whose softmax is Q.
 
-The model. Labels x_i of the pixels of an image I; energy
-``E(x) = sum_i U_i(x_i) + sum_{i<j} [x_i != x_j] k(f_i, f_j)`` (Potts compatibility) with
-``U_i = -log P_i`` from the network and two Gaussian kernels on positions p and RGB colours I:
+Krähenbühl's permutohedral lattice does not map onto dense GPU kernels or CUDA graphs, so:
 
-- appearance ("bilateral"): ``w1 * exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)``;
-- smoothness ("Gaussian"): ``w2 * exp(-|p_i - p_j|^2 / 2 theta_gamma^2)``.
+- the smoothness kernel is exact up to truncation at 3 theta_gamma (a separable depthwise convolution);
+- the appearance kernel gathers, for each pixel, from the ``(2 radius + 1)^2`` cells of
+  ``cell x cell`` pixels around its own: exact position term, colour term against the cell's mean
+  colour, applied to the cell's mean Q; the pixel itself is counted exactly. The weights depend
+  only on the image, so each iteration is one batched matrix product. With ``cell=1`` and a window
+  covering the image the filter is exact (the tests check it against a brute-force dense CRF).
 
-Mean-field inference starts from ``Q = softmax(-U)`` and repeats ``Q = softmax(-U + w1 m1 + w2 m2)``,
-where ``m = sum_j k(i, j) Q_j / sum_j k(i, j)`` is the kernel-filtered Q, normalised per pixel as
-Krähenbühl's code normalises it (``norm_ = 1 / filter(1)``, the pixel itself included); the Potts
-term's label-independent part cancels in the softmax. `DenseCRF` returns the last energies
-``logits + w1 m1 + w2 m2`` (equal to ``-U + ...`` up to a per-pixel constant: their argmax is the
-CRF labelling, their softmax is Q).
-
-The approximation (why it runs on a GPU). Krähenbühl filters with a permutohedral lattice, whose
-hashing does not map onto dense GPU kernels or CUDA graphs. Here:
-
-- the smoothness kernel (theta_gamma = 3 px) is exact up to truncation at 3 theta_gamma: a separable
-  Gaussian depthwise convolution at full resolution;
-- the appearance kernel is a windowed, cell-averaged approximation: the image is divided into
-  ``cell x cell`` pixel cells; each pixel gathers from the ``(2 radius + 1)^2`` cells around its own,
-  with the exact position term (pixel to cell centre) and the colour term against the cell's mean
-  colour, applied to the cell's mean Q (a cell counts as its ``cell^2`` pixels; the pixel itself
-  is counted exactly, so a pixel unlike every cell around it keeps its own Q, as in the exact
-  filter). The pixel-to-cell weights depend only on the image and are computed once; each
-  iteration is then one batched matrix product (cells x pixels-per-cell x window) @ (window x
-  classes). Pixels farther than about ``cell * (radius + 0.5)`` (52 px by
-  default) are ignored: with DeepLab's theta_alpha of 50-121 px this truncates the kernel's tail,
-  which the colour term already suppresses across object boundaries. With ``cell=1`` and a window
-  covering the image the filter is exact (the tests check this against a brute-force dense CRF).
-
-Everything runs in fp32 (autocast is disabled inside): colour distances need the precision.
-`CRFRefinement` wraps a segmentation model so that the CRF is part of the timed inference step
-(upsample the logits to the input size, de-normalise the input to RGB, run the CRF).
+Everything runs in fp32 (colour distances need the precision). `CRFRefinement` makes the CRF part
+of the timed inference step. The model and the approximation in full: docs/models/deeplab.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DEEPLAB_V1_LARGEFOV_CRF", "CRFRefinement", "DenseCRF"]
+__all__ = ["DEEPLAB_V1_LARGEFOV_CRF", "CRFParameters", "CRFRefinement", "DenseCRF"]
+
+
+class CRFParameters(TypedDict):
+    """Keyword arguments of `DenseCRF` that a published configuration fixes."""
+
+    iterations: int
+    appearance_weight: float
+    theta_alpha: float
+    theta_beta: float
+    smoothness_weight: float
+    theta_gamma: float
+
 
 # DeepLab-LargeFOV's CRF (deeplab-public run_densecrf.sh, "FOV" line): bi_w 4, bi_xy_std 121,
 # bi_rgb_std 5, pos_w 3, pos_xy_std 3, 10 mean-field iterations.
-DEEPLAB_V1_LARGEFOV_CRF = {
+DEEPLAB_V1_LARGEFOV_CRF: CRFParameters = {
     "iterations": 10,
     "appearance_weight": 4.0,
     "theta_alpha": 121.0,
@@ -80,6 +74,9 @@ class DenseCRF(nn.Module):
         cell: side of the pixel cells the appearance kernel gathers from (1 = every pixel).
         radius: the appearance window spans ``2 * radius + 1`` cells per axis.
     """
+
+    position_term: Tensor
+    smoothness_taps: Tensor
 
     def __init__(
         self,
@@ -158,7 +155,9 @@ class DenseCRF(nn.Module):
         hc, wc = image.shape[-2] // s, image.shape[-1] // s
         pixels = image.view(n, 3, hc, s, wc, s).permute(0, 2, 4, 3, 5, 1).reshape(n, hc * wc, s * s, 3)
         cells = self._window(F.avg_pool2d(image, s))  # (N, cells, O, 3)
-        colour = sum((pixels[..., ch, None] - cells[..., None, :, ch]) ** 2 for ch in range(3))
+        colour = (pixels[..., 0, None] - cells[..., None, :, 0]) ** 2
+        for ch in (1, 2):
+            colour = colour + (pixels[..., ch, None] - cells[..., None, :, ch]) ** 2
         inside = self._window(torch.ones_like(image[:1, :1, ::s, ::s]))  # (1, cells, O, 1)
         weights = torch.exp(-0.5 * colour - self.position_term) * inside.transpose(-1, -2)
         own = weights[..., self.radius * (2 * self.radius + 2)]  # the centre of the window: the pixel's cell
@@ -205,6 +204,9 @@ class CRFRefinement(nn.Module):
         mean: per-channel mean the input was normalised with (RGB, 0..255).
         std: per-channel standard deviation of that normalisation.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, model: nn.Module, crf: DenseCRF, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

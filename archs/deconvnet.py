@@ -18,14 +18,8 @@ fc6 and cropping fc6-deconv's output back; at 224 px and above the computation i
 The paper runs the network on object proposals and also reports an ensemble with FCN (EDeconvNet)
 and a CRF; segbench measures the single network on the whole image.
 
-`learned_upsample` is the decoder choice the lecture contrasts (Odena et al., "Deconvolution and
-Checkerboard Artifacts", Distill 2016): a strided transposed convolution ("deconvolution") or a
-resize-convolution (nearest-neighbour upsampling then a convolution). DeconvNet's ``upsampling``
-option replaces each unpooling with one of them; FCN's learned 2x upsampling uses it too.
-
-Published: 252 M parameters (SegNet, Badrinarayanan et al., TPAMI 2017, Table 6, 21 classes). The
-DeconvNet paper's headline is PASCAL VOC 2012 test mIoU 72.5 for the ensemble with FCN plus a CRF
-(abstract); it has no ADE20K or Cityscapes figures.
+The ``upsampling`` option replaces each unpooling with a `archs.common.learned_upsample`, for the
+lecture's checkerboard comparison. Figures and sources: docs/models/deconvnet.md.
 """
 
 from __future__ import annotations
@@ -34,41 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.backbones.vgg import VGG16, vgg_fc_convolutions
-from archs.base import ArchSpec, Published, register
-from archs.segnet import conv_bn_relu_stack, unpool
+from archs.base import CAFFE_VGG_MEAN, UNIT_STD, ArchSpec, Published, register
+from archs.common import UPSAMPLINGS, conv_bn_relu_stack, learned_upsample, unpool
 
-__all__ = ["UPSAMPLINGS", "DeconvNet", "deconvnet_vgg16", "learned_upsample"]
+__all__ = ["DeconvNet", "deconvnet_vgg16"]
 
-UPSAMPLINGS = ("transposed", "resize")
 # Decoder stages (deepest first): output channels of the 3x3 deconvolutions after each unpooling.
 DECONVNET_DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64, 64))
-# Caffe BGR mean of the VGG-16 model both FCN and DeconvNet start from, as RGB.
-CAFFE_VGG_MEAN = (122.67892, 116.66877, 104.00699)
-
-
-def learned_upsample(
-    mode: str, in_channels: int, out_channels: int, *, padding: int = 1, bias: bool = False
-) -> nn.Module:
-    """A learned 2x upsampling: ``"transposed"`` (4x4 stride-2 transposed conv) or ``"resize"`` (nearest x2 + 3x3 conv).
-
-    Both give the same output size, ``2 * size + 2 - 2 * padding``, and the same alignment of output
-    to input pixels, so either can replace the other inside a network (FCN's skips crop by fixed
-    offsets that stay valid).
-
-    Args:
-        mode: ``"transposed"`` or ``"resize"``.
-        in_channels: input channels.
-        out_channels: output channels.
-        padding: padding of the transposed convolution (0 in FCN's Caffe layers, 1 for an exact 2x);
-            the resize-convolution pads its 3x3 convolution by ``2 - padding``.
-        bias: whether the convolution has a bias.
-    """
-    if mode == "transposed":
-        return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=padding, bias=bias)
-    if mode == "resize":
-        conv = nn.Conv2d(in_channels, out_channels, 3, padding=2 - padding, bias=bias)
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
-    raise ValueError(f"upsampling mode must be one of {UPSAMPLINGS}, got {mode!r}")
 
 
 class DeconvNet(nn.Module):
@@ -131,7 +97,7 @@ class DeconvNet(nn.Module):
         year=2015,
         output_stride=1,
         mean=CAFFE_VGG_MEAN,
-        std=(1.0, 1.0, 1.0),
+        std=UNIT_STD,
         published={
             dataset: Published(
                 params_m=252.0,

@@ -8,42 +8,25 @@ Official code: https://github.com/Megvii-BaseDetection/DynamicRouting (Apache-2.
 - stem to stride 4: 3x3 conv stride 2 (no padding) 3->64 + BN + ReLU; depthwise 3x3 + 1x1 64->64 +
   BN + ReLU; depthwise 3x3 stride 2 + 1x1 64->64 + BN + ReLU;
 - routing space: an initial cell, then 33 layers of cells at strides 4, 8, 16, 32 (64, 128, 256,
-  512 channels; the first layers grow 2, 3, 4 cells). A cell's input is the sum of what its
-  neighbours of the previous layer sent it (from the finer scale, the same scale, the coarser
-  scale). The cell computes ``h = SepConv3x3(x) + x`` (the two candidate operations,
-  ``sep_conv_3x3`` and ``skip_connect``) and a soft conditional gate
-  ``g = max(0, tanh(conv1x1(avgpool(ReLU(BN(conv1x1(x)))))))`` with one value per route:
-  keep (``g_keep * ReLU(h)``, plus ``x`` when every gate is closed), up (ReLU, 1x1 conv to C/2 + BN +
-  ReLU, x2 bilinear, times ``g_up``), down (ReLU, 1x1 stride-2 conv to 2C + BN + ReLU, times
-  ``g_down``). The last layer only keeps;
-- PSP: a pyramid pooling module (bins 1, 2, 3, 6; 1x1 conv to C/4 + BN + ReLU each; 3x3 conv + BN +
-  ReLU back to C) on the stride-32 output. The Layer33-PSP network of the paper's final results was
-  not released; this module is placed where PSPNet puts it, on the coarsest features;
-- decoder: from stride 32 to 4, 1x1 conv + BN + ReLU (C -> C/2; 64 -> 64 at stride 4), x2 bilinear,
-  added to the next finer output; a 3x3 classifier: logits at stride 4.
+  512 channels). A cell sums what its neighbours of the previous layer sent it, computes
+  ``h = SepConv3x3(x) + x`` and a soft gate ``g = max(0, tanh(conv1x1(avgpool(ReLU(BN(conv1x1(x)))))))``
+  per route: keep (``g_keep * ReLU(h)``, plus ``x`` when every gate is closed), up (1x1 conv to C/2,
+  x2 bilinear, times ``g_up``), down (1x1 stride-2 conv to 2C, times ``g_down``);
+- PSP (bins 1, 2, 3, 6) on the stride-32 output, where PSPNet puts it: the Layer33-PSP network of
+  the paper's final results was not released;
+- decoder: from stride 32 to 4, 1x1 conv-BN-ReLU, x2 bilinear, added to the next finer output; a
+  3x3 classifier: logits at stride 4.
 
-Input sizes. The routing space needs every scale's map to be exactly twice the next coarser one (an
-up route's x2 upsampling meets the finer scale's own map), so the official code pads each normalised
-image with zeros at the bottom and right to a multiple of 32, its largest stride
-(``ImageList.from_tensors`` with ``size_divisibility = MAX_STRIDE``), and crops the prediction back to the
-image (``sem_seg_postprocess``). So does this module: an input whose sides are not multiples of 32 is
-padded likewise, and the logits returned are those over the image's own area, ``ceil(H / 4) x ceil(W / 4)``
-at stride 4. The official code crops after its x4 upsampling, to the exact image size; the crop at stride 4
-keeps up to three quarters of a logit beyond the image's edge, which the harness's resize to ``H x W``
-spreads over the image (at most 3 pixels at the far edge). Multiples of 32 (the protocol's sizes) are not
-padded.
-
-Input-dependent FLOPs. A closed gate (below 1e-4) lets the official code skip a route, and a cell
-whose gates are all closed; the paper's GFLOPs count what runs for each image, averaged. This
-module computes every route and multiplies by the gate (the same output, no host synchronisation,
-CUDA-graph capturable), so what it executes, and what the FLOP counter reports, is the maximum.
-`DynamicRoutingNet.inactive_modules` lists, for an input, the submodules the official code would skip,
-from which the per-image count (and its mean over the benchmark inputs) follows.
+Inputs are zero-padded to a multiple of 32 as the official code pads them, and the logits cropped
+to the image's area. Every route is computed and multiplied by its gate (no host synchronisation,
+CUDA-graph capturable), so the FLOP count is the maximum; `DynamicRoutingNet.inactive_modules`
+lists what the official code would skip for an input. Details: docs/models/dynamic-routing.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +75,10 @@ class DynamicCell(nn.Module):
         self.allow_up, self.allow_down = allow_up, allow_down
         self.ops = SepConv(channels, 3)
         num_gates = 1 + int(allow_up) + int(allow_down)
-        self.gate = nn.Sequential(
-            Conv2dNormActivation(channels, channels // 2, 1),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels // 2, num_gates, 1),
-        )
-        nn.init.constant_(self.gate[2].bias, gate_bias)
+        reduce = Conv2dNormActivation(channels, channels // 2, 1)
+        gate_logits = nn.Conv2d(channels // 2, num_gates, 1)
+        nn.init.constant_(gate_logits.get_parameter("bias"), gate_bias)
+        self.gate = nn.Sequential(reduce, nn.AdaptiveAvgPool2d(1), gate_logits)
         self.res_up = nn.Sequential(nn.ReLU(), Conv2dNormActivation(channels, channels // 2, 1)) if allow_up else None
         self.res_down = (
             nn.Sequential(nn.ReLU(), Conv2dNormActivation(channels, 2 * channels, 1, stride=2, padding=0))
@@ -214,7 +195,9 @@ class DynamicRoutingNet(nn.Module):
         all_gates = [("init_cell", gates)]
         for layer, (cells, sources) in enumerate(zip(self.layers, self.inputs, strict=True)):
             outputs = []
-            for i, (cell, (from_finer, from_same, from_coarser)) in enumerate(zip(cells, sources, strict=True)):
+            for i, (cell, (from_finer, from_same, from_coarser)) in enumerate(
+                zip(cast(nn.ModuleList, cells), sources, strict=True)
+            ):
                 parts = []
                 if from_finer:
                     parts.append(previous[i - 1][2])

@@ -17,29 +17,24 @@ of the comparison table's row is mmsegmentation's ``configs/encnet/encnet_r101-d
 Training-only parts (``aux_head=True``): the semantic-encoding loss branch (a linear layer
 512 -> classes on e, predicting which classes are present) and mmseg's auxiliary FCN head on
 stage 3. mmseg's inference model keeps the SE layer; the published 55.1 M counts both.
+Figures: docs/models/encnet.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.backbones.resnet import resnet101_v1c
-from archs.base import ArchSpec, Published, Weights, register
-from archs.fcn import (
-    AUX_NOTE,
-    MMSEG_URL,
-    SEGFORMER_TABLE,
-    SegmentationModel,
-    conv_bn_relu,
-    convert_mmseg_state_dict,
-    mmseg_aux_head,
-)
+from archs.base import ArchSpec, register
+from archs.common import SegmentationModel, conv_bn_relu, mmseg_model
+from archs.convert.mmseg import convert_mmseg_encnet
+from archs.mmseg_zoo import AUX_NOTE, SEGFORMER_TABLE, mmseg_row
 
-__all__ = ["EncHead", "EncModule", "Encoding", "convert_mmseg_encnet", "encnet_r101"]
+__all__ = ["EncHead", "EncModule", "Encoding", "encnet_r101"]
 
 
 class Encoding(nn.Module):
@@ -124,20 +119,6 @@ class EncHead(nn.Module):
         return logits
 
 
-def convert_mmseg_encnet(state_dict: Mapping[str, Tensor], *, aux_head: bool = False) -> dict[str, Tensor]:
-    """An mmseg EncNet-R101 checkpoint -> our keys.
-
-    Args:
-        state_dict: the checkpoint's ``state_dict`` (or the whole checkpoint dict holding it).
-        aux_head: keep the training-only parts (``head.se_layer``, ``aux_head``) for a model built
-            with ``aux_head=True``; dropped by default.
-    """
-    out = convert_mmseg_state_dict(state_dict, aux_head=aux_head)
-    if not aux_head:
-        out = {k: v for k, v in out.items() if not k.startswith("head.se_layer.")}
-    return out
-
-
 @register(
     ArchSpec(
         name="encnet-r101",
@@ -147,42 +128,19 @@ def convert_mmseg_encnet(state_dict: Mapping[str, Tensor], *, aux_head: bool = F
         paper="Zhang et al., CVPR 2018",
         year=2018,
         output_stride=8,
-        published={
-            "ade20k": Published(
-                55.1,
-                218.8,
-                14.9,
-                44.7,
-                source=f"{SEGFORMER_TABLE}; FPS = mmseg configs/encnet README (14.87, V100); "
-                "mIoU as the table prints it (mmseg's best ADE20K EncNet-R101 is 44.01)",
-                note=AUX_NOTE + " and the semantic-encoding (SE-loss) layer",
-            ),
-            "cityscapes": Published(
-                55.1,
-                1748.0,
-                1.3,
-                76.9,
-                source=f"{SEGFORMER_TABLE}; FPS/mIoU = mmseg configs/encnet README (769x769 80k slide, ms+flip)",
-                note=AUX_NOTE + " and the semantic-encoding (SE-loss) layer",
-            ),
-        },
-        weights=(
-            Weights(
-                "ade20k",
-                f"{MMSEG_URL}/encnet/encnet_r101-d8_512x512_160k_ade20k/"
-                "encnet_r101-d8_512x512_160k_ade20k_20200622_073348-7989641f.pth",
-                "mmseg",
-                converter=convert_mmseg_encnet,
-            ),
-            Weights(
-                "cityscapes",
-                f"{MMSEG_URL}/encnet/encnet_r101-d8_512x1024_80k_cityscapes/"
-                "encnet_r101-d8_512x1024_80k_cityscapes_20200622_003555-1de64bec.pth",
-                "mmseg",
-                converter=convert_mmseg_encnet,
-            ),
-        ),
         notes="mmseg encnet_r101-d8: ResNetV1c-101 (OS8) + EncHead(512 channels, 32 codewords, no lateral).",
+        **mmseg_row(
+            "encnet/encnet_r101-d8",
+            ("20200622_073348-7989641f", "20200622_003555-1de64bec"),
+            (55.1, (218.8, 14.9, 44.7), (1748.0, 1.3, 76.9)),
+            source=(
+                f"{SEGFORMER_TABLE}; FPS = mmseg configs/encnet README (14.87, V100); "
+                "mIoU as the table prints it (mmseg's best ADE20K EncNet-R101 is 44.01)",
+                f"{SEGFORMER_TABLE}; FPS/mIoU = mmseg configs/encnet README (769x769 80k slide, ms+flip)",
+            ),
+            note=AUX_NOTE + " and the semantic-encoding (SE-loss) layer",
+            converter=convert_mmseg_encnet,
+        ),
     )
 )
 def encnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
@@ -195,4 +153,4 @@ def encnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationMode
     """
     backbone = resnet101_v1c()
     head = EncHead(backbone.out_channels[-1], num_classes, se_loss=aux_head)
-    return SegmentationModel(backbone, head, mmseg_aux_head(backbone, num_classes) if aux_head else None)
+    return mmseg_model(backbone, head, num_classes, aux_head)

@@ -22,23 +22,24 @@ The Canny edges are computed in the model (`CannyEdges`), on the GPU, from the d
 input image, in place of the reference code's ``cv2.Canny`` on the host (which, as written there,
 runs on the normalised tensor cast to ``uint8``). The boundary map is also the output of the
 training-only dual-task loss; the inference model returns the segmentation logits only.
+Figures: docs/models/gscnn.md.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
-from torchvision.ops import Conv2dNormActivation
 
 from archs.backbones.wider_resnet import wider_resnet38_a2
 from archs.base import IMAGENET_MEAN, IMAGENET_STD, ArchSpec, Published, Weights, register
+from archs.common import conv_bn_relu
+from archs.convert.authors import convert_authors_gscnn
 
-__all__ = ["GSCNN", "CannyEdges", "GatedSpatialConv2d", "convert_gscnn_checkpoint", "gscnn_wrn38"]
+__all__ = ["GSCNN", "CannyEdges", "GatedSpatialConv2d", "gscnn_wrn38"]
 
 # OpenCV's fixed-point tan(22.5 deg) * 2**15, rounded (imgproc/src/canny.cpp).
 _TG22 = 13573
@@ -69,6 +70,8 @@ class CannyEdges(nn.Module):
         high: upper hysteresis threshold (100 in GSCNN).
         hysteresis_steps: propagation steps of the hysteresis.
     """
+
+    sobel: Tensor
 
     def __init__(self, low: float = 10.0, high: float = 100.0, hysteresis_steps: int = 64) -> None:
         super().__init__()
@@ -142,10 +145,6 @@ class GatedSpatialConv2d(nn.Module):
         return F.conv2d(shape * (alpha + 1), self.weight)
 
 
-def _cbr(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> Conv2dNormActivation:
-    return Conv2dNormActivation(in_channels, out_channels, kernel_size, dilation=dilation)
-
-
 class GSCNNASPP(nn.Module):
     """ASPP with image pooling and the shape stream's edge branch; concatenation of six 256-d maps.
 
@@ -158,10 +157,10 @@ class GSCNNASPP(nn.Module):
     def __init__(self, in_channels: int, channels: int = 256, rates: Sequence[int] = (12, 24, 36)) -> None:
         super().__init__()
         self.features = nn.ModuleList(
-            [_cbr(in_channels, channels)] + [_cbr(in_channels, channels, 3, r) for r in rates]
+            [conv_bn_relu(in_channels, channels, 1)] + [conv_bn_relu(in_channels, channels, 3, r) for r in rates]
         )
-        self.img_conv = _cbr(in_channels, channels)
-        self.edge_conv = _cbr(1, channels)
+        self.img_conv = conv_bn_relu(in_channels, channels, 1)
+        self.edge_conv = conv_bn_relu(1, channels, 1)
 
     def forward(self, x: Tensor, edge: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -178,6 +177,9 @@ class GSCNN(nn.Module):
         mean, std: the input normalisation (0..255 scale), undone to compute the Canny edges.
         hysteresis_steps: propagation steps of the Canny hysteresis.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(
         self,
@@ -238,23 +240,6 @@ class GSCNN(nn.Module):
         return self.final_seg(torch.cat([self.bot_fine(m2), aspp], dim=1))
 
 
-def convert_gscnn_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The official GSCNN checkpoint (``best_cityscapes_checkpoint.pth``) -> `GSCNN` keys.
-
-    Drops the ``module.`` prefix of DataParallel and the unused ``dsn1``; trunk modules move under
-    ``backbone.``; ``nn.Sequential`` conv/BN pairs keep their indices.
-    """
-    if "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
-        if key.startswith("dsn1."):
-            continue
-        out[re.sub(r"^(mod\d)\.", r"backbone.\1.", key)] = value
-    return out
-
-
 @register(
     ArchSpec(
         name="gscnn-wrn38",
@@ -277,12 +262,12 @@ def convert_gscnn_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Tens
                 "https://drive.google.com/file/d/1wlhAXg-PfoUM-rFy2cksk43Ng3PpsK2c/view",
                 "gscnn",
                 None,
-                convert_gscnn_checkpoint,
+                convert_authors_gscnn,
             ),
         ),
         notes="official GSCNN (nv-tlabs) Cityscapes model; Canny edges computed in the model on the GPU; "
         "no published params/FLOPs (our counts are shown alone). The official checkpoint is on Google Drive "
-        "(download it in a browser, then --weights PATH: it loads through convert_gscnn_checkpoint)",
+        "(download it in a browser, then --weights PATH: it loads through archs.convert.authors.convert_authors_gscnn)",
     )
 )
 def gscnn_wrn38(*, num_classes: int) -> nn.Module:

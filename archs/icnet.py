@@ -2,32 +2,22 @@
 
 Zhao, Qi, Shen, Shi & Jia, "ICNet for Real-Time Semantic Segmentation on High-Resolution Images",
 ECCV 2018 (https://github.com/hszhao/ICNet). This is the network of the official deploy prototxt
-``evaluation/prototxt/icnet_cityscapes.prototxt`` (Caffe, BN merged; the paper's Cityscapes
-model), not mmsegmentation's ICNet (which uses a full-width ResNetV1c-50 and differs throughout):
+``evaluation/prototxt/icnet_cityscapes.prototxt`` (the paper's Cityscapes model), not
+mmsegmentation's ICNet (a full-width ResNetV1c-50 that differs throughout):
 
-- input x (full resolution). ``sub2`` = x resized to 1/2 (bilinear, corner-aligned like Caffe's
-  Interp). On ``sub2``: PSPNet-50 with halved widths: stem 3x3/2 32, 3x3 32, 3x3 64, max-pool
-  3/2/1, conv2 (3 bottlenecks 32-32-128) and conv3_1 (64-64-256, stride 2 on the first 1x1,
-  Caffe style) -> 1/16 of the input;
-- ``sub4``: conv3_1's output resized to 1/2 again, then conv3_2..3_4, conv4 x6 (128-128-512,
-  dilation 2) and conv5 x3 (256-256-1024, dilation 4) -> 1/32; pyramid pooling with bins
-  1, 2, 3, 6 whose resized outputs are **summed** with the input (no convolutions), then a 1x1
-  conv-BN-ReLU to 256;
-- ``sub1`` on x: three 3x3/2 conv-BN-ReLU (32, 32, 64) -> 1/8;
-- cascade feature fusion (CFF): the low-resolution input upsampled x2, a 3x3 dilation-2 conv-BN
-  (128); the high-resolution input through a 1x1 conv-BN (128); sum, ReLU. CFF(sub4, conv3_1) at
-  1/16, then CFF(that, sub1) at 1/8; a 1x1 classifier, and a x2 bilinear upsample -> logits at
-  stride 4 (the prototxt upsamples before its 1x1 ``conv6_cls``; both are linear, so classifying
-  first gives the same logits at a quarter of the cost);
-- training only (``aux_head=True``): a 1x1 classifier on the upsampled low input of each CFF, for
-  the paper's cascade label guidance.
+- ``sub2``: the input resized to 1/2 (bilinear, corner-aligned like Caffe's Interp) through a
+  half-width PSPNet-50 (Caffe-style strides) up to conv3_1 (1/16);
+- ``sub4``: conv3_1 resized to 1/2 again, the rest of the (shared) network with dilated conv4/conv5
+  (1/32); pyramid pooling (bins 1, 2, 3, 6) **summed** with its input, a 1x1 conv-BN-ReLU to 256;
+- ``sub1``: three 3x3/2 conv-BN-ReLU (32, 32, 64) on the full input (1/8);
+- cascade feature fusion (CFF): the low-resolution input upsampled x2 and a 3x3 dilation-2 conv-BN,
+  plus a 1x1 conv-BN of the high-resolution input, ReLU; CFF(sub4, conv3_1), then CFF(that, sub1);
+  a 1x1 classifier and a x2 upsample: logits at stride 4 (the prototxt upsamples first; both are
+  linear, so classifying first gives the same logits at a quarter of the cost);
+- training only (``aux_head=True``): a classifier per CFF for the cascade label guidance.
 
-Where sizes differ from Caffe's: the prototxt is written for 1025x2049 inputs (2^k n + 1 sizes,
-Caffe Interp's ``(in - 1) / 2 + 1`` and ceil-mode pooling); here resizes follow Caffe's size formula
-for the 1/2 shrinks and match the other branch's size for the x2 zooms, pooling floors, and the
-pyramid uses adaptive average pooling (the prototxt's fixed 33x65/17x33/13x25/8x15 windows are
-those of one input size). With BN folded into the convolutions, as in the prototxt, the parameter
-count equals the prototxt's 6,685,715 exactly (tested).
+Sizes follow Caffe's formulas where they matter; docs/models/icnet.md has the differences and the
+parameter count.
 """
 
 from __future__ import annotations
@@ -41,7 +31,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from archs.backbones.resnet import ResNet
 from archs.base import ArchSpec, Published, register
-from archs.fcn import conv_bn_relu
+from archs.common import conv_bn_relu
 
 __all__ = ["ICNet", "CascadeFeatureFusion", "icnet"]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -134,9 +135,8 @@ if triton is not None:
     _INTERPRETER = type(_KERNELS["dwconv"]).__name__ == "InterpretedFunction"
 
 
-# Tiles of 1024 (convolution) and 2048 (norm) elements over 8 warps: 4 and 8 values a thread. ptxas
-# (Triton's, for sm_90) then allocates at most 64 registers a thread and spills none
-# (tests/test_kernels.py compiles them); tiles of 4096 over 4 warps took 200 and 255 with spills.
+# Tiles of 1024 (convolution) and 2048 (norm) elements over 8 warps: 4 and 8 values a thread, which
+# ptxas (sm_90) fits in 64 registers a thread without spilling (tests/test_kernels.py compiles them).
 _TILE = {"norm": 2048, "dwconv": 1024}
 
 
@@ -172,6 +172,18 @@ def _launch(name: str, grid, *args, **meta) -> bool:
         return False
 
 
+@overload
+def add_layer_norm(
+    x: Tensor, branch: Tensor, norm: nn.LayerNorm, *, feeds_matmul: bool, keep_sum: Literal[True] = True
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def add_layer_norm(
+    x: Tensor, branch: Tensor | None, norm: nn.LayerNorm, *, feeds_matmul: bool, keep_sum: bool = True
+) -> tuple[Tensor | None, Tensor]: ...
+
+
 def add_layer_norm(
     x: Tensor, branch: Tensor | None, norm: nn.LayerNorm, *, feeds_matmul: bool, keep_sum: bool = True
 ) -> tuple[Tensor | None, Tensor]:
@@ -200,8 +212,8 @@ def add_layer_norm(
     if store:
         total = torch.empty(x.shape, dtype=sum_dtype, device=x.device)
     else:  # not written (nor read without a branch): a tensor of the sum's dtype tells the kernel how to round it
-        total = next((t for t in (x_c, branch_c) if t.dtype == sum_dtype), None)
-        total = total if total is not None else torch.empty(1, dtype=sum_dtype, device=x.device)
+        same = next((t for t in (x_c, branch_c) if t.dtype == sum_dtype), None)
+        total = same if same is not None else torch.empty(1, dtype=sum_dtype, device=x.device)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     rows = x_c.numel() // cols
     meta = layer_norm_config(cols)

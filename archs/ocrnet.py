@@ -17,27 +17,22 @@ Apache-2.0), whose heads and checkpoints this module reproduces:
 - object attention: pixels (query, two 1x1 conv+BN+ReLU to 256) attend over the class
   descriptors (key: two 1x1 conv+BN+ReLU; value: one), scaled by 256^-0.5, output 1x1 256->512,
   concatenated with the pixel representations and fused by a 1x1 conv 1024->512;
-- a 1x1 classifier. Logits at stride 4.
+- a 1x1 classifier. Logits at stride 4. Figures: docs/models/ocrnet.md.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import Conv2dNormActivation
 
 from archs.backbones.hrnet import HRNet
-from archs.base import ArchSpec, Published, Weights, register
+from archs.base import ArchSpec, register
+from archs.common import conv_bn_relu
+from archs.convert.mmseg import convert_mmseg_ocrnet
+from archs.mmseg_zoo import SEGFORMER_TABLE, mmseg_row
 
-__all__ = ["OCRHead", "OCRNet", "convert_mmseg_ocrnet", "ocrnet_hr48"]
-
-
-def _cbr(in_channels: int, out_channels: int, kernel_size: int = 1) -> Conv2dNormActivation:
-    return Conv2dNormActivation(in_channels, out_channels, kernel_size)
+__all__ = ["OCRHead", "OCRNet", "ocrnet_hr48"]
 
 
 class OCRHead(nn.Module):
@@ -52,14 +47,18 @@ class OCRHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 512, ocr_channels: int = 256) -> None:
         super().__init__()
-        self.region = nn.Sequential(_cbr(in_channels, in_channels), nn.Conv2d(in_channels, num_classes, 1))
-        self.bottleneck = _cbr(in_channels, channels, 3)
-        self.query_project = nn.Sequential(_cbr(channels, ocr_channels), _cbr(ocr_channels, ocr_channels))
-        self.key_project = nn.Sequential(_cbr(channels, ocr_channels), _cbr(ocr_channels, ocr_channels))
-        self.value_project = _cbr(channels, ocr_channels)
-        self.out_project = _cbr(ocr_channels, channels)
-        self.fuse = _cbr(2 * channels, channels)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.region = nn.Sequential(conv_bn_relu(in_channels, in_channels, 1), nn.Conv2d(in_channels, num_classes, 1))
+        self.bottleneck = conv_bn_relu(in_channels, channels, 3)
+        self.query_project = nn.Sequential(
+            conv_bn_relu(channels, ocr_channels, 1), conv_bn_relu(ocr_channels, ocr_channels, 1)
+        )
+        self.key_project = nn.Sequential(
+            conv_bn_relu(channels, ocr_channels, 1), conv_bn_relu(ocr_channels, ocr_channels, 1)
+        )
+        self.value_project = conv_bn_relu(channels, ocr_channels, 1)
+        self.out_project = conv_bn_relu(ocr_channels, channels, 1)
+        self.fuse = conv_bn_relu(2 * channels, channels, 1)
+        self.classifier: nn.Module = nn.Conv2d(channels, num_classes, 1)  # HMSA applies it apart
 
     def forward(self, x: Tensor) -> Tensor:
         regions = self.region(x)
@@ -100,41 +99,6 @@ class OCRNet(nn.Module):
         return self.decode_head(torch.cat(up, dim=1))
 
 
-# mmseg CascadeEncoderDecoder keys -> ours. ConvModule's ``conv``/``bn`` are our ``0``/``1``.
-_HEAD_RENAMES = (
-    (r"^decode_head\.0\.convs\.0\.", "decode_head.region.0."),
-    (r"^decode_head\.0\.conv_seg\.", "decode_head.region.1."),
-    (r"^decode_head\.1\.bottleneck\.", "decode_head.bottleneck."),
-    (r"^decode_head\.1\.object_context_block\.bottleneck\.", "decode_head.fuse."),
-    (r"^decode_head\.1\.object_context_block\.", "decode_head."),
-    (r"^decode_head\.1\.conv_seg\.", "decode_head.classifier."),
-)
-
-
-def convert_mmseg_ocrnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """An mmseg OCRNet-HRNet checkpoint (its ``state_dict``, or the whole checkpoint dict) -> `OCRNet` keys."""
-    if "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("backbone."):
-            out[key] = value
-            continue
-        if not key.startswith("decode_head."):
-            continue
-        for pattern, repl in _HEAD_RENAMES:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                key = re.sub(r"\.conv\.(weight|bias)$", r".0.\1", new)
-                key = re.sub(r"\.bn\.([a-z_]+)$", r".1.\1", key)
-                out[key] = value
-                break
-    return out
-
-
-_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/ocrnet"
-
-
 @register(
     ArchSpec(
         name="ocrnet-hr48",
@@ -144,38 +108,19 @@ _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/ocrnet"
         paper="Yuan et al., ECCV 2020",
         year=2020,
         output_stride=4,
-        published={
-            "ade20k": Published(
-                params_m=70.5,
-                gflops=164.8,
-                fps=17.0,
-                miou=45.6,
-                source="SegFormer (Xie et al., NeurIPS 2021) Table 4; FPS = mmseg OCRNet README (16.99, V100)",
-            ),
-            "cityscapes": Published(
-                params_m=70.5,
-                gflops=1296.8,
-                fps=4.2,
-                miou=81.1,
-                source="SegFormer (Xie et al., NeurIPS 2021) Table 4; FPS = mmseg OCRNet README 512x1024 (4.22, V100)",
-            ),
-        },
-        weights=(
-            Weights(
-                "ade20k",
-                f"{_MMSEG}/ocrnet_hr48_512x512_160k_ade20k/ocrnet_hr48_512x512_160k_ade20k_20200615_184705-a073726d.pth",
-                "mmseg",
-                converter=convert_mmseg_ocrnet,
-            ),
-            Weights(
-                "cityscapes",
-                f"{_MMSEG}/ocrnet_hr48_512x1024_160k_cityscapes/"
-                "ocrnet_hr48_512x1024_160k_cityscapes_20200602_191037-dfbf1b0c.pth",
-                "mmseg",
-                converter=convert_mmseg_ocrnet,
-            ),
-        ),
         notes="mmseg configuration; the soft-object-region FCN head is part of inference (it drives the OCR module)",
+        **mmseg_row(
+            "ocrnet/ocrnet_hr48",
+            ("20200615_184705-a073726d", "20200602_191037-dfbf1b0c"),
+            (70.5, (164.8, 17.0, 45.6), (1296.8, 4.2, 81.1)),
+            cityscapes_iterations="160k",
+            source=(
+                f"{SEGFORMER_TABLE}; FPS = mmseg OCRNet README (16.99, V100)",
+                f"{SEGFORMER_TABLE}; FPS = mmseg OCRNet README 512x1024 (4.22, V100)",
+            ),
+            note="",
+            converter=convert_mmseg_ocrnet,
+        ),
     )
 )
 def ocrnet_hr48(*, num_classes: int) -> nn.Module:

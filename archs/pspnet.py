@@ -10,10 +10,8 @@ mmsegmentation's ``pspnet_r101-d8`` and ``pspnet_m-v2-d8`` configurations
   pooling and a 1x1 conv-BN-ReLU to 512 channels, bilinearly resized back (align_corners=False)
   and concatenated with the input; a 3x3 conv-BN-ReLU bottleneck to 512; Dropout2d(0.1); 1x1
   classifier. Logits at stride 8;
-- the training-only auxiliary FCN head on stage 3 is counted in the published parameters (see
-  `archs.fcn`), built only with ``aux_head=True``.
-
-mmseg checkpoints load through `archs.fcn.convert_mmseg_state_dict`.
+- the training-only auxiliary FCN head on stage 3 is counted in the published parameters, built
+  only with ``aux_head=True``. Figures and sources: docs/models/pspnet.md.
 """
 
 from __future__ import annotations
@@ -27,16 +25,12 @@ from torch import Tensor, nn
 from archs.backbones.mobilenetv2 import MobileNetV2
 from archs.backbones.resnet import resnet101_v1c
 from archs.base import ArchSpec, register
-from archs.fcn import (
-    SEGFORMER_TABLE,
-    SegmentationModel,
-    conv_bn_relu,
-    mmseg_aux_head,
-    mmseg_published,
-    mmseg_weights,
-)
+from archs.common import SegmentationModel, conv_bn_relu, mmseg_model
+from archs.mmseg_zoo import MOBILENETV2_SOURCE, SEGFORMER_TABLE, mmseg_row
 
 __all__ = ["PSPHead", "pspnet_mobilenetv2", "pspnet_r101"]
+
+PAPER = "Zhao et al., CVPR 2017"
 
 
 class PSPHead(nn.Module):
@@ -86,22 +80,16 @@ class PSPHead(nn.Module):
         family="PSPNet",
         encoder="MobileNetV2",
         scale="realtime",
-        paper="Zhao et al., CVPR 2017",
+        paper=PAPER,
         year=2017,
         output_stride=8,
-        published=mmseg_published(
-            13.7,
-            (52.9, 57.7, 29.6),
-            (423.4, 11.2, 70.2),
-            f"{SEGFORMER_TABLE}; FPS/mIoU = mmseg configs/mobilenet_v2 README (V100; ADE 512x512 160k, "
-            "Cityscapes 512x1024 80k, whole 1024x2048 inference)",
-        ),
-        weights=mmseg_weights(
-            "mobilenet_v2",
-            "pspnet_m-v2-d8_512x512_160k_ade20k_20200825_214953-f5942f7a",
-            "pspnet_m-v2-d8_512x1024_80k_cityscapes_20200825_124817-19e81d51",
-        ),
         notes="mmseg pspnet_m-v2-d8: MobileNetV2 (OS8) + PSPHead(320->512, bins 1/2/3/6).",
+        **mmseg_row(
+            "mobilenet_v2/pspnet_m-v2-d8",
+            ("20200825_214953-f5942f7a", "20200825_124817-19e81d51"),
+            (13.7, (52.9, 57.7, 29.6), (423.4, 11.2, 70.2)),
+            source=MOBILENETV2_SOURCE,
+        ),
     )
 )
 def pspnet_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
@@ -112,8 +100,7 @@ def pspnet_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Segmentat
         aux_head: add the training-only auxiliary FCN head on the 96-channel stage.
     """
     backbone = MobileNetV2()
-    head = PSPHead(backbone.out_channels[-1], 512, num_classes)
-    return SegmentationModel(backbone, head, mmseg_aux_head(backbone, num_classes) if aux_head else None)
+    return mmseg_model(backbone, PSPHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
 
 
 @register(
@@ -122,22 +109,17 @@ def pspnet_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Segmentat
         family="PSPNet",
         encoder="ResNet-101",
         scale="non-realtime",
-        paper="Zhao et al., CVPR 2017",
+        paper=PAPER,
         year=2017,
         output_stride=8,
-        published=mmseg_published(
-            68.1,
-            (256.4, 15.3, 44.4),
-            (2048.9, 1.2, 78.5),
-            f"{SEGFORMER_TABLE}; ADE FPS/mIoU = mmseg configs/pspnet README (V100, 512x512 160k single scale); "
-            "Cityscapes FPS = mmseg 769x769 slide row, Cityscapes mIoU 78.5 has no mmseg README match",
-        ),
-        weights=mmseg_weights(
-            "pspnet",
-            "pspnet_r101-d8_512x512_160k_ade20k_20200615_100650-967c316f",
-            "pspnet_r101-d8_512x1024_80k_cityscapes_20200606_112211-e1e1100f",
-        ),
         notes="mmseg pspnet_r101-d8: ResNetV1c-101 (OS8) + PSPHead(2048->512, bins 1/2/3/6).",
+        **mmseg_row(
+            "pspnet/pspnet_r101-d8",
+            ("20200615_100650-967c316f", "20200606_112211-e1e1100f"),
+            (68.1, (256.4, 15.3, 44.4), (2048.9, 1.2, 78.5)),
+            source=f"{SEGFORMER_TABLE}; ADE FPS/mIoU = mmseg configs/pspnet README (V100, 512x512 160k single "
+            "scale); Cityscapes FPS = mmseg 769x769 slide row, Cityscapes mIoU 78.5 has no mmseg README match",
+        ),
     )
 )
 def pspnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
@@ -148,5 +130,4 @@ def pspnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationMode
         aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
     """
     backbone = resnet101_v1c()
-    head = PSPHead(backbone.out_channels[-1], 512, num_classes)
-    return SegmentationModel(backbone, head, mmseg_aux_head(backbone, num_classes) if aux_head else None)
+    return mmseg_model(backbone, PSPHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)

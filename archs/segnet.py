@@ -13,47 +13,21 @@ list below was read there):
   3x3 convolution to the classes (``conv1_1_D``; no BN/ReLU), at full resolution;
 - no fully connected layers, so 29.5 M parameters instead of FCN's 134 M.
 
-Published: 29.5 M parameters (SegNet TPAMI 2017, Table 6, at CamVid's 11 classes; also 29.46 M in
-the ENet paper's comparison, Paszke et al. 2016, Table 3). No ADE20K/Cityscapes mIoU in the paper.
+Figures and sources: docs/models/segnet.md.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from archs.backbones.vgg import VGG16
-from archs.base import ArchSpec, Published, register
+from archs.base import UNIT_STD, ArchSpec, Published, register
+from archs.common import conv_bn_relu_stack, unpool
 
-__all__ = ["SegNet", "conv_bn_relu_stack", "segnet_vgg16", "unpool"]
+__all__ = ["SegNet", "segnet_vgg16"]
 
 # Decoder stages (deepest first): output channels of the 3x3 conv-BN-ReLU blocks after each unpooling.
 SEGNET_DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
-
-
-def unpool(x: Tensor, indices: Tensor, size: tuple[int, int]) -> Tensor:
-    """Max-unpooling: each value goes back to its argmax position in a zero map of ``size``.
-
-    ``F.max_unpool2d`` with ``output_size``, minus its Python-side size checks, which fail under
-    ``torch.jit.trace`` (the FLOP counter traces the model).
-    """
-    return torch.ops.aten.max_unpool2d(x, indices, [size[0], size[1]])
-
-
-def conv_bn_relu_stack(in_channels: int, widths: tuple[int, ...], *, transposed: bool = False) -> nn.Sequential:
-    """3x3 (transposed) conv with bias -> BN -> ReLU, once per entry of ``widths`` (the Caffe layout).
-
-    Args:
-        in_channels: channels of the input.
-        widths: output channels of each block.
-        transposed: use stride-1 transposed convolutions (DeconvNet's "deconvolution" layers).
-    """
-    layers: list[nn.Module] = []
-    for width in widths:
-        conv = nn.ConvTranspose2d if transposed else nn.Conv2d
-        layers += [conv(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        in_channels = width
-    return nn.Sequential(*layers)
 
 
 class SegNet(nn.Module):
@@ -92,7 +66,7 @@ class SegNet(nn.Module):
         year=2017,
         output_stride=1,
         mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
+        std=UNIT_STD,
         published={
             dataset: Published(
                 params_m=29.5,

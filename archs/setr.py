@@ -18,13 +18,12 @@ checkpoints the converters load:
 
 Training-only auxiliary heads (``aux_head=True``): naive and PUP have three more upsampling heads
 on blocks 10, 15 and 20 (two convs each, 1x1 for naive, 3x3 for PUP); MLA has a 1x1 classifier on
-each aggregated level. The comparison table's 318.3 M is SETR-PUP with its auxiliary heads at the
-Cityscapes configuration (768x768 positional grid, 19 classes): mmsegmentation counts 318.47 M.
+each aggregated level. The published results slide windows over the test images (``evaluation``).
+Figures and sources: docs/models/setr.md.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -33,21 +32,21 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
 from archs.backbones.vit import vit_large_patch16
-from archs.base import ArchSpec, Published, Weights, register
+from archs.base import ArchSpec, Evaluation, Published, register
+from archs.convert.mmseg import convert_mmseg_setr
+from archs.mmseg_zoo import SEGFORMER_TABLE, mmseg_weights
 
-__all__ = [
-    "MLANeck",
-    "SETR",
-    "SETRMLAHead",
-    "SETRUpHead",
-    "convert_mmseg_setr",
-    "setr_mla_vit_l",
-    "setr_naive_vit_l",
-    "setr_pup_vit_l",
-]
+__all__ = ["MLANeck", "SETR", "SETRMLAHead", "SETRUpHead", "setr_mla_vit_l", "setr_naive_vit_l", "setr_pup_vit_l"]
+
+DECODERS = ("naive", "pup", "mla")
+# mmseg's setr_vit-l_*_ade20k-512x512.py and *_cityscapes-768x768.py test configs.
+SETR_EVALUATION = {
+    "ade20k": Evaluation("slide", crop=(512, 512), stride=(341, 341)),
+    "cityscapes": Evaluation("slide", crop=(768, 768), stride=(512, 512)),
+}
 
 
-def _layer_norm_2d(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+def _layer_norm_2d(norm: nn.Module, x: Tensor) -> Tensor:
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -143,7 +142,7 @@ class SETRMLAHead(nn.Module):
 
 
 class _Classifier(nn.Module):
-    """A 1x1 classifier (SETR-MLA's auxiliary heads)."""
+    """A 1x1 classifier (SETR-MLA's auxiliary heads), under mmseg's key ``conv_seg``."""
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -167,19 +166,21 @@ class SETR(nn.Module):
 
     def __init__(self, num_classes: int, decoder: str = "pup", img_size: int = 512, aux_head: bool = False) -> None:
         super().__init__()
-        if decoder not in ("naive", "pup", "mla"):
+        if decoder not in DECODERS:
             raise ValueError(f"decoder must be 'naive', 'pup' or 'mla', got {decoder!r}")
         self.decoder = decoder
+        self.neck: MLANeck | None = None
+        self.decode_head: nn.Module
+        aux: list[nn.Module]
         if decoder == "mla":
             self.backbone = vit_large_patch16(
                 img_size=img_size, out_indices=(5, 11, 17, 23), with_cls_token=False, patch_bias=False
             )
             self.neck = MLANeck(1024, 256)
-            self.decode_head: nn.Module = SETRMLAHead(256, num_classes, 128)
+            self.decode_head = SETRMLAHead(256, num_classes, 128)
             aux = [_Classifier(256, num_classes) for _ in range(4)]
         else:
             self.backbone = vit_large_patch16(img_size=img_size, out_indices=(9, 14, 19, 23), patch_bias=False)
-            self.neck = None
             kernel, convs, scale = (1, 1, 4) if decoder == "naive" else (3, 4, 2)
             self.decode_head = SETRUpHead(1024, num_classes, 256, convs, kernel, scale)
             aux = [SETRUpHead(1024, num_classes, 256, 2, kernel, 4) for _ in range(3)]
@@ -197,92 +198,66 @@ class SETR(nn.Module):
         return logits
 
 
-_BACKBONE_RENAMES = (
-    (r"^backbone\.patch_embed\.projection\.", "backbone.patch_embed."),
-    (r"^backbone\.layers\.(\d+)\.ln1\.", r"backbone.blocks.\1.norm1."),
-    (r"^backbone\.layers\.(\d+)\.ln2\.", r"backbone.blocks.\1.norm2."),
-    (r"^backbone\.layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)$", r"backbone.blocks.\1.attn.qkv.\2"),
-    (r"^backbone\.layers\.(\d+)\.attn\.attn\.out_proj\.", r"backbone.blocks.\1.attn.proj."),
-    (r"^backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.", r"backbone.blocks.\1.mlp.0."),
-    (r"^backbone\.layers\.(\d+)\.ffn\.layers\.1\.", r"backbone.blocks.\1.mlp.2."),
-    (r"^neck\.mla\.", "neck."),
-    (r"^auxiliary_head\.", "aux_heads."),
-)
-
-
-def convert_mmseg_setr(state_dict: Mapping[str, Tensor], *, aux_head: bool = False) -> dict[str, Tensor]:
-    """An mmseg SETR checkpoint (naive, PUP or MLA) -> `SETR` keys.
-
-    Args:
-        state_dict: the checkpoint's ``state_dict`` (or the whole checkpoint dict holding it).
-        aux_head: keep the auxiliary heads (``aux_heads.*``) for a model built with ``aux_head=True``;
-            dropped by default, as the inference model has none.
-    """
-    if "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("auxiliary_head.") and not aux_head:
-            continue
-        for pattern, repl in _BACKBONE_RENAMES:
-            key = re.sub(pattern, repl, key)
-        key = re.sub(r"\.conv\.(weight|bias)$", r".0.\1", key)
-        key = re.sub(r"\.bn\.([a-z_]+)$", r".1.\1", key)
-        out[key] = value
-    return out
-
-
-_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/setr"
-_SEED = "SegFormer (Xie et al., NeurIPS 2021) Table 4"
-_PARAMS_NOTE = (
+PARAMS_NOTE = (
     "318.3 M counts SETR-PUP's three training-only auxiliary heads at the Cityscapes configuration "
     "(768x768 positional grid, 19 classes); mmsegmentation 1.2.2 counts 318.47 M for it"
 )
 
 
-def _setr_weights(ade: str, city: str) -> tuple[Weights, ...]:
-    return (
-        Weights("ade20k", f"{_MMSEG}/{ade}", "mmseg", converter=convert_mmseg_setr),
-        Weights("cityscapes", f"{_MMSEG}/{city}", "mmseg", converter=convert_mmseg_setr),
+def _setr_spec(
+    decoder: str,
+    encoder: str,
+    output_stride: int,
+    checkpoints: tuple[str, str],
+    published: Mapping[str, Published],
+    notes: str,
+) -> ArchSpec:
+    return ArchSpec(
+        name=f"setr-{decoder}-vit-l",
+        family="SETR",
+        encoder=encoder,
+        scale="non-realtime",
+        paper="Zheng et al., CVPR 2021",
+        year=2021,
+        output_stride=output_stride,
+        published=published,
+        evaluation=SETR_EVALUATION,
+        weights=mmseg_weights("setr", *checkpoints, converter=convert_mmseg_setr),
+        notes=notes,
     )
 
 
 @register(
-    ArchSpec(
-        name="setr-pup-vit-l",
-        family="SETR",
-        encoder="ViT-Large",
-        scale="non-realtime",
-        paper="Zheng et al., CVPR 2021",
-        year=2021,
-        output_stride=1,
-        published={
+    _setr_spec(
+        "pup",
+        "ViT-Large",
+        1,
+        (
+            "setr_pup_512x512_160k_b16_ade20k_20210619_191343-7e0ce826",
+            "setr_pup_vit-large_8x1_768x768_80k_cityscapes_20211122_155115-f6f37b8f",
+        ),
+        {
             "ade20k": Published(
                 params_m=318.3,
                 fps=5.4,
                 miou=50.2,
-                source=f"{_SEED}",
-                note=_PARAMS_NOTE + "; mIoU 50.2 is SETR-MLA's multi-scale result (SETR README 50.28), "
+                source=SEGFORMER_TABLE,
+                note=PARAMS_NOTE + "; mIoU 50.2 is SETR-MLA's multi-scale result (SETR README 50.28), "
                 "not PUP's (50.09); the seed's row mixes variants",
             ),
             "cityscapes": Published(
                 params_m=318.3,
                 fps=0.5,
                 miou=82.2,
-                source=f"{_SEED}; mIoU = SETR-PUP multi-scale (mmseg SETR README 82.15)",
-                note=_PARAMS_NOTE,
+                source=f"{SEGFORMER_TABLE}; mIoU = SETR-PUP multi-scale (mmseg SETR README 82.15)",
+                note=PARAMS_NOTE,
             ),
         },
-        weights=_setr_weights(
-            "setr_pup_512x512_160k_b16_ade20k/setr_pup_512x512_160k_b16_ade20k_20210619_191343-7e0ce826.pth",
-            "setr_pup_vit-large_8x1_768x768_80k_cityscapes/"
-            "setr_pup_vit-large_8x1_768x768_80k_cityscapes_20211122_155115-f6f37b8f.pth",
-        ),
         notes="the comparison table's SETR row (its parameter count is PUP's); logits at full resolution",
     )
 )
-def setr_pup_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> nn.Module:
-    """SETR-PUP with ViT-L/16 (mmseg ``setr_vit-l_pup`` configuration).
+def setr_pup_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> SETR:
+    """SETR-PUP with ViT-L/16 (mmseg ``setr_vit-l_pup``): four {3x3 conv, x2 bilinear} steps to full resolution.
 
     Args:
         num_classes: output classes.
@@ -293,59 +268,50 @@ def setr_pup_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = Fa
 
 
 @register(
-    ArchSpec(
-        name="setr-naive-vit-l",
-        family="SETR",
-        encoder="ViT-Large (naive)",
-        scale="non-realtime",
-        paper="Zheng et al., CVPR 2021",
-        year=2021,
-        output_stride=4,
-        weights=_setr_weights(
-            "setr_naive_512x512_160k_b16_ade20k/setr_naive_512x512_160k_b16_ade20k_20210619_191258-061f24f5.pth",
-            "setr_naive_vit-large_8x1_768x768_80k_cityscapes/"
-            "setr_naive_vit-large_8x1_768x768_80k_cityscapes_20211123_000505-20728e80.pth",
+    _setr_spec(
+        "naive",
+        "ViT-Large (naive)",
+        4,
+        (
+            "setr_naive_512x512_160k_b16_ade20k_20210619_191258-061f24f5",
+            "setr_naive_vit-large_8x1_768x768_80k_cityscapes_20211123_000505-20728e80",
         ),
+        {},
         notes="SETR's naive decoder; no published figures in the comparison table",
     )
 )
-def setr_naive_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> nn.Module:
-    """SETR-Naive with ViT-L/16 (mmseg ``setr_vit-l_naive`` configuration).
+def setr_naive_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> SETR:
+    """SETR-Naive with ViT-L/16 (mmseg ``setr_vit-l_naive``): a 1x1 conv on the last block, x4 bilinear.
 
     Args:
         num_classes: output classes.
         img_size: positional-embedding grid size (512: ADE20K configuration, 768: Cityscapes).
-        aux_head: add the three training-only auxiliary heads.
+        aux_head: add the three training-only auxiliary heads (1x1 convolutions, like the decode head).
     """
     return SETR(num_classes, "naive", img_size, aux_head)
 
 
 @register(
-    ArchSpec(
-        name="setr-mla-vit-l",
-        family="SETR",
-        encoder="ViT-Large (MLA)",
-        scale="non-realtime",
-        paper="Zheng et al., CVPR 2021",
-        year=2021,
-        output_stride=4,
-        published={
+    _setr_spec(
+        "mla",
+        "ViT-Large (MLA)",
+        4,
+        (
+            "setr_mla_512x512_160k_b16_ade20k_20210619_191057-f9741de7",
+            "setr_mla_vit-large_8x1_768x768_80k_cityscapes_20211119_101003-7f8dccbe",
+        ),
+        {
             "ade20k": Published(
                 miou=50.2,
-                source=f"{_SEED} (SETR row); = SETR-MLA multi-scale 50.28 in the SETR README",
+                source=f"{SEGFORMER_TABLE} (SETR row); = SETR-MLA multi-scale 50.28 in the SETR README",
                 note="the table's params (318.3 M) and FPS of that row belong to SETR-PUP",
             ),
         },
-        weights=_setr_weights(
-            "setr_mla_512x512_160k_b16_ade20k/setr_mla_512x512_160k_b16_ade20k_20210619_191057-f9741de7.pth",
-            "setr_mla_vit-large_8x1_768x768_80k_cityscapes/"
-            "setr_mla_vit-large_8x1_768x768_80k_cityscapes_20211119_101003-7f8dccbe.pth",
-        ),
         notes="SETR's multi-level aggregation decoder (the variant of the table's ADE20K mIoU)",
     )
 )
-def setr_mla_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> nn.Module:
-    """SETR-MLA with ViT-L/16 (mmseg ``setr_vit-l_mla`` configuration).
+def setr_mla_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> SETR:
+    """SETR-MLA with ViT-L/16 (mmseg ``setr_vit-l_mla``): blocks 6, 12, 18, 24 aggregated top-down.
 
     Args:
         num_classes: output classes.

@@ -40,7 +40,7 @@ def _innermost(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> a
     """The deepest subcommand parser that `parsed` chose (``bench data synth``'s for ``data synth``)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            chosen = action.choices.get(getattr(parsed, action.dest, None))
+            chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
             if chosen is not None:
                 return _innermost(chosen, parsed)
     return parser

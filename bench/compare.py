@@ -21,3 +21,10 @@ def agrees(measured: float, published: float, rel: float) -> bool:
     A published "3.8 M" only claims two digits: 3.75 M rounds to it, although it is 1.3% below.
     """
     return abs(measured - published) <= max(rel * abs(published), half_unit(published))
+
+
+def percent_delta(measured: float | None, published: float | None) -> float | None:
+    """`delta` in percent, None where either figure is missing (or the published one is 0)."""
+    if measured is None or published is None or published == 0:
+        return None
+    return 100.0 * delta(measured, published)

@@ -33,13 +33,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc``, or an error it was raised from or while handling, reports exhausted device or host
     memory (torch's OutOfMemoryError, MemoryError, an allocator's message)."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or any(
-            marker in str(exc).lower() for marker in OOM_MARKERS
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__name__ in ("OutOfMemoryError", "MemoryError") or any(
+            marker in str(cause).lower() for marker in OOM_MARKERS
         ):
             return True
-        exc = exc.__cause__ or exc.__context__
+        cause = cause.__cause__ or cause.__context__
     return False
 
 

@@ -1,22 +1,10 @@
 """Peers: our models against the reference implementations others use, same process, same mode.
 
-Pairs: SegFormer B0–B5 against HF transformers' ``SegformerForSemanticSegmentation`` (SDPA
-attention: the same network); DeepLab v3 (ResNet-101, output stride 8) against torchvision's
-``deeplabv3_resnet101`` (the same backbone and ASPP; ours adds the paper's multi-grid (1, 2, 4)
-dilations, which cost nothing, and has no extra 3x3 convolution after the ASPP, which torchvision's
-head has: 1% fewer FLOPs);
-FCN-R101 against torchvision's ``fcn_resnet101`` (one 3x3 convolution in its head, ours two plus
-the input concatenation); DeepLabV3+ on ResNet-101 and MobileNetV2 against
-segmentation_models_pytorch's ``DeepLabV3Plus`` at our output stride 8 (its decoder is slimmer);
-DeepLabV3+ MobileNetV2 against torchvision's nearest, ``deeplabv3_mobilenet_v3_large``. Random
-weights everywhere; only speed is compared. In a ``-fused`` mode both sides run in their
-inference form (`bench.measure.fusion`: every BatchNorm folded into its convolution, on the peer
-too), and ours adds its own exact rewrites (SegFormer's merged decoder). A ratio above 1 means
-ours is faster: ratio = peer latency / our latency. Each row also carries both sides' FLOPs (our
-counter, same input, the models as built), so a pair that does not compute the same amount is
-visible as such: ``same_work`` is true within 2%, and ``ratio_per_flop`` compares time per FLOP.
-(smp's PSPNet is not paired: it has no dilated encoder and pools at stride 8 of a 3-stage
-encoder, a sixth of our PSPNet's FLOPs.)
+The pairs and how each differs from ours: docs/gpu-runs.md. Random weights everywhere; only speed is
+compared, and in a ``-fused`` mode both sides run in their inference form (`bench.measure.fusion`).
+ratio = peer latency / our latency (above 1: ours is faster). Each row carries both sides' FLOPs, so a
+pair that does not compute the same amount shows as such (``same_work``, ``ratio_per_flop``). smp's
+PSPNet is not paired: without a dilated encoder it computes a sixth of our PSPNet's FLOPs.
 """
 
 from __future__ import annotations
@@ -24,15 +12,17 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 import archs
 from archs import kernels
+from archs.backbones.mit import MIT_CONFIGS
 from bench.errors import BenchError
 from bench.measure.flops import count_flops
-from bench.measure.speed import measure_latency
+from bench.measure.latency import measure_latency
 from bench.protocol import MODEL_SEED, SpeedProtocol
 
 
@@ -66,30 +56,28 @@ class PeerPair:
     requires: str
 
 
-_SEGFORMER = {  # (hidden sizes, depths, decoder width) of MiT-B0..B5
-    "b0": ([32, 64, 160, 256], [2, 2, 2, 2], 256),
-    "b1": ([64, 128, 320, 512], [2, 2, 2, 2], 256),
-    "b2": ([64, 128, 320, 512], [3, 4, 6, 3], 768),
-    "b3": ([64, 128, 320, 512], [3, 4, 18, 3], 768),
-    "b4": ([64, 128, 320, 512], [3, 8, 27, 3], 768),
-    "b5": ([64, 128, 320, 512], [3, 6, 40, 3], 768),
-}
-
-
 def hf_segformer(variant: str) -> Callable[[int], nn.Module]:
+    """HF transformers' SegFormer of our ``segformer-<variant>``: its encoder from `MIT_CONFIGS`, its decoder
+    width read from our model."""
+
     def build(num_classes: int) -> nn.Module:
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-        hidden, depths, decoder = _SEGFORMER[variant]
+        mit = MIT_CONFIGS[variant]
+        with torch.device("meta"):  # only its shape is read
+            ours = archs.build(f"segformer-{variant}", num_classes=num_classes)
         config = SegformerConfig(
-            hidden_sizes=hidden,
-            depths=depths,
-            decoder_hidden_size=decoder,
-            num_attention_heads=[1, 2, 5, 8],
-            num_labels=num_classes,
-            attn_implementation="sdpa",
+            hidden_sizes=mit.embed_dims,
+            depths=mit.depths,
+            num_attention_heads=mit.num_heads,
+            sr_ratios=mit.sr_ratios,
+            mlp_ratios=(mit.mlp_ratio,) * len(mit.depths),
+            decoder_hidden_size=ours.get_parameter("decode_head.classifier.weight").shape[1],
         )
-        return LogitsOnly(SegformerForSemanticSegmentation(config), "logits").eval()
+        config.num_labels = num_classes
+        model = SegformerForSemanticSegmentation(config)
+        model.set_attn_implementation("sdpa")
+        return LogitsOnly(model, "logits").eval()
 
     return build
 
@@ -116,7 +104,7 @@ def smp_model(arch: str, encoder: str, **options) -> Callable[[int], nn.Module]:
 
 
 PAIRS: tuple[PeerPair, ...] = (
-    *(PeerPair(f"segformer-{v}", f"HF Segformer-{v.upper()}", hf_segformer(v), "transformers") for v in _SEGFORMER),
+    *(PeerPair(f"segformer-{v}", f"HF Segformer-{v.upper()}", hf_segformer(v), "transformers") for v in MIT_CONFIGS),
     PeerPair(
         "deeplabv3-r101-os8", "torchvision deeplabv3_resnet101", torchvision_model("deeplabv3_resnet101"), "torchvision"
     ),
@@ -166,7 +154,7 @@ def compare(
     ``same_work`` says whether they agree within `SAME_WORK`.
     """
     gflops = {} if gflops is None else gflops
-    row = {"ours": pair.ours, "peer": pair.peer, "input": "x".join(map(str, input_size)), "mode": mode}
+    row: dict[str, Any] = {"ours": pair.ours, "peer": pair.peer, "input": "x".join(map(str, input_size)), "mode": mode}
     results = {}
     for side, build in (
         ("ours", lambda: archs.build(pair.ours, num_classes=num_classes)),

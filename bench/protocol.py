@@ -9,16 +9,16 @@ measures (`counts_as`: parameters, FLOPs, and the modes no later version changed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
-if TYPE_CHECKING:  # a type only: the records and tables read this module without importing torch
+if TYPE_CHECKING:  # types only: the records and tables read this module without importing torch
     from archs import ArchSpec
+    from bench.store.record import Record
 
 PROTOCOL_VERSION = "2"
 # Per version, the speed modes whose measurement it changed (latency and sweep records of those modes).
-# 2: the fp16/bf16 channels_last modes time both memory layouts and keep the faster ("auto" below;
-#    on the first H200 run channels_last made BatchNorm CNNs up to 2.8x slower under fp16 autocast),
-#    and a fused mode also stores the weights autocast casts in the mode's precision (`fusion.precast_for_autocast`).
+# 2: the fp16/bf16 channels_last modes time both memory layouts and keep the faster ("auto" below), and a
+#    fused mode stores the weights autocast casts in the mode's precision (`fusion.precast_for_autocast`).
 CHANGED_MODES: dict[str, frozenset[str]] = {
     "2": frozenset({"graph", "graph-bf16", "eager-fp16", "graph-fused"}),
 }
@@ -76,19 +76,25 @@ SPEED = {
     "cpu": SpeedProtocol(warmup_steps=1, repeats=2, min_steps=1, min_repeat_s=1.0, max_repeat_s=5.0),
 }
 
-# Inference modes. `eager` is what the papers timed; `graph` is what the GPU can do without
-# Python launch overhead: fp16 autocast, channels_last where it helps, one CUDA graph replayed per
-# step. channels_last "auto" times the step in both memory layouts (`LAYOUT_PROBE`) and keeps the
-# faster, which the record names. The others isolate one factor each: `graph-fp32` differs from
-# `eager` only by the graph replay (the gap is CPU launch overhead), `graph-nchw` is `graph` held to
-# NCHW, `graph-bf16` differs only by the precision, `eager-fp16` from `graph` only by the replay;
-# `compile` adds torch.compile (its compile time is recorded apart and excluded from the latency;
-# channels_last, not probed: a second compile takes minutes); the `-fused` modes time the model's
-# inference form (`bench.measure.fusion`: BatchNorm folded into its convolution, a model's own exact
-# rewrites, under autocast the weights stored in the precision autocast casts them to), the same
-# function with fewer kernels.
-_PLAIN = {"channels_last": False, "cuda_graph": False, "compile": False, "fused": False}
-MODES = {
+
+class _Runtime(TypedDict):
+    channels_last: bool | str  # "auto": the faster of the two layouts, timed
+    cuda_graph: bool
+    compile: bool
+    fused: bool
+
+
+class ModeSettings(_Runtime):
+    """What a speed mode runs: its precision, memory layout, CUDA-graph replay, torch.compile, inference form."""
+
+    precision: str
+
+
+# Speed modes (docs/protocol.md): `eager` is what the papers timed, `graph` what the GPU does without Python
+# launch overhead; each other mode changes one factor of these two. channels_last "auto" times both layouts
+# (`LAYOUT_PROBE`) and keeps the faster; `compile` holds channels_last, as a second compile takes minutes.
+_PLAIN: _Runtime = {"channels_last": False, "cuda_graph": False, "compile": False, "fused": False}
+MODES: dict[str, ModeSettings] = {
     "eager": {**_PLAIN, "precision": "fp32"},
     "graph": {**_PLAIN, "precision": "fp16", "channels_last": "auto", "cuda_graph": True},
     "graph-fp32": {**_PLAIN, "precision": "fp32", "cuda_graph": True},
@@ -119,9 +125,8 @@ MODEL_SEED = 0
 
 # What `bench run` times unless --modes says otherwise.
 DEFAULT_MODES = ("eager", "graph", "graph-fp32")
-# torch.compile mode of the `compile` speed mode: "default" fuses kernels; the step is then
-# captured into a CUDA graph by the harness, as for `graph`. ("max-autotune" variants take tens of
-# minutes on the large models.)
+# torch.compile mode of the `compile` speed mode: "default" fuses kernels, then the harness captures the step
+# into a CUDA graph as for `graph` ("max-autotune" takes tens of minutes on the large models).
 COMPILE_MODE = "default"
 
 # A measurement whose repeats disagree by more than this share of the median is flagged unstable.
@@ -172,4 +177,25 @@ def dataset(name: str) -> DatasetProtocol:
 
 def input_size(spec: ArchSpec, dataset_name: str) -> tuple[int, int]:
     """(H, W) for ``spec`` on ``dataset_name``: the spec's published size, else the protocol's."""
-    return tuple(spec.input_size.get(dataset_name, dataset(dataset_name).input_size))
+    height, width = spec.input_size.get(dataset_name, dataset(dataset_name).input_size)
+    return height, width
+
+
+def job_settings(spec: ArchSpec, dataset_name: str, mode: str | None) -> dict[str, Any]:
+    """What a job is measured with: input size and classes (the spec's), and its mode's settings."""
+    return {
+        "input_size": list(input_size(spec, dataset_name)),
+        "num_classes": dataset(dataset_name).num_classes,
+        **(MODES[mode] if mode else {}),
+    }
+
+
+def is_current(record: Record) -> bool:
+    """Whether ``record`` was taken at the input size and classes its job has now (a spec may change them)."""
+    import archs  # imports torch: only a run and the tables ask
+
+    if record.arch not in archs.list_archs() or record.dataset not in DATASETS:
+        return True  # a plugin not loaded this run, or an old dataset: nothing to compare with
+    recorded = record.settings or {}  # a setting the record does not name cannot be compared
+    current = job_settings(archs.get_spec(record.arch), record.dataset, None)
+    return all(recorded[key] == value for key, value in current.items() if key in recorded)

@@ -16,9 +16,10 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 import torch  # noqa: E402, F401
 
 import archs  # noqa: E402
-import bench.measure.flops  # noqa: E402, F401
-import bench.measure.speed  # noqa: E402, F401
-import bench.provenance  # noqa: E402, F401
+import bench.measure.flops  # noqa: E402
+import bench.measure.latency  # noqa: E402
+import bench.measure.sweep  # noqa: E402
+import bench.provenance  # noqa: E402
 
 archs.list_archs()  # import the built-in families and entry-point plugins once
 bench.provenance.git_commit()  # the checkout does not change during a run

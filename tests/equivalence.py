@@ -23,6 +23,43 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.module
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+class _Draws:
+    """Seeded draws written into tensors in place."""
+
+    def __init__(self, seed: int) -> None:
+        self.g = torch.Generator().manual_seed(seed)
+
+    def normal(self, tensor: Tensor, std: float) -> None:
+        tensor.copy_((torch.randn(tuple(tensor.shape), generator=self.g) * std).to(tensor.dtype))
+
+    def uniform(self, tensor: Tensor, low: float, high: float) -> None:
+        draw = torch.rand(tuple(tensor.shape), generator=self.g) * (high - low) + low
+        tensor.copy_(draw.to(tensor.dtype))
+
+
+def _init_weights(m: nn.Module, draw: _Draws) -> None:
+    if isinstance(m, _CONVS):
+        draw.normal(m.weight, 1 / math.sqrt(m.weight[0].numel()))
+    elif isinstance(m, nn.modules.conv._ConvTransposeNd):
+        # weight (in, out / groups, *kernel): each output sums in * kernel / stride products
+        fan_in = m.weight.shape[0] * m.weight[0, 0].numel() / math.prod(m.stride)
+        draw.normal(m.weight, 1 / math.sqrt(fan_in))
+    elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+        draw.normal(m.in_proj_weight, 1 / math.sqrt(m.embed_dim))
+        if m.in_proj_bias is not None:
+            draw.normal(m.in_proj_bias, 0.1)
+
+
+def _init_norm(m: nn.Module, draw: _Draws) -> None:
+    if getattr(m, "weight", None) is not None:
+        draw.uniform(m.weight, 0.5, 1.5)
+    if getattr(m, "bias", None) is not None:
+        draw.normal(m.bias, 0.1)
+    if getattr(m, "running_mean", None) is not None:
+        draw.normal(m.running_mean, 0.1)
+        draw.uniform(m.running_var, 0.5, 1.5)
+
+
 @torch.no_grad()
 def scale_preserving_init(module: nn.Module, seed: int = 0) -> nn.Module:
     """Re-initialise ``module`` in place so that activations keep their scale; returns it.
@@ -38,46 +75,21 @@ def scale_preserving_init(module: nn.Module, seed: int = 0) -> nn.Module:
         module: the model (a reference implementation, usually).
         seed: of the random draws.
     """
-    g = torch.Generator().manual_seed(seed)
-
-    def fill(tensor: Tensor, draw: Callable[[tuple[int, ...]], Tensor]) -> None:
-        tensor.copy_(draw(tuple(tensor.shape)).to(tensor.dtype))
-
-    def normal(std: float) -> Callable[[tuple[int, ...]], Tensor]:
-        return lambda shape: torch.randn(shape, generator=g) * std
-
-    def uniform(low: float, high: float) -> Callable[[tuple[int, ...]], Tensor]:
-        return lambda shape: torch.rand(shape, generator=g) * (high - low) + low
-
+    draw = _Draws(seed)
     done: set[int] = set()
     for m in module.modules():
         own = dict(m.named_parameters(recurse=False))
-        if isinstance(m, _CONVS):
-            fan_in = m.weight[0].numel()
-            fill(m.weight, normal(1 / math.sqrt(fan_in)))
-        elif isinstance(m, nn.modules.conv._ConvTransposeNd):
-            # weight (in, out / groups, *kernel): each output sums in * kernel / stride products
-            fan_in = m.weight.shape[0] * m.weight[0, 0].numel() / math.prod(m.stride)
-            fill(m.weight, normal(1 / math.sqrt(fan_in)))
-        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
-            fill(m.in_proj_weight, normal(1 / math.sqrt(m.embed_dim)))
-            if m.in_proj_bias is not None:
-                fill(m.in_proj_bias, normal(0.1))
-        elif isinstance(m, _NORMS):
-            if getattr(m, "weight", None) is not None:
-                fill(m.weight, uniform(0.5, 1.5))
-            if getattr(m, "bias", None) is not None:
-                fill(m.bias, normal(0.1))
-            if getattr(m, "running_mean", None) is not None:
-                fill(m.running_mean, normal(0.1))
-                fill(m.running_var, uniform(0.5, 1.5))
+        if isinstance(m, _NORMS):
+            _init_norm(m, draw)
+            done.update(id(p) for p in own.values())
+        else:
+            _init_weights(m, draw)
         if isinstance(m, (*_CONVS, nn.modules.conv._ConvTransposeNd)) and m.bias is not None:
-            fill(m.bias, normal(0.1))
+            draw.normal(m.bias, 0.1)
         done.update(id(p) for name, p in own.items() if name in ("weight", "bias", "in_proj_weight", "in_proj_bias"))
-        done.update(id(p) for name, p in own.items() if isinstance(m, _NORMS))
     for p in module.parameters():
         if id(p) not in done and p.is_floating_point() and p.numel() and bool((p == p.flatten()[0]).all()):
-            fill(p, uniform(-1.0, 1.0))
+            draw.uniform(p, -1.0, 1.0)
     return module
 
 

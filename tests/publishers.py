@@ -9,7 +9,7 @@ entry's layout and the logits its publisher's code computes from it:
 - ``hf``: transformers' ``SegformerForSemanticSegmentation`` with the model's widths and depths,
   saved as the hub's ``model.safetensors`` in the pre-v5 key layout the ``nvidia/segformer-*`` files use;
 - ``gscnn``: no runnable reference here (nv-tlabs/GSCNN builds on CUDA with its training config), so
-  segbench's own model is written out through the inverse of `archs.gscnn.convert_gscnn_checkpoint`
+  segbench's own model is written out through the inverse of `archs.convert.authors.convert_authors_gscnn`
   (DataParallel's ``module.`` prefix, the trunk at the top level, the unused ``dsn1``, a training
   checkpoint's ``epoch``) and its logits stand in for the reference's.
 

@@ -358,12 +358,41 @@ def test_an_impossible_output_folder_is_one_line_before_any_work(args, message):
 
 
 def test_a_latency_line_names_the_layout_a_probing_mode_kept():
-    from bench.commands.run import summarise
+    from bench.measurements import summarise
+    from bench.store import Record
 
     value = {"median_ms": 2.0, "fps": 500.0, "spread": 0.001, "channels_last": False}
-    record = {"kind": "latency", "device": "cuda", "value": {**value, "layout_ms": None}}
-    assert "kept" not in summarise(record)
-    record["value"]["layout_ms"] = {"channels_last": 5.97, "contiguous": 2.05}
+    line = {"arch": "a", "dataset": "ade20k", "kind": "latency", "mode": "graph", "protocol": "2", "device": "cuda"}
+    line |= {"device_slug": "dev", "status": "ok", "value": {**value, "layout_ms": None}}
+    assert "kept" not in summarise(Record.from_json(line))
+    line["value"]["layout_ms"] = {"channels_last": 5.97, "contiguous": 2.05}
     assert (
-        summarise(record) == "2.00 ms median, 500.0 FPS (cuda), NCHW kept (probe 5.97 ms channels_last, 2.05 ms NCHW)"
+        summarise(Record.from_json(line))
+        == "2.00 ms median, 500.0 FPS (cuda), NCHW kept (probe 5.97 ms channels_last, 2.05 ms NCHW)"
+    )
+
+
+def test_the_device_ceilings_are_measured_once_per_machine_and_stored_beside_the_records(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from bench.commands import run
+    from bench.store import read_peaks
+
+    asked = []
+
+    def measure(device):  # what the child process sends back on a GPU
+        asked.append(device)
+        return {"status": "ok", "value": {"matmul_fp16_tflops": 700.0}, "provenance": {"gpu_name": "Test GPU"}}
+
+    monkeypatch.setattr(run.jobs_mod, "measure_device_peaks", measure)
+    console = Console(file=io.StringIO())
+    run._ensure_peaks(tmp_path, "cuda:0", "machine-a", False, console)
+    run._ensure_peaks(tmp_path, "cuda:0", "machine-a", False, console)  # stored for this machine: kept
+    assert asked == ["cuda:0"] and read_peaks(tmp_path).machine == "machine-a"
+    run._ensure_peaks(tmp_path, "cuda:0", "machine-b", False, console)  # another machine's: measured here
+    assert asked == ["cuda:0", "cuda:0"] and read_peaks(tmp_path).peaks == {"matmul_fp16_tflops": 700.0}
+    assert read_peaks(tmp_path).machine == "machine-b" and "device ceilings: matmul_fp16_tflops 700.0" in (
+        console.file.getvalue()
     )

@@ -19,8 +19,10 @@ from torch import nn
 import archs
 from archs.backbones.mobilenetv2 import IMAGENET_STRIDES, MobileNetV2
 from archs.backbones.resnet import ResNet, resnet101_v1c
-from archs.deeplab import convert_torchvision_deeplabv3_state_dict, deeplabv3_r101_torchvision
-from archs.fcn import convert_mmseg_state_dict, convert_torchvision_fcn_state_dict, fcn_r101_torchvision
+from archs.convert.mmseg import convert_mmseg_state_dict
+from archs.convert.torchvision import convert_torchvision_deeplabv3, convert_torchvision_fcn
+from archs.deeplab_v3 import deeplabv3_r101_torchvision
+from archs.fcn import fcn_r101_torchvision
 from bench.compare import agrees
 from bench.measure.flops import count_flops
 from bench.measure.params import count_params
@@ -144,11 +146,11 @@ def test_mmcv_ops_stand_in_exposes_mmcv_pure_pytorch_ops(mmseg_oracle):
 @pytest.mark.parametrize(
     ("factory", "builder", "converter"),
     [
-        (torchvision.models.segmentation.fcn_resnet101, fcn_r101_torchvision, convert_torchvision_fcn_state_dict),
+        (torchvision.models.segmentation.fcn_resnet101, fcn_r101_torchvision, convert_torchvision_fcn),
         (
             torchvision.models.segmentation.deeplabv3_resnet101,
             deeplabv3_r101_torchvision,
-            convert_torchvision_deeplabv3_state_dict,
+            convert_torchvision_deeplabv3,
         ),
     ],
     ids=["fcn_resnet101", "deeplabv3_resnet101"],

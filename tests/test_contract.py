@@ -20,7 +20,7 @@ import archs
 from archs import base
 from bench.measure.flops import count_flops
 from bench.measure.fusion import fuse_for_inference, precast_for_autocast
-from bench.measure.speed import inference_step
+from bench.measure.step import inference_step
 from bench.protocol import DATASETS, input_size
 
 SMALL = (128, 192)

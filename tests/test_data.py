@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,10 +75,64 @@ def test_cityscapes_train_ids_equal_cityscapes_scripts(city_root):
 
 
 def _copy_tree(src, dst):
-    import shutil
 
     shutil.copytree(src, dst)
     return dst
+
+
+def _rename_split(root, kinds, new_name):
+    for kind in kinds:
+        (root / kind / "validation").rename(root / kind / new_name)
+    return root
+
+
+def _write_file(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _replace_label(root, label, resize_image=True):
+    image = root / "images" / "validation" / "ADE_val_00000002.jpg"
+    Image.fromarray(label).save(root / "annotations" / "validation" / "ADE_val_00000002.png")
+    if resize_image:
+        Image.open(image).resize((64, 64)).save(image)
+    return root
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+def _rmtree(root, name):
+    shutil.rmtree(root / name)
+    return root
+
+
+def _unlink(root, path):
+    (root / path).unlink()
+    return root
+
+
+# each damage takes the copied root and a scratch folder, and returns the folder to open
+_DAMAGES = {
+    "missing_root": lambda root, tmp: tmp / "nowhere",
+    "root_is_a_file": lambda root, tmp: _write_file(tmp / "ADE20K.txt", b"not a folder"),
+    "root_is_an_archive": lambda root, tmp: _write_file(tmp / "ADEChallengeData2016.zip", b"PK"),
+    "misnamed_split": lambda root, tmp: _rename_split(root, ("images", "annotations"), "val"),
+    "misnamed_image_split": lambda root, tmp: _rename_split(root, ("images",), "val"),
+    "other_split_only": lambda root, tmp: _rename_split(root, ("images", "annotations"), "training"),
+    "misnamed_root": lambda root, tmp: _mkdir(tmp / "empty"),
+    "no_annotations": lambda root, tmp: _rmtree(root, "annotations"),
+    "image_without_label": lambda root, tmp: _unlink(root, "annotations/validation/ADE_val_00000002.png"),
+    "label_without_image": lambda root, tmp: _unlink(root, "images/validation/ADE_val_00000003.jpg"),
+    "unreadable_image": lambda root, tmp: _write_file(
+        root / "images/validation/ADE_val_00000002.jpg", b"\xff\xd8 no"
+    ).parents[2],
+    "wrong_size_label": lambda root, tmp: _replace_label(root, np.ones((10, 10), np.uint8), resize_image=False),
+    "out_of_range_label": lambda root, tmp: _replace_label(root, np.full((64, 64), 200, np.uint8)),
+    "colour_label": lambda root, tmp: _replace_label(root, np.zeros((64, 64, 3), np.uint8)),
+}
 
 
 @pytest.mark.parametrize(
@@ -100,41 +156,7 @@ def _copy_tree(src, dst):
 )
 def test_bad_ade20k_input_is_one_line_naming_the_file(ade_root, tmp_path, damage, expected):
     root = _copy_tree(ade_root, tmp_path / "ADEChallengeData2016")
-    images, labels = root / "images" / "validation", root / "annotations" / "validation"
-    target = root
-    if damage == "missing_root":
-        target = tmp_path / "nowhere"
-    elif damage == "root_is_a_file":
-        target = tmp_path / "ADE20K.txt"
-        target.write_bytes(b"not a folder")
-    elif damage == "root_is_an_archive":
-        target = tmp_path / "ADEChallengeData2016.zip"
-        target.write_bytes(b"PK")
-    elif damage in ("misnamed_split", "misnamed_image_split", "other_split_only"):
-        new_name = "training" if damage == "other_split_only" else "val"
-        for kind in ("images",) if damage == "misnamed_image_split" else ("images", "annotations"):
-            (root / kind / "validation").rename(root / kind / new_name)
-    elif damage == "misnamed_root":
-        target = tmp_path / "empty"
-        target.mkdir()
-    elif damage == "no_annotations":
-        import shutil
-
-        shutil.rmtree(root / "annotations")
-    elif damage == "image_without_label":
-        (labels / "ADE_val_00000002.png").unlink()
-    elif damage == "label_without_image":
-        (images / "ADE_val_00000003.jpg").unlink()
-    elif damage == "unreadable_image":
-        (images / "ADE_val_00000002.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    elif damage == "wrong_size_label":
-        Image.fromarray(np.ones((10, 10), np.uint8)).save(labels / "ADE_val_00000002.png")
-    elif damage == "out_of_range_label":
-        Image.fromarray(np.full((64, 64), 200, np.uint8)).save(labels / "ADE_val_00000002.png")
-        Image.open(images / "ADE_val_00000002.jpg").resize((64, 64)).save(images / "ADE_val_00000002.jpg")
-    elif damage == "colour_label":
-        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(labels / "ADE_val_00000002.png")
-        Image.open(images / "ADE_val_00000002.jpg").resize((64, 64)).save(images / "ADE_val_00000002.jpg")
+    target = _DAMAGES[damage](root, tmp_path)
     with pytest.raises(DataError) as info:
         ds = open_dataset("ade20k", target)
         for i in range(len(ds)):
@@ -158,6 +180,46 @@ def test_bad_cityscapes_input(city_root, tmp_path):
     (root / "leftImg8bit").rename(root / "images")
     with pytest.raises(DataError, match="leftImg8bit/val does not exist but"):
         open_dataset("cityscapes", root)
+
+
+@pytest.mark.parametrize(
+    "dataset, alias, choices, example, restore",
+    [
+        (
+            "ade20k",
+            "val",
+            "validation or training",
+            "images/validation/*.jpg, annotations/validation/*.png",
+            "re-extract ADEChallengeData2016.zip",
+        ),
+        (
+            "cityscapes",
+            "validation",
+            "val or train",
+            "leftImg8bit/val/*/*_leftImg8bit.png, gtFine/val/*/*_gtFine_labelIds.png",
+            "extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root}",
+        ),
+    ],
+)
+def test_each_layout_finds_its_split_and_names_what_is_missing(
+    request, tmp_path, dataset, alias, choices, example, restore
+):
+    import re
+    import shutil
+
+    root = _copy_tree(request.getfixturevalue("ade_root" if dataset == "ade20k" else "city_root"), tmp_path / "copy")
+    found = open_dataset(dataset, root)
+    assert [p for p, _ in open_dataset(dataset, root, alias).pairs] == [p for p, _ in found.pairs]
+    title = found.layout.title
+    with pytest.raises(DataError, match=re.escape(f"{title} split 'test': choose {choices}")):
+        open_dataset(dataset, root, "test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"no {title} layout ({example}); {found.layout.pass_root}")):
+        open_dataset(dataset, tmp_path / "empty")
+    shutil.rmtree(found.root / found.layout.labels / found.split)
+    with pytest.raises(DataError) as info:
+        open_dataset(dataset, root)
+    assert str(info.value).endswith(f"({restore.format(root=found.root)})") and "\n" not in str(info.value)
 
 
 def _bench(capsys, *args: str) -> tuple[int, str, str]:

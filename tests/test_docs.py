@@ -40,7 +40,7 @@ def _commands(text: str) -> list[str]:
                 command = match[1].split("#")[0]
                 indent = len(line) - len(line.lstrip())
                 for follow in lines[i + 1 :]:  # a usage block's options continue on deeper-indented lines
-                    if not follow.strip() or len(follow) - len(follow.lstrip()) <= indent or "bench " in follow:
+                    if not follow.strip() or len(follow) - len(follow.lstrip()) <= indent or _COMMAND.search(follow):
                         break
                     command += " " + follow.strip()
                 first, *alternatives = command.split(" | ")
@@ -99,8 +99,11 @@ def test_the_command_check_catches_a_wrong_option_and_command():
     assert _unknown("data synth --dataset ade20k --num 3", parser) == []
     assert _unknown("data synth --bogus 3", parser) == ["bench data synth --bogus"]
     assert _unknown("frobnicate", parser) == ["bench frobnicate"]
-    block = "```\nbench run --suite S\n          [--results DIR] [--nope]\nbench list\n```"
-    assert [u for c in _commands(block) for u in _unknown(c, parser)] == ["bench run --nope"]
+    block = (
+        "```\nbench run --suite S\n          [--results DIR] [--nope]\n"
+        "    --results /data/segbench --nix\nbench list\n```"
+    )
+    assert [u for c in _commands(block) for u in _unknown(c, parser)] == ["bench run --nix", "bench run --nope"]
     assert _commands("`bench weights list | fetch NAME --dataset D`") == [
         "weights list",
         "weights fetch NAME --dataset D",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import archs
-from archs.segformer import convert_hf_state_dict
+from archs.convert.hf import convert_hf_segformer
 from tests.equivalence import TOL, assert_equivalent, scale_preserving_init
 
 
@@ -58,7 +58,7 @@ def _segformer_b0_pair(scaled: bool):
     # transformers' own initialisation: weights of std 0.02, zero biases, unit norms
     hf = hf_segformer(shape, 19, scale_preserving=scaled)
     ours = archs.build("segformer-b0", 19)
-    ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
+    ours.load_state_dict(convert_hf_segformer(hf.state_dict()))
     return hf, ours
 
 

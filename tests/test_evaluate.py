@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from archs import ArchSpec
+from archs import ArchSpec, Evaluation
 from bench.data import synthetic
 from bench.errors import BenchError
 from bench.evaluate import evaluate
@@ -40,6 +40,8 @@ def _spec(name="test-oracle", family="Oracle", **kw) -> ArchSpec:
 
 
 SPEC = _spec()
+# A model published with sliding windows on Cityscapes, as SegFormer's official config runs it.
+SLIDE_SPEC = _spec(evaluation={"cityscapes": Evaluation("slide", crop=(1024, 1024), stride=(768, 768))})
 
 
 class CodeOracle(nn.Module):
@@ -129,7 +131,7 @@ def test_oracle_scores_100_and_a_known_corruption_scores_exactly(roots, dataset)
 
 def test_whole_and_slide_agree_for_a_per_pixel_model(roots):
     oracle = CodeOracle("cityscapes")
-    seg_spec = _spec(family="SegFormer")
+    seg_spec = SLIDE_SPEC
     assert eval_protocol(seg_spec, "cityscapes").mode == "slide"
     slide = evaluate(oracle, seg_spec, "cityscapes", roots["cityscapes"], device="cpu", progress=False, workers=0)
     whole = evaluate(
@@ -197,10 +199,11 @@ def test_published_protocols():
     assert eval_protocol(_spec(), "ade20k") == EvalProtocol(mode="whole", scale=(2048, 512))
     assert eval_protocol(_spec(input_size={"ade20k": (640, 640)}), "ade20k").scale == (2048, 640)
     assert eval_protocol(_spec(), "cityscapes").scale == (2048, 1024)
-    setr = eval_protocol(_spec(family="SETR"), "ade20k")
-    assert (setr.mode, setr.crop, setr.stride) == ("slide", (512, 512), (341, 341))
+    windows = _spec(evaluation={"ade20k": Evaluation("slide", crop=(512, 512), stride=(341, 341))})
+    slide = eval_protocol(windows, "ade20k")
+    assert (slide.mode, slide.crop, slide.stride, slide.scale) == ("slide", (512, 512), (341, 341), (2048, 512))
     assert eval_protocol(_spec(), "ade20k", "slide").stride == (341, 341)
-    assert eval_protocol(_spec(family="SegFormer"), "cityscapes", "whole").crop is None
+    assert eval_protocol(SLIDE_SPEC, "cityscapes", "whole").crop is None
     with pytest.raises(BenchError):
         eval_protocol(_spec(), "ade20k", "tiles")
 
@@ -318,7 +321,7 @@ def test_cuda_evaluation_equals_cpu_and_never_syncs(roots):
     from bench.evaluate.metrics import ConfusionMatrix
 
     oracle = CodeOracle("cityscapes")
-    seg_spec = _spec(family="SegFormer")  # slide inference
+    seg_spec = SLIDE_SPEC  # slide inference
     kwargs = dict(progress=False, workers=2)
     cpu = evaluate(oracle, seg_spec, "cityscapes", roots["cityscapes"], device="cpu", **kwargs)
     tf32 = torch.backends.cudnn.allow_tf32

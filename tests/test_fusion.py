@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import archs
-from archs.segformer import convert_hf_state_dict
+from archs.convert.hf import convert_hf_segformer
 from bench.measure.flops import count_flops
 from bench.measure.fusion import fuse_for_inference, precast_for_autocast
-from bench.measure.speed import measure_latency
+from bench.measure.latency import measure_latency
 from bench.protocol import SpeedProtocol
 from tests.equivalence import assert_equivalent
 from tests.test_contract import _randomise_batchnorm
@@ -92,7 +92,7 @@ def test_a_model_in_training_mode_is_refused():
 def test_merged_segformer_decoder_equals_hf_and_drops_the_fuse_convolution(variant):
     hf = hf_model(variant, 150)
     ours = archs.build(f"segformer-{variant}", num_classes=150)
-    ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
+    ours.load_state_dict(convert_hf_segformer(hf.state_dict()))
     x = torch.randn(1, 3, 96, 128)
     built = count_flops(ours, (256, 320)).total
     with torch.no_grad():

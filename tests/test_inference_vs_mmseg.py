@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import archs
-from archs.fcn import convert_mmseg_state_dict
+from archs.convert.mmseg import convert_mmseg_state_dict
 from bench.evaluate import inference
 from bench.evaluate.inference import EvalProtocol, Predictor, slide_logits
 from tests.equivalence import TOL, assert_equivalent, scale_preserving_init

@@ -33,10 +33,10 @@ from torch import nn
 
 import archs
 from archs.attention_scale import AttentionToScale, HierarchicalMultiScaleAttention
-from archs.backbones.vgg import convert_torchvision_vgg16_classifier
+from archs.common import learned_upsample
+from archs.convert.torchvision import convert_torchvision_deeplabv3_to_v3, convert_torchvision_vgg16_classifier
 from archs.crf import DEEPLAB_V1_LARGEFOV_CRF, CRFRefinement, DenseCRF
-from archs.deconvnet import learned_upsample
-from archs.deeplab import convert_torchvision_deeplabv3_to_v3, deeplabv3_r101
+from archs.deeplab_v3 import deeplabv3_r101
 from archs.fcn import FCN_VGG_CROPS
 from bench.compare import agrees
 from bench.measure.params import count_params

@@ -1,4 +1,4 @@
-"""ruff's lint and format checks run with the suite: code that fails them fails the tests."""
+"""ruff's lint and format checks and mypy run with the suite: code that fails them fails the tests."""
 
 import importlib.util
 import subprocess
@@ -20,3 +20,13 @@ def test_the_code_passes_ruff(check):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, f"ruff {' '.join(check)} {' '.join(CHECKED)}:\n{done.stdout}{done.stderr}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed (the test extra has it)")
+def test_the_package_type_checks(tmp_path):
+    # pyproject's [tool.mypy] names the files; the cache goes to a scratch folder, not the checkout
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, f"mypy:\n{done.stdout}{done.stderr}"

@@ -31,11 +31,11 @@ from archs.backbones.axial_resnet import AxialAttention, AxialResNet
 from archs.backbones.hrnet import HRNet
 from archs.backbones.vit import VisionTransformer
 from archs.backbones.wider_resnet import IdentityResidualBlock
-from archs.ccnet import CrissCrossAttention, convert_mmseg_ccnet
+from archs.ccnet import CrissCrossAttention
+from archs.convert.mmseg import convert_mmseg_ccnet, convert_mmseg_encnet, convert_mmseg_setr
 from archs.dynamic_routing import DynamicCell, DynamicRoutingNet
-from archs.encnet import Encoding, convert_mmseg_encnet
+from archs.encnet import Encoding
 from archs.gscnn import CannyEdges, GatedSpatialConv2d
-from archs.setr import convert_mmseg_setr
 from bench.compare import agrees
 from bench.errors import BenchError
 from bench.measure.flops import count_flops

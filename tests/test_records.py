@@ -1,28 +1,38 @@
-"""Records: atomic appends, dedupe of finished measurements, torn lines, concurrent writers."""
+"""Records: typed in and out of JSON, atomic appends, dedupe of finished measurements, torn lines, concurrent
+writers."""
 
 import errno
 import json
 import multiprocessing as mp
+import uuid
 import warnings
 from pathlib import Path
 
 import pytest
 
 from bench.errors import BenchError
-from bench.records import RecordStore, new_record, read_records, record_key, write_text_atomic
+from bench.io import write_text_atomic
+from bench.measurements import MEASUREMENTS
+from bench.store import Record, RecordStore, read_records
+from tests.conftest import ROOT
 
 
-def rec(arch="a", status="ok", **kw):
-    fields = {"dataset": "ade20k", "kind": "params", "mode": None, "protocol": "1", **kw}
-    return new_record(arch=arch, device="cpu", device_slug="dev", status=status, **fields)
+def line(arch="a", status="ok", **kw) -> dict:
+    """A record as a line of records.jsonl holds it (``kw`` overrides or adds fields)."""
+    fields = {"dataset": "ade20k", "kind": "params", "mode": None, "protocol": "1", "device": "cpu"}
+    return {"schema": 1, "id": uuid.uuid4().hex, "arch": arch, "device_slug": "dev", "status": status, **fields, **kw}
+
+
+def rec(arch="a", status="ok", **kw) -> Record:
+    return Record.from_json(line(arch, status, **kw))
 
 
 def test_append_and_read_back(tmp_path):
     store = RecordStore(tmp_path, "dev")
     written = store.append([rec("a"), rec("b", status="error", error="boom")])
     assert len(written) == 2
-    assert [r["arch"] for r in store.read()] == ["a", "b"]
-    assert store.done() == {record_key(rec("a"))}
+    assert [r.arch for r in store.read()] == ["a", "b"]
+    assert store.done() == {rec("a").key()}
 
 
 def test_an_ok_measurement_is_recorded_once_unless_forced(tmp_path):
@@ -31,7 +41,7 @@ def test_an_ok_measurement_is_recorded_once_unless_forced(tmp_path):
     assert store.append([rec("a")]) == []
     assert len(store.append([rec("a")], replace_ok=True)) == 1
     assert len(store.append([rec("a", status="error")])) == 1  # failures are kept, and retried
-    assert [r["status"] for r in store.read()] == ["ok", "ok", "error"]
+    assert [r.status for r in store.read()] == ["ok", "ok", "error"]
 
 
 def test_reuse_is_judged_on_the_newest_ok_record_the_one_the_tables_show(tmp_path):
@@ -39,8 +49,8 @@ def test_reuse_is_judged_on_the_newest_ok_record_the_one_the_tables_show(tmp_pat
     store.append([rec("a", value={"weights": "A"})])
     store.append([rec("a", value={"weights": "B"})], replace_ok=True)
     store.append([rec("a", status="error")])  # a failure after them changes nothing
-    asks_for = lambda weights: lambda r: r["value"]["weights"] == weights  # noqa: E731
-    key = record_key(rec("a"))
+    asks_for = lambda weights: lambda r: r.value.data["weights"] == weights  # noqa: E731
+    key = rec("a").key()
     assert store.triage(asks_for("B")) == ({key}, set())
     assert store.triage(asks_for("A")) == (set(), {key})  # an older record of A is not what the table shows
     assert store.done() == {key}
@@ -66,19 +76,19 @@ def test_torn_last_line_is_skipped_and_next_append_starts_a_new_line(tmp_path):
     with open(store.path, "ab") as f:
         f.write(b'{"schema": 1, "arch": "torn", "dat')  # a writer killed mid-line
     with pytest.warns(UserWarning, match="torn"):
-        assert [r["arch"] for r in store.read()] == ["a"]
+        assert [r.arch for r in store.read()] == ["a"]
     with warnings.catch_warnings():  # an append reads the file again: the same bad line is not warned of twice
         warnings.simplefilter("error")
         store.append([rec("b")])
-        assert [r["arch"] for r in read_records(store.path)] == ["a", "b"]
+        assert [r.arch for r in read_records(store.path)] == ["a", "b"]
 
 
 @pytest.mark.parametrize(
     "line",
     [
         {"arch": "x", "dataset": "ade20k", "protocol": "1", "device_slug": "dev", "status": "ok"},  # no kind
-        {**rec("x"), "value": "not an object"},
-        {**rec("x"), "device_slug": None},
+        line("x", value="not an object"),
+        line("x", device_slug=None),
         ["a", "list"],
     ],
 )
@@ -89,20 +99,24 @@ def test_a_line_that_is_not_a_whole_record_is_skipped(tmp_path, line):
         f.write(json.dumps(line) + "\n")
     with pytest.warns(UserWarning, match="corrupt"):
         store.append([rec("b")])
-        assert [r["arch"] for r in store.read()] == ["a", "b"]
+        assert [r.arch for r in store.read()] == ["a", "b"]
 
 
 BAD_VALUES = {
-    "provenance not an object": {**rec("x"), "provenance": "oops"},
-    "no device": {k: v for k, v in rec("x").items() if k != "device"},
-    "params_m a string": rec("x", value={"params_m": "3.7"}),
-    "params_m a list": rec("x", value={"params_m": [3.7]}),
-    "params_m a bool": rec("x", value={"params_m": True}),
-    "gflops a string": {**rec("x", value={"gflops": "1", "input_size": [64, 64]}), "kind": "flops"},
-    "input_size a word": {**rec("x", value={"gflops": 1.0, "input_size": "big"}), "kind": "flops"},
-    "input_size not positive": {**rec("x", value={"gflops": 1.0, "input_size": [64, 0]}), "kind": "flops"},
-    "median_ms a string": {**rec("x", value={"median_ms": "x", "fps": 1.0}), "kind": "latency", "mode": "eager"},
-    "settings a list": {**rec("x"), "settings": [512, 512]},
+    "provenance not an object": line("x", provenance="oops"),
+    "no device": {k: v for k, v in line("x").items() if k != "device"},
+    "params_m a string": line("x", value={"params_m": "3.7"}),
+    "params_m a list": line("x", value={"params_m": [3.7]}),
+    "params_m a bool": line("x", value={"params_m": True}),
+    "gflops a string": line("x", kind="flops", value={"gflops": "1", "input_size": [64, 64]}),
+    "input_size a word": line("x", kind="flops", value={"gflops": 1.0, "input_size": "big"}),
+    "input_size not positive": line("x", kind="flops", value={"gflops": 1.0, "input_size": [64, 0]}),
+    "dynamic without its mean": line("x", kind="flops", value={"dynamic": {"gflops_min": 1.0, "inputs": 4}}),
+    "median_ms a string": line("x", kind="latency", mode="eager", value={"median_ms": "x", "fps": 1.0}),
+    "a probe's ms a string": line("x", kind="latency", mode="graph", value={"layout_ms": {"contiguous": "2"}}),
+    "best_batch zero": line("x", kind="sweep", mode="graph", value={"best_batch": 0, "images_s": 1.0}),
+    "settings a list": line("x", settings=[512, 512]),
+    "num_classes not positive": line("x", settings={"input_size": [64, 64], "num_classes": 0}),
 }
 
 
@@ -113,27 +127,29 @@ def test_a_whole_record_with_values_of_the_wrong_type_is_skipped_like_a_corrupt_
     with open(store.path, "a") as f:
         f.write(json.dumps(line) + "\n")
     with pytest.warns(UserWarning, match=r"records.jsonl: skipping 1 unreadable line \(2\)"):
-        assert [r["arch"] for r in store.read()] == ["a"]
-    assert store.done() == {record_key(rec("a"))}  # not done: `bench run` measures it again
+        assert [r.arch for r in store.read()] == ["a"]
+    assert store.done() == {rec("a").key()}  # not done: `bench run` measures it again
     assert json.loads(store.path.read_text().splitlines()[1]) == line  # skipped, not removed
 
 
 def test_records_of_another_device_are_left_out_of_a_folder_with_one_warning(tmp_path):
     store = RecordStore(tmp_path, "dev")
-    store.append([rec("a"), {**rec("b"), "device_slug": "cpu-x"}, {**rec("c"), "device_slug": "cpu-x"}])
+    store.append([rec("a"), rec("b", device_slug="cpu-x"), rec("c", device_slug="cpu-x")])
     with pytest.warns(UserWarning, match=r"records.jsonl: 2 records of another device \(cpu-x\) are left out of dev's"):
-        assert [r["arch"] for r in store.read()] == ["a"]
+        assert [r.arch for r in store.read()] == ["a"]
     assert len(store.path.read_text().splitlines()) == 3  # left out, not removed
     renamed = tmp_path / "run-1"
     (tmp_path / "dev").rename(renamed)  # a renamed folder: the newest record's device
     with pytest.warns(UserWarning, match=r"1 record of another device \(dev\) is left out of cpu-x's tables"):
-        assert [r["arch"] for r in RecordStore(tmp_path, "run-1").read()] == ["b", "c"]
+        assert [r.arch for r in RecordStore(tmp_path, "run-1").read()] == ["b", "c"]
 
 
 def test_a_failed_record_is_kept_whatever_its_values(tmp_path):
     store = RecordStore(tmp_path, "dev")
-    store.append([{**rec("a", status="error", error="boom", value={"params_m": "?"}), "provenance": "?"}])
-    assert [r["arch"] for r in store.read()] == ["a"]
+    store.folder.mkdir()
+    store.path.write_text(json.dumps(line("a", status="error", error="boom", value={"params_m": "?"}, provenance="?")))
+    (failed,) = store.read()
+    assert (failed.arch, failed.error, failed.value.data, failed.provenance) == ("a", "boom", {"params_m": "?"}, None)
 
 
 def test_many_bad_lines_give_one_warning_naming_how_many_and_where(tmp_path):
@@ -145,7 +161,7 @@ def test_many_bad_lines_give_one_warning_naming_how_many_and_where(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         store.append([rec("b")])  # reads the file for the keys recorded
-        assert [r["arch"] for r in read_records(store.path)] == ["a", "b"]  # read again: not warned again
+        assert [r.arch for r in read_records(store.path)] == ["a", "b"]  # read again: not warned again
     (warning,) = caught
     message = str(warning.message)
     assert message.startswith(f"{store.path}: skipping 31 unreadable lines (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ...)")
@@ -224,7 +240,7 @@ def _join(procs) -> None:
 def _writer(folder, worker, count):
     store = RecordStore(folder, "dev")
     for i in range(count):
-        store.append([rec(f"w{worker}-{i}", payload="x" * 5000)])
+        store.append([rec(f"w{worker}-{i}", traceback="x" * 5000)])
 
 
 def test_concurrent_writers_never_interleave_lines(tmp_path):
@@ -314,27 +330,27 @@ def test_a_device_folder_name_drops_trademark_marks():
 
 def on(machine, arch="a", **kw):
     """A record of ``arch`` measured on ``machine`` (its `bench.provenance.machine_id`)."""
-    return {**rec(arch, **kw), "provenance": {"machine_id": machine, "git_commit": "0" * 40}}
+    return rec(arch, provenance={"machine_id": machine, "git_commit": "0" * 40}, **kw)
 
 
 def test_another_machines_record_is_not_done_here_and_stays_in_the_file(tmp_path):
     store = RecordStore(tmp_path, "dev")
     store.append([on("machine-a", "a"), on("machine-a", "b"), rec("c")])  # c names no machine
-    key = record_key(rec("a"))
-    assert store.done("machine-a") == {key, record_key(rec("b"))}
+    key = rec("a").key()
+    assert store.done("machine-a") == {key, rec("b").key()}
     assert store.done("machine-b") == set()  # neither another machine's records nor one that names none
     assert store.triage(machine="machine-b") == (set(), set())
     written = store.append([on("machine-b", "a")])  # measured here: written beside the other machine's
     assert len(written) == 1 and store.append([on("machine-b", "a")]) == []  # and then done here
-    assert [(r["arch"], r["provenance"]["machine_id"]) for r in store.read() if r["arch"] == "a"] == [
+    assert [(r.arch, r.machine) for r in store.read() if r.arch == "a"] == [
         ("a", "machine-a"),
         ("a", "machine-b"),
     ]
-    assert store.done("machine-b") == {key} and store.done() == {key, record_key(rec("b")), record_key(rec("c"))}
+    assert store.done("machine-b") == {key} and store.done() == {key, rec("b").key(), rec("c").key()}
 
 
 def test_the_tables_take_this_machines_newest_record_over_a_newer_one_of_another_machine():
-    from bench.records import latest_ok
+    from bench.store import latest_ok
 
     records = [
         on("here", value={"params_m": 1.0}),
@@ -342,9 +358,9 @@ def test_the_tables_take_this_machines_newest_record_over_a_newer_one_of_another
         on("there", value={"params_m": 3.0}),  # newer, but another machine's
         on("there", "b", value={"params_m": 4.0}),  # measured nowhere else: shown
     ]
-    chosen = {key[0]: r["value"]["params_m"] for key, r in latest_ok(records, prefer={"here"}).items()}
+    chosen = {key[0]: r.value.params_m for key, r in latest_ok(records, prefer={"here"}).items()}
     assert chosen == {"a": 2.0, "b": 4.0}
-    chosen = {key[0]: r["value"]["params_m"] for key, r in latest_ok(records, prefer={"elsewhere"}).items()}
+    chosen = {key[0]: r.value.params_m for key, r in latest_ok(records, prefer={"elsewhere"}).items()}
     assert chosen == {"a": 3.0, "b": 4.0}  # none of them this machine's: the newest
 
 
@@ -369,3 +385,45 @@ def test_this_machine_is_named_by_its_installation_and_host_not_its_processor(tm
     assert identity("3d1219c7c4c5404aaa1f6d2a48adfda4", "vm-2") != first  # a clone of it, another host
     monkeypatch.setenv(provenance.MACHINE_ENV, "bench-node-7")
     assert provenance.machine_id("cpu") == "bench-node-7" and provenance.local_machine_ids() == {"bench-node-7"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "results").glob("*/records.jsonl")), ids=lambda p: p.parent.name)
+def test_every_shipped_record_reads_as_a_typed_record_and_writes_back_the_same_line(path):
+    lines = [text for text in path.read_text().splitlines() if text.strip()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no line of the reference results is skipped
+        records = read_records(path)
+    assert len(records) == len(lines)
+    assert [json.dumps(r.to_json(), sort_keys=True, default=str) for r in records] == lines
+    for record in records:  # an ok record's value is its kind's type, with the fields the tables read
+        if record.ok:
+            assert type(record.value) is MEASUREMENTS[record.kind].value_type
+
+
+def test_a_value_reads_its_typed_fields_keeps_the_rest_and_names_the_field_of_a_wrong_type():
+    from bench.measurements.flops import DynamicFlops, FlopsValue
+
+    data = {"gflops": 2.5, "input_size": [64, 128], "dynamic": None, "convention": "fvcore"}
+    value = FlopsValue.from_json(data)
+    assert (value.gflops, value.input_size, value.dynamic) == (2.5, (64, 128), None)
+    assert value.to_json() == data  # the fields no annotation names, and a null, stay as written
+    built = FlopsValue(gflops=1.0, dynamic=DynamicFlops(gflops_mean=0.5, gflops_min=0.4, gflops_max=0.6, inputs=4))
+    assert built.to_json() == {
+        "gflops": 1.0,
+        "dynamic": {"gflops_mean": 0.5, "gflops_min": 0.4, "gflops_max": 0.6, "inputs": 4},
+    }  # a value built in code writes the fields it sets
+    assert FlopsValue.from_json(built.to_json()) == built
+    with pytest.raises(ValueError, match=r"FlopsValue.input_size: \[64, -1\] is not"):
+        FlopsValue.from_json({"input_size": [64, -1]})
+    with pytest.raises(ValueError, match=r"DynamicFlops.gflops_mean: missing"):
+        FlopsValue.from_json({"dynamic": {"gflops_min": 1.0, "gflops_max": 1.0, "inputs": 4}})
+
+
+def test_the_device_ceilings_are_stored_beside_the_records_with_the_machine_they_were_measured_on(tmp_path):
+    from bench.store import read_peaks, write_peaks
+
+    write_peaks(tmp_path, {"matmul_fp16_tflops": 760.9}, {"gpu_name": "Test GPU", "machine_id": "m-1"})
+    stored = read_peaks(tmp_path)
+    assert stored.peaks == {"matmul_fp16_tflops": 760.9} and stored.provenance["gpu_name"] == "Test GPU"
+    assert stored.machine == "m-1"
+    assert read_peaks(tmp_path / "none") is None

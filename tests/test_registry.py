@@ -1,7 +1,10 @@
 """The one interface: registration, lookup with suggestions, entry-point plugins."""
 
+import inspect
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +51,52 @@ def test_a_plugin_module_that_fails_to_import_is_a_one_line_error(tmp_path, monk
 def test_bad_scale_is_refused():
     with pytest.raises(ValueError, match="scale"):
         archs.ArchSpec(name="x", family="X", encoder="X", scale="fast", paper="", year=2020, output_stride=8)
+
+
+def test_every_built_in_name_is_the_def_of_its_builder():
+    """`grep "def <name>"` (dashes as underscores, timm's convention) finds the builder of every built-in model."""
+    built_in = [n for n in archs.list_archs() if base._entry(n).builder.__module__.startswith("archs.")]
+    assert len(built_in) > 30
+    for name in built_in:
+        builder = base._entry(name).builder
+        expected = name.replace("-", "_")
+        assert builder.__name__ == expected, name
+        source = inspect.getsource(sys.modules[builder.__module__])
+        assert re.search(rf"^def {expected}\(", source, re.M), f"no `def {expected}(` in {builder.__module__}"
+
+
+def _figure(value: str) -> float | None:
+    return float(value) if value.strip() else None
+
+
+def test_every_built_in_model_has_a_page_that_quotes_its_published_figures():
+    """docs/models/<family>.md, named by the module's docstring, lists the spec's published figures as they are."""
+    pages = Path(__file__).resolve().parents[1] / "docs" / "models"
+    row = re.compile(r"^\| `([\w.-]+)` \| (\w+)[^|]* \|([^|]*)\|([^|]*)\|([^|]*)\|([^|]*)\|$", re.M)
+    for name in archs.list_archs():
+        module = sys.modules[base._entry(name).builder.__module__]
+        if not module.__name__.startswith("archs."):
+            continue
+        page = re.search(r"docs/models/([\w-]+\.md)", module.__doc__ or "")
+        assert page, f"{module.__name__}'s docstring names no docs/models page"
+        text = (pages / page[1]).read_text()
+        assert f"`{name}`" in text, f"{page[1]} does not mention {name}"
+        quoted = {(m[1], m[2]): tuple(_figure(v) for v in m.groups()[2:]) for m in row.finditer(text)}
+        for dataset, p in archs.get_spec(name).published.items():
+            assert quoted.get((name, dataset)) == (p.params_m, p.gflops, p.fps, p.miou), (page[1], name, dataset)
+
+
+def test_a_published_evaluation_is_whole_image_or_complete_sliding_windows():
+    assert archs.Evaluation().mode == "whole"
+    with pytest.raises(ValueError, match="mode"):
+        archs.Evaluation("tiles")
+    with pytest.raises(ValueError, match="crop and stride"):
+        archs.Evaluation("slide", crop=(512, 512))
+    with pytest.raises(ValueError, match="crop and stride"):
+        archs.Evaluation("whole", crop=(512, 512), stride=(341, 341))
+    slide = {name: archs.get_spec(name).evaluation for name in ("segformer-b0", "setr-pup-vit-l")}
+    assert slide["segformer-b0"] == {"cityscapes": archs.Evaluation("slide", (1024, 1024), (768, 768))}
+    assert slide["setr-pup-vit-l"]["ade20k"] == archs.Evaluation("slide", (512, 512), (341, 341))
 
 
 def test_list_filters_by_scale():

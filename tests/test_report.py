@@ -1,21 +1,34 @@
 """Tables and plots from records: measured beside published, missing stays missing, versions apart."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
 from bench.protocol import PROTOCOL_VERSION
-from bench.records import new_record
 from bench.report.markdown import to_markdown
 from bench.report.plot import pareto_front, write_plots
-from bench.report.table import MISSING, build_frame, measured_modes
+from bench.report.table import build_frame, measured_modes
+from bench.report.text import MISSING, MeasuredOn
+from bench.store import Record, RecordStore
 from tests import toy_models  # noqa: F401 - registers toy-*
 
+GPU = MeasuredOn("cuda", {"gpu_name": "Test GPU"})
 
-def rec(arch, dataset, kind, value, mode=None, protocol=PROTOCOL_VERSION):
-    return new_record(
-        arch=arch, dataset=dataset, kind=kind, mode=mode, protocol=protocol, device_slug="dev", device="cuda",
-        status="ok", value=value, provenance={"gpu_name": "Test GPU"},
-    )  # fmt: skip
+
+def rec(arch, dataset, kind, value, mode=None, protocol=PROTOCOL_VERSION, **fields) -> Record:
+    """An ok record of ``value`` (a JSON object, read by its kind's value type as a records file is)."""
+    line = {
+        "arch": arch, "dataset": dataset, "kind": kind, "mode": mode, "protocol": protocol, "device_slug": "dev",
+        "device": "cuda", "status": "ok", "value": value, "provenance": {"gpu_name": "Test GPU"}, **fields,
+    }  # fmt: skip
+    return Record.from_json(line)
+
+
+def with_value(record: Record, **changes) -> Record:
+    """``record`` with fields of its value changed."""
+    value = type(record.value).from_json({**record.value.to_json(), **changes})
+    return dataclasses.replace(record, value=value)
 
 
 RECORDS = [
@@ -44,7 +57,7 @@ def section(text: str, title: str) -> list[str]:
 
 
 def test_markdown_shows_missing_as_missing_and_says_what_was_measured_where():
-    text = to_markdown(build_frame(RECORDS), device="cuda", provenance={"gpu_name": "Test GPU"})
+    text = to_markdown(build_frame(RECORDS), GPU)
     header, _, *rows = section(text, "ADE20K")
     w8 = next(line for line in rows if "toy-w8" in line)
     w4 = next(line for line in rows if "toy-w4" in line)
@@ -67,21 +80,19 @@ def test_a_record_counts_under_later_versions_that_did_not_change_its_measuremen
     assert pd.isna(row["ade20k_fps_graph"])  # a v1 graph latency is not a v2 one
     v1 = build_frame(old, protocol="1")
     assert v1.set_index("arch").loc["toy-w8", "ade20k_fps_graph"] == 500.0 and v1.attrs["protocol"] == "1"
-    assert "Protocol v1:" in to_markdown(v1, device="cuda") and "channels_last + CUDA-graph" in to_markdown(
-        v1, device="cuda"
-    )
+    assert "Protocol v1:" in to_markdown(v1, GPU) and "channels_last + CUDA-graph" in to_markdown(v1, GPU)
     new = rec("toy-w8", "ade20k", "latency", {"fps": 400.0, "median_ms": 2.5}, mode="graph", protocol="2")
     both = build_frame([*old, new], protocol="2").set_index("arch").loc["toy-w8"]
     assert both["ade20k_fps_graph"] == 400.0 and both["ade20k_fps_eager"] == 250.0
 
 
 def test_a_record_taken_at_another_size_than_its_spec_gives_now_is_footnoted():
-    stale = rec("toy-w4", "ade20k", "flops", {"gflops": 0.5, "input_size": [32, 32]})
-    stale["settings"] = {"input_size": [32, 32], "num_classes": 150}  # toy-w4's spec says 64x64
+    settings = {"input_size": [32, 32], "num_classes": 150}  # toy-w4's spec says 64x64
+    stale = rec("toy-w4", "ade20k", "flops", {"gflops": 0.5, "input_size": [32, 32]}, settings=settings)
     frame = build_frame([*RECORDS, stale])
     assert frame.set_index("arch").loc["toy-w4", "outdated"] == "ADE20K flops at 32x32, 150 classes"
     assert pd.isna(frame.set_index("arch").loc["toy-w8", "outdated"])
-    text = to_markdown(frame, device="cuda")
+    text = to_markdown(frame, MeasuredOn("cuda"))
     assert (
         "Toy" in text
         and "than its spec gives now (ADE20K flops at 32x32, 150 classes); `bench run` measures these again" in text
@@ -89,18 +100,19 @@ def test_a_record_taken_at_another_size_than_its_spec_gives_now_is_footnoted():
 
 
 def test_the_device_line_names_the_newest_commit_and_how_many_the_records_span(tmp_path):
-    from bench.records import RecordStore
     from bench.report import write_reports
 
     store = RecordStore(tmp_path, "dev")
     commits = ["a" * 40, None, "b" * 40, "e" * 40, "c" * 40]
-    store.append({**r, "provenance": {"gpu_name": "Test GPU", "git_commit": c}} for r, c in zip(RECORDS, commits))
+    store.append(
+        dataclasses.replace(r, provenance={"gpu_name": "Test GPU", "git_commit": c}) for r, c in zip(RECORDS, commits)
+    )
     write_reports(tmp_path, "dev", plots=False)
     text = (tmp_path / "dev" / "table.md").read_text()
     # the current protocol's records name a, b and c, one names none, and e is protocol 0's; the newest is c
     assert "segbench cccccccccc (the newest record's; the records span 3 commits, each record names its own)" in text
     one = RecordStore(tmp_path / "one", "dev")
-    one.append([{**RECORDS[0], "provenance": {"gpu_name": "Test GPU", "git_commit": "d" * 40}}])
+    one.append([dataclasses.replace(RECORDS[0], provenance={"gpu_name": "Test GPU", "git_commit": "d" * 40})])
     write_reports(tmp_path / "one", "dev", plots=False)
     assert "segbench dddddddddd." in (tmp_path / "one" / "dev" / "table.md").read_text()
 
@@ -140,7 +152,7 @@ GPU_RECORDS = [
         "latency",
         {"fps": 400.0, "median_ms": 2.5, "spread": 0.05, "unstable": True},
         mode="graph-fp32",
-    ),  # noqa: E501
+    ),
     rec(
         "toy-w8",
         "ade20k",
@@ -154,7 +166,7 @@ GPU_RECORDS = [
             "layout_ms": {"channels_last": 2.6, "contiguous": 2.0},
         },
         mode="graph",
-    ),  # noqa: E501
+    ),
     rec("toy-w8", "ade20k", "sweep", {"best_batch": 16, "images_s": 2000.0, "points": []}, mode="graph"),
 ]
 PEAKS = {"matmul_tf32_tflops": 400.0, "matmul_fp32_tflops": 50.0, "matmul_fp16_tflops": 800.0}
@@ -198,17 +210,18 @@ def test_a_fused_fp32_mode_splits_its_ceiling_by_what_its_inference_form_execute
 
 
 def test_cpu_tables_show_the_cpu_modes_that_were_measured():
-    cpu = [{**r, "device": "cpu"} for r in RECORDS]
+    cpu = [dataclasses.replace(r, device="cpu") for r in RECORDS]
     assert measured_modes(build_frame(cpu), "cpu") == ["eager"]
     fused = rec("toy-w8", "ade20k", "latency", {"fps": 10.0, "median_ms": 100.0, "spread": 0.01}, mode="eager-fused")
     assert measured_modes(build_frame([*cpu, fused]), "cpu") == ["eager", "eager-fused"]
 
 
 def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(tmp_path):
-    from bench.report.markdown import to_speed_markdown, write_table
+    from bench.report.speed_table import to_speed_markdown
+    from bench.report.writers import write_tables
 
     frame = build_frame(GPU_RECORDS, peaks=PEAKS)
-    text = to_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"})
+    text = to_markdown(frame, GPU)
     header, _, w8 = section(text, "ADE20K")
     for column in ("| eager FPS ", "| graph FPS ", "| graph-fp32 FPS "):
         assert column in header
@@ -216,15 +229,16 @@ def test_gpu_tables_gain_the_speed_columns_and_speed_md_flags_unstable_repeats(t
     # the per-mode details stay in table.csv (and speed.md), out of the table a reader scans
     assert not any(column in text for column in ("img/s", "J/frame", "% peak graph", "2000"))
     assert "† = the timed repeats spread more than 2%" in text and "‡" not in text  # only the marks shown
-    speed = to_speed_markdown(frame, device="cuda", provenance={"gpu_name": "Test GPU"}, peaks=PEAKS)
+    speed = to_speed_markdown(frame, dataclasses.replace(GPU, peaks=PEAKS))
     assert "2.50 (5.0)†" in speed and "5.0 (0.6)" in speed and "| launch " in speed and "16: 2000" in speed
     assert "2.00 (0.1) NCHW" in speed and "2.50 (5.0)† N" not in speed  # the layout graph kept; graph-fp32 has one
-    unprobed = build_frame([{**r, "value": {**r["value"], "layout_ms": None}} for r in GPU_RECORDS], peaks=PEAKS)
-    assert " NCHW" not in to_speed_markdown(unprobed, device="cuda", provenance=None, peaks=PEAKS).split("\n\n")[1]
-    paths = write_table(frame, tmp_path, device="cuda", provenance=None, peaks=PEAKS)
+    unprobed = build_frame([with_value(r, layout_ms=None) for r in GPU_RECORDS], peaks=PEAKS)
+    assert " NCHW" not in to_speed_markdown(unprobed, MeasuredOn("cuda", peaks=PEAKS)).split("\n\n")[1]
+    paths = write_tables(frame, tmp_path, MeasuredOn("cuda", peaks=PEAKS))
     assert sorted(p.name for p in paths) == ["speed.md", "table.csv", "table.md"]
-    cpu_paths = write_table(build_frame(RECORDS), tmp_path / "cpu", device="cpu", provenance=None)
+    cpu_paths = write_tables(build_frame(RECORDS), tmp_path / "cpu", MeasuredOn("cpu"))
     assert sorted(p.name for p in cpu_paths) == ["table.csv", "table.md"]
+    assert [p.name for p in write_tables(frame, tmp_path / "csv", GPU, formats=["csv"])] == ["table.csv"]
 
 
 def test_any_measured_speed_can_be_the_plot_axis(tmp_path):
@@ -238,7 +252,6 @@ def test_any_measured_speed_can_be_the_plot_axis(tmp_path):
 
 
 def test_another_version_s_tables_and_plots_sit_beside_the_current_ones_and_stale_plots_go(tmp_path):
-    from bench.records import RecordStore
     from bench.report import write_reports
 
     store = RecordStore(tmp_path, "dev")
@@ -271,13 +284,13 @@ def test_a_model_that_adds_a_step_to_another_gets_the_steps_own_cost():
     assert row["step"] == "CRF" and row["ade20k_step_gflops"] == pytest.approx(82.0)
     assert row["ade20k_step_eager_ms"] == pytest.approx(15.0) and pd.isna(row["ade20k_step_graph_ms"])
     assert pd.isna(frame.loc[base, "step"])
-    text = to_markdown(build_frame(records), device="cuda", provenance={"gpu_name": "Test GPU"})
+    text = to_markdown(build_frame(records), GPU)
     assert "the CRF step alone (this row minus DeepLab v1's, same device and mode): 82.0 GFLOPs, 15.0 ms eager" in text
 
 
 def test_measured_miou_is_shown_beside_the_published_with_the_difference_in_points():
     records = [rec("toy-w8", "ade20k", "miou", {"mIoU": 16.5}, mode="eager")]  # toy-w8 publishes 18.0
-    assert "16.50 / 18.0 (-1.50)" in to_markdown(build_frame(records), device="cuda", provenance=None)
+    assert "16.50 / 18.0 (-1.50)" in to_markdown(build_frame(records), MeasuredOn("cuda"))
 
 
 @pytest.fixture
@@ -297,25 +310,32 @@ def table_cli(monkeypatch, capsys):
 
 
 def _store(tmp_path, records):
-    from bench.records import RecordStore
-
     store = RecordStore(tmp_path, "dev")
     store.append(records, replace_ok=True)
     return store
 
 
+def line(record: Record, **changes) -> dict:
+    """``record``'s line of records.jsonl, with ``changes`` (a value of the wrong types) written into it."""
+    return {**record.to_json(), **changes}
+
+
 WRONG_TYPES = {
-    "provenance a string": {**RECORDS[0], "provenance": "oops"},
-    "params_m a string": rec("toy-w8", "ade20k", "params", {"params_m": "0.01"}),
-    "gflops a list": rec("toy-w8", "ade20k", "flops", {"gflops": [1.0], "input_size": [64, 64]}),
-    "input_size a word": rec("toy-w8", "ade20k", "flops", {"gflops": 1.0, "input_size": "big"}),
-    "median_ms a string": rec("toy-w8", "ade20k", "latency", {"fps": 1.0, "median_ms": "x"}, mode="eager"),
+    "provenance a string": line(RECORDS[0], provenance="oops"),
+    "params_m a string": line(RECORDS[0], value={"params_m": "0.01"}),
+    "gflops a list": line(RECORDS[1], value={"gflops": [1.0], "input_size": [64, 64]}),
+    "input_size a word": line(RECORDS[1], value={"gflops": 1.0, "input_size": "big"}),
+    "median_ms a string": line(RECORDS[2], value={"fps": 1.0, "median_ms": "x"}),
 }
 
 
 @pytest.mark.parametrize("bad", WRONG_TYPES.values(), ids=WRONG_TYPES.keys())
 def test_a_record_of_the_wrong_value_types_is_skipped_with_a_warning_and_the_table_is_written(tmp_path, table_cli, bad):
-    store = _store(tmp_path, [*RECORDS, {**bad, "id": "bad"}])  # the newest of its key: the one tabulated
+    import json
+
+    store = _store(tmp_path, RECORDS)
+    with open(store.path, "a") as f:  # the newest of its key: the one tabulated
+        f.write(json.dumps(bad) + "\n")
     before = store.path.read_bytes()
     with pytest.warns(UserWarning, match=r"records.jsonl: skipping 1 unreadable line \(6\)"):
         code, err = table_cli("table", "--results", str(tmp_path))
@@ -331,8 +351,8 @@ def test_a_record_of_the_wrong_value_types_is_skipped_with_a_warning_and_the_tab
     ids=["string", "number", "list", "string ceiling", "not an object", "unparsable", "a folder"],
 )
 def test_a_malformed_peaks_file_is_ignored_with_a_warning_naming_it_and_the_fix(tmp_path, content):
-    from bench.measure.roofline import read_peaks
     from bench.report import write_reports
+    from bench.store import read_peaks
 
     _store(tmp_path, GPU_RECORDS)
     peaks = tmp_path / "dev" / "peaks.json"
@@ -347,7 +367,7 @@ def test_a_malformed_peaks_file_is_ignored_with_a_warning_naming_it_and_the_fix(
     if peaks.is_dir():
         peaks.rmdir()
     peaks.write_text('{"peaks": {"matmul_fp32_tflops": 50.0}, "provenance": {}}')
-    assert read_peaks(tmp_path / "dev")["peaks"] == {"matmul_fp32_tflops": 50.0}
+    assert read_peaks(tmp_path / "dev").peaks == {"matmul_fp32_tflops": 50.0}
 
 
 @pytest.mark.parametrize("target", ["reported.csv", "dev/table.md", "dev/plots"])
@@ -368,7 +388,7 @@ def test_a_report_file_that_cannot_be_written_is_a_one_line_error_and_leaves_no_
 
 def test_a_table_of_only_failed_records_says_so_not_that_the_protocol_is_wrong(tmp_path, table_cli):
     failed = [
-        {**rec("toy-w8", "ade20k", kind, None), "status": "error", "error": f"RuntimeError: {kind} broke\n  at line"}
+        rec("toy-w8", "ade20k", kind, None, status="error", error=f"RuntimeError: {kind} broke\n  at line")
         for kind in ("params", "flops")
     ]
     store = _store(tmp_path, failed)
@@ -382,21 +402,21 @@ def test_a_table_of_only_failed_records_says_so_not_that_the_protocol_is_wrong(t
 
 
 def test_speed_has_three_significant_figures_and_a_cpu_table_gives_latency_in_one_unit_per_column():
-    from bench.report.markdown import latency_text, significant
+    from bench.report.text import latency_text, significant
 
     assert [significant(v) for v in (1234.5, 311.8, 88.84, 5.0, 0.01234, 999.6)] == [
         "1230", "312", "88.8", "5.00", "0.0123", "1000",
     ]  # fmt: skip
     assert latency_text(512.3) == "512 ms" and latency_text(1240.0) == "1.24 s"
-    cpu = [{**r, "device": "cpu"} for r in RECORDS]
-    slow = rec("toy-w4", "ade20k", "latency", {"fps": 0.08, "median_ms": 12500.0}, mode="eager")
-    text = to_markdown(build_frame([*cpu, {**slow, "device": "cpu"}]), device="cpu", provenance=None)
+    cpu = [dataclasses.replace(r, device="cpu") for r in RECORDS]
+    slow = rec("toy-w4", "ade20k", "latency", {"fps": 0.08, "median_ms": 12500.0}, mode="eager", device="cpu")
+    text = to_markdown(build_frame([*cpu, slow]), MeasuredOn("cpu"))
     header, _, *rows = section(text, "ADE20K")
     assert "| eager latency (s) " in header and "FPS" not in header.replace("pub. FPS", "")
     w4, w8 = (next(r for r in rows if name in r) for name in ("toy-w4", "toy-w8"))
     assert "| 12.5 " in w4 and "| 0.00400 " in w8
     assert "graph" not in text  # a CPU table explains only the modes it shows
-    fast = to_markdown(build_frame(cpu), device="cpu", provenance=None)
+    fast = to_markdown(build_frame(cpu), MeasuredOn("cpu"))
     assert "| eager latency (ms) " in section(fast, "ADE20K")[0] and "| 4.00 " in fast
 
 
@@ -404,7 +424,7 @@ def test_each_footnote_is_printed_once_and_rows_cite_it_by_number():
     # five real-time models whose published params all count a training-only auxiliary head
     names = ["fcn-mobilenetv2", "pspnet-mobilenetv2", "deeplabv3plus-mobilenetv2", "fcn-r101", "pspnet-r101"]
     records = [rec(name, "ade20k", "params", {"params_m": 10.0}) for name in names]
-    text = to_markdown(build_frame(records), device="cuda", provenance=None)
+    text = to_markdown(build_frame(records), MeasuredOn("cuda"))
     assert text.count("include the training-only auxiliary FCN head") == 1
     header, _, *rows = section(text, "ADE20K")
     assert header.rstrip(" |").endswith("Notes") and all(row.rstrip(" |").endswith("| 1") for row in rows)
@@ -413,25 +433,24 @@ def test_each_footnote_is_printed_once_and_rows_cite_it_by_number():
 
 
 def test_published_fps_name_their_gpu_and_a_row_measured_on_another_gpu_says_which():
-    from bench.report.table import published_gpu
+    from bench.measurements.latency import published_gpu
 
     assert published_gpu("FPS = mmseg configs/ccnet README (14.11, V100)") == "V100"
     assert published_gpu("33 ms per image on a TitanX (Maxwell); the SegFormer Table 4 row gives") == "Titan X Maxwell"
     assert published_gpu("SegFormer paper (Xie et al., NeurIPS 2021) Table 4") == "V100"  # the seed table's GPU
     assert published_gpu("paper, Table 3") is None
     records = [rec(name, "cityscapes", "params", {"params_m": 10.0}) for name in ("fcn-mobilenetv2", "icnet")]
-    text = to_markdown(build_frame(records), device="cuda", provenance=None)
+    text = to_markdown(build_frame(records), MeasuredOn("cuda"))
     header, _, fcn, icnet = section(text, "Cityscapes")
     assert "| pub. FPS (V100) " in header and "| 14.2 " in fcn and "| 30.3 (Titan X Maxwell) " in icnet
 
 
 def test_a_table_of_several_machines_names_them_and_each_row_its_own(tmp_path):
-    from bench.records import RecordStore
     from bench.report import write_reports
 
     def on(host, record):
-        record["provenance"] = {"gpu_name": "Test GPU", "host": host, "machine_id": f"id-{host}"}
-        return record
+        where = {"gpu_name": "Test GPU", "host": host, "machine_id": f"id-{host}"}
+        return dataclasses.replace(record, provenance=where)
 
     store = RecordStore(tmp_path, "dev")
     store.append([on("alpha", rec("toy-w8", "ade20k", "params", {"params_m": 0.0101}))])

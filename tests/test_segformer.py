@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import archs
 from archs.backbones.mit import AUTHORS_LAYER_NORM_EPS, HF_LAYER_NORM_EPS
-from archs.segformer import convert_hf_state_dict
+from archs.convert.hf import convert_hf_segformer
 from bench.compare import agrees
 from bench.errors import BenchError
 from bench.measure.flops import count_flops
@@ -47,7 +47,7 @@ def hf_logits(hf: nn.Module):
 def test_transformers_current_layout_converts_to_the_same_function(variant):
     hf = hf_model(variant, 150)
     ours = archs.build(f"segformer-{variant}", num_classes=150)
-    ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
+    ours.load_state_dict(convert_hf_segformer(hf.state_dict()))
     x = torch.randn(1, 3, 96, 160)
     assert_equivalent(hf_logits(hf)(x), ours, lambda m: m(x))
 
@@ -172,7 +172,7 @@ def test_an_mmseg_segformer_checkpoint_is_refused_naming_the_head_difference(tmp
 
 def test_a_foreign_state_dict_is_refused_by_name():
     with pytest.raises(ValueError, match="unexpected keys backbone_fc"):
-        convert_hf_state_dict({"backbone_fc.weight": torch.zeros(1)})
+        convert_hf_segformer({"backbone_fc.weight": torch.zeros(1)})
 
 
 def _check_published(name: str, dataset: str):

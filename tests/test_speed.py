@@ -14,16 +14,10 @@ import pytest
 import torch
 
 from bench.measure import nvml, roofline
-from bench.measure.speed import (
-    HOST_MEMORY_CACHED,
-    ModeUnavailable,
-    _glibc,
-    bare_latency,
-    host_memory_cached,
-    inference_step,
-    measure_latency,
-    sweep_batches,
-)
+from bench.measure.host_memory import HOST_MEMORY_CACHED, glibc, host_memory_cached
+from bench.measure.latency import bare_latency, measure_latency
+from bench.measure.step import ModeUnavailable, inference_step, on_device, prepare_step
+from bench.measure.sweep import sweep_batches
 from bench.protocol import LAYOUT_PROBE, MAX_SPREAD, MODES, SPEED, SpeedProtocol, needs_cuda
 from tests.conftest import run_bench
 from tests.toy_models import ToyNet
@@ -32,7 +26,7 @@ FAST = SpeedProtocol(warmup_steps=1, repeats=3, min_steps=2, min_repeat_s=0.0, m
 
 
 class FakeClock:
-    """Stands in for `bench.measure.speed.host_clock`: it stands still until a step advances it."""
+    """Stands in for `bench.measure.timer.host_clock`: it stands still until a step advances it."""
 
     def __init__(self) -> None:
         self.now_s = 0.0
@@ -47,10 +41,10 @@ class FakeClock:
 @pytest.fixture
 def fake_clock(monkeypatch) -> FakeClock:
     """The CPU timer reads a `FakeClock`: a step lasts what its model says, whatever the machine's load."""
-    from bench.measure import speed
+    from bench.measure import timer
 
     clock = FakeClock()
-    monkeypatch.setattr(speed, "host_clock", clock)
+    monkeypatch.setattr(timer, "host_clock", clock)
     return clock
 
 
@@ -83,7 +77,7 @@ def test_cpu_latency_statistics_are_consistent():
     assert result.fps == pytest.approx(1000.0 / result.median_ms)
     assert len(result.repeat_medians_ms) == 3 and result.spread >= 0
     assert result.peak_memory_mb is None and result.energy_j_per_frame is None
-    assert result.host_memory == (HOST_MEMORY_CACHED if _glibc() else None)
+    assert result.host_memory == (HOST_MEMORY_CACHED if glibc() else None)
 
 
 def _page_faults_of_big_tensors(times: int = 5) -> int:
@@ -102,7 +96,7 @@ class _MallInfo2(ctypes.Structure):
 
 def _mapped_for_a_big_tensor(mib: int) -> bool:
     """Whether glibc serves an (untouched) tensor of ``mib`` MiB with a mapping of its own (hblkhd grows)."""
-    mallinfo2 = _glibc().mallinfo2
+    mallinfo2 = glibc().mallinfo2
     mallinfo2.restype = _MallInfo2
     before = mallinfo2().hblkhd
     tensor = torch.empty(mib * 2**18)
@@ -129,7 +123,7 @@ def _heap_behaviour() -> dict:
     )  # fmt: skip
 
 
-@pytest.mark.skipif(not (_glibc() and hasattr(_glibc(), "mallinfo2")), reason="glibc >= 2.33's allocator")
+@pytest.mark.skipif(not (glibc() and hasattr(glibc(), "mallinfo2")), reason="glibc >= 2.33's allocator")
 def test_cpu_steps_reuse_the_memory_they_free_instead_of_faulting_it_in_again():
     code = "import json; from tests.test_speed import _heap_behaviour; print(json.dumps(_heap_behaviour()))"
     done = subprocess.run(
@@ -319,13 +313,6 @@ def test_roofline_arithmetic():
         roofline.measure_peaks("cpu")
 
 
-def test_peaks_are_stored_with_their_provenance(tmp_path):
-    roofline.write_peaks(tmp_path, {"matmul_fp16_tflops": 760.9}, {"gpu_name": "Test GPU"})
-    stored = roofline.read_peaks(tmp_path)
-    assert stored["peaks"] == {"matmul_fp16_tflops": 760.9} and stored["provenance"]["gpu_name"] == "Test GPU"
-    assert roofline.read_peaks(tmp_path / "none") is None
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", list(MODES))
 def test_cuda_modes_measure_and_graph_replays_the_same_prediction(mode):
@@ -456,9 +443,9 @@ def test_a_sweep_probes_the_layout_at_its_first_batch_and_holds_it(fake_clock, a
 
 @pytest.fixture
 def captured_on_cpu(monkeypatch):
-    """A graph mode with an "auto" layout that runs on a CPU: `_capture` stands in for the CUDA-graph capture (a
+    """A graph mode with an "auto" layout that runs on a CPU: `capture_graph` stands in for the CUDA-graph capture (a
     replay marked ``captured``). Returns (mode, a list with one entry per capture)."""
-    from bench.measure import speed
+    from bench.measure import step
 
     captures: list = []
 
@@ -472,8 +459,8 @@ def captured_on_cpu(monkeypatch):
         captures.append(step)
         return replay
 
-    monkeypatch.setattr(speed, "_capture", capture)
-    monkeypatch.setattr(speed, "needs_cuda", lambda mode: False)
+    monkeypatch.setattr(step, "capture_graph", capture)
+    monkeypatch.setattr(step, "needs_cuda", lambda mode: False)
     monkeypatch.setitem(MODES, "graph-cpu", {**MODES["eager"], "cuda_graph": True, "channels_last": "auto"})
     return "graph-cpu", captures
 
@@ -482,11 +469,9 @@ def captured_on_cpu(monkeypatch):
 def test_a_probed_graph_mode_captures_each_layout_once_and_the_kept_one_again_only_when_needed(
     fake_clock, captured_on_cpu, slow_channels_last, captures
 ):
-    from bench.measure.speed import _on, prepare_step
-
     mode, done = captured_on_cpu
     model = SlowInLayout(fake_clock, slow_channels_last)
-    with torch.no_grad(), _on(torch.device("cpu")):
+    with torch.no_grad(), on_device(torch.device("cpu")):
         prepared = prepare_step(model, (16, 16), device=torch.device("cpu"), mode=mode, protocol=FAST)
     # channels_last is probed first: keeping it means capturing it again; keeping NCHW reuses the last capture
     assert prepared.channels_last is (not slow_channels_last) and len(done) == captures
@@ -497,11 +482,9 @@ def test_a_probed_graph_mode_captures_each_layout_once_and_the_kept_one_again_on
 
 
 def test_a_probed_graph_mode_profiled_uncaptured_probes_captured_then_runs_uncaptured(fake_clock, captured_on_cpu):
-    from bench.measure.speed import _on, prepare_step
-
     mode, done = captured_on_cpu
     model = SlowInLayout(fake_clock, slow_channels_last=True)
-    with torch.no_grad(), _on(torch.device("cpu")):
+    with torch.no_grad(), on_device(torch.device("cpu")):
         prepared = prepare_step(model, (16, 16), device=torch.device("cpu"), mode=mode, protocol=FAST, capture=False)
     assert prepared.channels_last is False and len(done) == 2  # both layouts timed as replayed
     assert not getattr(prepared.fn, "captured", False)  # the kept layout's step itself, for the profiler

@@ -2,56 +2,27 @@
 
 Wang et al., "Axial-DeepLab: Stand-Alone Axial-Attention for Panoptic Segmentation", ECCV 2020
 (arXiv:2003.07853). Reference code: https://github.com/csrhddlam/axial-deeplab
-(``lib/models/axialnet.py``, Apache-2.0; the authors' PyTorch classification code) and the
-authors' TensorFlow DeepLab2 (https://github.com/google-research/deeplab2,
-``model/encoder/axial_resnet_instances.py``: ``AxialDeepLabL`` = ResNet-50 layout with an inception
-stem and axial blocks in every stage; ``model/layers/axial_layers.py`` and
-``model/layers/positional_encodings.py`` for the attention layer and its embeddings).
+(``lib/models/axialnet.py``, Apache-2.0) and the authors' TensorFlow DeepLab2
+(https://github.com/google-research/deeplab2, ``model/encoder/axial_resnet_instances.py``,
+``model/layers/axial_layers.py``, ``model/layers/positional_encodings.py``).
 
-Position-sensitive axial attention along one axis of length L (per head, ``d_q = d_k = d / 2``
-query/key channels and ``d_v = d`` value channels, ``d = width / heads``), the paper's eq. 4::
+Position-sensitive axial attention along one axis (per head, ``d / 2`` query/key channels and
+``d`` value channels), the paper's eq. 4::
 
     y_o = sum_{p in N(o)} softmax_p( q_o . k_p + q_o . r^q_(p-o) + k_p . r^k_(p-o) ) (v_p + r^v_(p-o))
 
-with learned relative embeddings r^q, r^k, r^v indexed by the offset p - o, the three similarity
-terms each batch-normalised (an affine map per head in inference) and the two output terms (content
-and positional) batch-normalised and summed, as the reference code does.
+with learned relative embeddings, the three similarity terms and the two output terms each
+batch-normalised, as the reference code does. ``span=m`` (odd) is the local window
+``|p - o| <= (m - 1) / 2``; ``span=None`` attends over the whole axis. The window is computed
+directly: positions outside the axis are zero padding masked to -inf after the similarity norm,
+and nothing on the host depends on the data (window indices and masks come from the shapes).
+The embedding tables cover ``2 * MAX_DISTANCE + 1`` offsets whatever the span, as DeepLab2 keeps them.
 
-The neighbourhood N(o) is the span: ``span=m`` (odd) is the local window ``|p - o| <= (m - 1) / 2``
-(the paper's 1 x m region; it adopts m = 65 for its large inputs, and DeepLab2's default
-``memory_flange=32`` "is equivalent to a span of 65": 32 pixels on either side); ``span=None`` is
-global (the whole axis). The local window is computed directly: every query meets its m window
-positions, the keys and values of positions outside the axis are zero padding and their logits are
-masked to -inf after the similarity norm (in training its batch statistics include them), so the
-count is m keys per query; an axis with ``L - 1 <= (m - 1) / 2`` is attended globally (every pair
-is then within the span). No Python control flow depends on the data: the window indices and masks
-are built from the shapes, and the sequences are chunked by their shape only.
-
-Cost per attention layer of ``C = width`` channels over P pixels (multiply-adds, what the FLOP count
-sees): ``2C * C_in * P`` for the query/key/value projection and ``3.5 * C * K * P`` for the
-attention, K keys per query (m local, L global): ``C/2`` each for q.k, q.r^q and k.r^k, ``C`` each
-for the content and positional retrievals, all of them matrix products.
-
-The embedding tables cover the relative distances ``-max_distance .. max_distance``. DeepLab2 keeps
-``2 * 255 - 1 = 509`` embeddings per table whatever the span (``MAX_SPAN = 255``, so that one
-checkpoint serves global and local spans), and so do we by default: its ``axial_deeplab_l``
-backbone has 43,841,920 parameters, as ours at width 1 (a span of 65 uses the central 65).
-
-Block (expansion 2): 1x1 conv + BN + ReLU, height attention, width attention (then 2x2 average
-pooling when strided, as the reference PyTorch code does), ReLU, 1x1 conv + BN, residual (1x1
-strided conv + BN projection), ReLU. Stage widths ``m * (128, 256, 512, 1024)`` with blocks
-(3, 4, 6, 3); the Axial-DeepLab variants use m = 0.5 (S), 0.75 (M), 1 (L) and 2 (XL). The stem
-(three 3x3 convolutions, 64, 64 and 128 channels, then 3x3 max pooling) scales with the width
-multiplier by default, as the reference PyTorch code scales its stem (``int(64 * s)``); the
-published Axial-DeepLab-XL cost agrees with the scaled stem (see `archs.axial_deeplab`). For
-segmentation the last stage is not strided (output stride 16).
-
-Any input size runs: every strided layer keeps ``ceil(L / 2)`` of L positions, as DeepLab2's do
-(its "SAME" strided convolutions, and its strided attention, which keeps every other position;
-its crop sizes, 32k + 1 such as 1025 x 2049, are odd at every stride). The stem's convolution and
-max pooling and the strided 1x1 shortcut give ``ceil(L / 2)`` as they are; the 2x2 average pooling
-of a strided block pools in ceil mode to match them (on an odd axis the last position is averaged
-alone). On even sizes, the protocol's, ceil mode changes nothing.
+Block (expansion 2): 1x1 conv-BN-ReLU, height attention, width attention (then 2x2 average pooling
+when strided), ReLU, 1x1 conv-BN, residual, ReLU. Stage widths ``m * (128, 256, 512, 1024)`` with
+blocks (3, 4, 6, 3); the stem (three 3x3 convolutions, 64, 64, 128 channels, then max pooling)
+scales with ``m`` as the reference code scales it. Every strided layer keeps ``ceil(L / 2)``
+positions, as DeepLab2's do, so any input size runs. Cost and counts: docs/models/axial-deeplab.md.
 """
 
 from __future__ import annotations
@@ -64,9 +35,8 @@ from torch import Tensor, nn
 
 __all__ = ["MAX_DISTANCE", "AxialAttention", "AxialBlock", "AxialResNet"]
 
-# Largest attention tensor computed at once (2**28 floats, 1 GiB in fp32): the (sequences x heads x
-# L x L) similarities of global attention, the (sequences x L x span x channels) key/value windows
-# of local attention. The sequences are chunked (a static, shape-only decision) to stay below it.
+# Largest attention tensor computed at once (2**28 floats, 1 GiB in fp32): similarities or key/value
+# windows; the sequences are chunked to stay below it, a decision made from the shapes alone.
 MAX_ATTENTION_ELEMENTS = 2**28
 # Relative distances with their own embedding: 2 * 254 + 1 = 509 per table (DeepLab2's MAX_SPAN = 255).
 MAX_DISTANCE = 254
@@ -170,6 +140,8 @@ class AxialAttention(nn.Module):
 
     @staticmethod
     def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError("inference folds the similarity and output BatchNorms: they need running statistics")
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return scale, bn.bias - bn.running_mean * scale
 
@@ -313,14 +285,16 @@ class AxialResNet(nn.Module):
         strides = (1, 2, 2, 2 if output_stride == 32 else 1)
         in_channels = stem[2]
         self.out_channels: tuple[int, ...] = ()
+        stages = []
         for i, (num, stride) in enumerate(zip(blocks, strides, strict=True)):
             width = int(128 * 2**i * width_multiplier)
             layers = []
             for j in range(num):
                 layers.append(AxialBlock(in_channels, width, stride if j == 0 else 1, heads, span, max_distance))
                 in_channels = width * AxialBlock.expansion
-            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+            stages.append(nn.Sequential(*layers))
             self.out_channels += (in_channels,)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
 
     @staticmethod
     def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:

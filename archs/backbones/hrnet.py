@@ -29,6 +29,7 @@ with the prefix removed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -90,8 +91,8 @@ class HRModule(nn.Module):
         for i, row in enumerate(self.fuse_layers):
             size = xs[i].shape[-2:]
             y = None
-            for j in range(self.num_branches):  # summed in branch order, as mmseg sums (the same rounding)
-                z = row[j](xs[j])
+            for j, fuse in enumerate(cast(nn.ModuleList, row)):  # summed in branch order, as mmseg sums
+                z = fuse(xs[j])
                 if j > i:
                     # mmseg upsamples by 2**(j-i) and then resizes to the target: equal for sizes
                     # divisible by the branch strides, kept for the others.

@@ -21,7 +21,9 @@ reduced keys, and Mix-FFN's depth-wise convolution with its GELU. The same funct
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -195,21 +197,23 @@ class MixTransformer(nn.Module):
 
     def set_layer_norm_eps(self, eps: LayerNormEps) -> None:
         """Run every LayerNorm with ``eps`` (the implementation whose checkpoint is loaded)."""
-        for embed in self.patch_embeds:
+        for embed in cast("Sequence[OverlapPatchEmbed]", self.patch_embeds):
             embed.norm.eps = eps.embeddings
-        for block in (block for stage in self.blocks for block in stage):
-            block.norm1.eps = block.norm2.eps = eps.blocks
-            if block.attn.sr_ratio > 1:
-                block.attn.sr_norm.eps = eps.embeddings
-        for norm in self.norms:
+        for stage in self.blocks:
+            for block in cast("Sequence[Block]", stage):
+                block.norm1.eps = block.norm2.eps = eps.blocks
+                if block.attn.sr_ratio > 1:
+                    block.attn.sr_norm.eps = eps.embeddings
+        for norm in cast("Sequence[nn.LayerNorm]", self.norms):
             norm.eps = eps.blocks
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
-        for embed, blocks, norm in zip(self.patch_embeds, self.blocks, self.norms):
+        for embed, stage, norm in zip(self.patch_embeds, self.blocks, self.norms):
+            blocks = cast("Sequence[Block]", stage)
             x, h, w = embed(x)
             if kernels.active(x) and blocks:
-                x = self._fused_stage(x, h, w, blocks, norm)
+                x = self._fused_stage(x, h, w, blocks, cast(nn.LayerNorm, norm))
             else:
                 for block in blocks:
                     x = block(x, h, w)
@@ -219,7 +223,7 @@ class MixTransformer(nn.Module):
         return features
 
     @staticmethod
-    def _fused_stage(x: torch.Tensor, h: int, w: int, blocks: nn.ModuleList, norm: nn.LayerNorm) -> torch.Tensor:
+    def _fused_stage(x: torch.Tensor, h: int, w: int, blocks: Sequence[Block], norm: nn.LayerNorm) -> torch.Tensor:
         """A stage's blocks with every residual addition fused with the LayerNorm that follows it.
 
         ``Block.forward`` computes x + attn(norm1(x)), then x + mlp(norm2(x)); here each addition
@@ -228,7 +232,8 @@ class MixTransformer(nn.Module):
         y = kernels.layer_norm(x, blocks[0].norm1, feeds_matmul=True)
         for i, block in enumerate(blocks):
             x, y = kernels.add_layer_norm(x, block.attn(y, h, w), block.norm2, feeds_matmul=True)
-            last = i + 1 == len(blocks)
-            following = norm if last else blocks[i + 1].norm1
-            x, y = kernels.add_layer_norm(x, block.mlp(y, h, w), following, feeds_matmul=not last, keep_sum=not last)
+            if i + 1 < len(blocks):
+                x, y = kernels.add_layer_norm(x, block.mlp(y, h, w), blocks[i + 1].norm1, feeds_matmul=True)
+            else:  # the stage's last sum feeds only its closing norm: not written
+                y = kernels.add_layer_norm(x, block.mlp(y, h, w), norm, feeds_matmul=False, keep_sum=False)[1]
         return y

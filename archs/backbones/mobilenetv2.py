@@ -20,13 +20,13 @@ module does the same (``dilate_first_block_only=False`` dilates every block of t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
-__all__ = ["MobileNetV2", "convert_mmseg_mobilenetv2_keys", "mobilenetv2_d8"]
+__all__ = ["LAYER_SETTINGS", "MobileNetV2", "mobilenetv2_d8"]
 
 # (expand ratio t, output channels c, blocks n) of the seven layers.
 LAYER_SETTINGS = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
@@ -87,42 +87,3 @@ class MobileNetV2(nn.Module):
 def mobilenetv2_d8() -> MobileNetV2:
     """MobileNetV2 at output stride 8 as in mmseg's ``m-v2-d8`` configs (24/32/96/320 channels)."""
     return MobileNetV2()
-
-
-def _mmseg_block_keys(t: int) -> dict[str, str]:
-    """mmseg ``InvertedResidual`` sub-keys -> torchvision ``InvertedResidual`` sub-keys."""
-    if t == 1:  # depthwise, then the linear pointwise projection
-        return {"conv.0.conv": "conv.0.0", "conv.0.bn": "conv.0.1", "conv.1.conv": "conv.1", "conv.1.bn": "conv.2"}
-    return {
-        "conv.0.conv": "conv.0.0",
-        "conv.0.bn": "conv.0.1",
-        "conv.1.conv": "conv.1.0",
-        "conv.1.bn": "conv.1.1",
-        "conv.2.conv": "conv.2",
-        "conv.2.bn": "conv.3",
-    }
-
-
-def convert_mmseg_mobilenetv2_keys(state_dict: Mapping[str, Tensor], prefix: str = "backbone.") -> dict[str, Tensor]:
-    """mmseg ``MobileNetV2`` keys (``conv1``, ``layer{1..7}.{i}.conv.*``) -> `MobileNetV2` keys.
-
-    Args:
-        state_dict: an mmseg checkpoint's state dict (or the backbone's).
-        prefix: the backbone's prefix in ``state_dict``.
-    """
-    index: dict[str, str] = {"conv1.conv": "features.0.0", "conv1.bn": "features.0.1"}
-    position = 1
-    for layer, (t, _, n) in enumerate(LAYER_SETTINGS, start=1):
-        for i in range(n):
-            for src, dst in _mmseg_block_keys(t).items():
-                index[f"layer{layer}.{i}.{src}"] = f"features.{position}.{dst}"
-            position += 1
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if not key.startswith(prefix):
-            continue
-        module, _, leaf = key[len(prefix) :].rpartition(".")
-        if module not in index:
-            raise KeyError(f"unexpected mmseg MobileNetV2 key {key!r}")
-        out[f"{index[module]}.{leaf}"] = value
-    return out

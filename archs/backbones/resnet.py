@@ -21,23 +21,20 @@ https://github.com/open-mmlab/mmsegmentation, Apache-2.0) and torchvision
   (no contraction then, as in mmseg).
 
 The parameter and state-dict key names equal mmseg's backbone keys (``stem.0``, ``layer1.0.conv1``,
-...), so an mmseg checkpoint's ``backbone.*`` entries load with only the prefix removed
-(`convert_mmseg_backbone_keys`); torchvision's keys load through `convert_torchvision_resnet_keys`.
+...), so an mmseg checkpoint's ``backbone.*`` entries load with only the prefix removed; torchvision's
+keys load through `archs.convert.torchvision.convert_torchvision_resnet_keys`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 __all__ = [
     "ResNet",
     "STAGE_BLOCKS",
-    "convert_mmseg_backbone_keys",
-    "convert_torchvision_resnet_keys",
     "resnet50_v1c",
     "resnet101_v1c",
     "resnet101_torchvision",
@@ -120,15 +117,15 @@ class ResNet(nn.Module):
 
         in_channels = stem_channels
         self.out_channels: tuple[int, ...] = ()
+        stages = []
         for i, (num_blocks, stride, dilation) in enumerate(zip(blocks, strides, dilations, strict=True)):
             planes = base_channels * 2**i
             grid = multi_grid if i == len(blocks) - 1 else None
-            layer = self._make_layer(in_channels, planes, num_blocks, stride, dilation, grid, contract_dilation)
-            if style == "caffe" and stride != 1:
-                layer[0].conv1.stride, layer[0].conv2.stride = (stride, stride), (1, 1)
-            self.add_module(f"layer{i + 1}", layer)
+            layer = self._make_layer(in_channels, planes, num_blocks, stride, dilation, grid, contract_dilation, style)
+            stages.append(layer)
             in_channels = planes * Bottleneck.expansion
             self.out_channels += (in_channels,)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.output_stride = output_stride
 
     @staticmethod
@@ -140,6 +137,7 @@ class ResNet(nn.Module):
         dilation: int,
         multi_grid: Sequence[int] | None,
         contract_dilation: bool,
+        style: str,
     ) -> nn.Sequential:
         out_channels = planes * Bottleneck.expansion
         downsample = None
@@ -152,8 +150,10 @@ class ResNet(nn.Module):
         else:
             first = dilation // 2 if contract_dilation and dilation > 1 else dilation
             block_dilations = [first] + [dilation] * (num_blocks - 1)
-        layers = [Bottleneck(in_channels, planes, stride, downsample, dilation=block_dilations[0])]
-        layers += [Bottleneck(out_channels, planes, dilation=d) for d in block_dilations[1:]]
+        first = Bottleneck(in_channels, planes, stride, downsample, dilation=block_dilations[0])
+        if style == "caffe" and stride != 1:
+            first.conv1.stride, first.conv2.stride = (stride, stride), (1, 1)
+        layers = [first] + [Bottleneck(out_channels, planes, dilation=d) for d in block_dilations[1:]]
         return nn.Sequential(*layers)
 
     def layers(self) -> Iterator[nn.Sequential]:
@@ -197,33 +197,3 @@ def resnet101_torchvision(*, output_stride: int = 8, multi_grid: Sequence[int] |
         multi_grid: dilation multipliers of the 3 blocks of the last stage, or None.
     """
     return ResNet(101, deep_stem=False, output_stride=output_stride, multi_grid=multi_grid)
-
-
-def convert_mmseg_backbone_keys(state_dict: Mapping[str, Tensor], prefix: str = "backbone.") -> dict[str, Tensor]:
-    """The ``prefix``-ed entries of an mmseg checkpoint, with the prefix removed.
-
-    Our backbone keys equal mmseg's ``ResNetV1c`` keys, so this is the whole mapping for ResNet.
-    """
-    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def convert_torchvision_resnet_keys(state_dict: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-    """torchvision ResNet keys (``conv1``, ``bn1``, ``layer*``; ``fc`` dropped) -> `ResNet` keys.
-
-    Args:
-        state_dict: a torchvision ``resnet*`` state dict, or a segmentation model's.
-        prefix: the backbone's prefix in ``state_dict`` (``"backbone."`` for torchvision's
-            segmentation models).
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if not key.startswith(prefix):
-            continue
-        key = key[len(prefix) :]
-        if key.startswith("conv1."):
-            out["stem.0." + key[len("conv1.") :]] = value
-        elif key.startswith("bn1."):
-            out["stem.1." + key[len("bn1.") :]] = value
-        elif key.startswith("layer"):
-            out[key] = value
-    return out

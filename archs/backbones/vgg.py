@@ -14,18 +14,16 @@ papers change only padding, pooling and dilation, which `VGG16` sets on those sa
 - DeepLab v1 (Chen et al., ICLR 2015): 3x3 pooling with padding 1 (Caffe ceil mode), stride 1 in
   ``pool4``/``pool5`` and dilation 2 in ``conv5``: output stride 8.
 
-`vgg_fc_convolutions` builds ``fc6``/``fc7`` as convolutions ("convolutionalised" classifier) and
-`convert_torchvision_vgg16_classifier` reshapes torchvision's ``classifier`` weights onto them.
+`vgg_fc_convolutions` builds ``fc6``/``fc7`` as convolutions ("convolutionalised" classifier);
+`archs.convert.torchvision.convert_torchvision_vgg16_classifier` reshapes torchvision's weights onto them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
-__all__ = ["POOLINGS", "VGG16", "convert_torchvision_vgg16_classifier", "vgg_fc_convolutions"]
+__all__ = ["POOLINGS", "VGG16", "vgg_fc_convolutions"]
 
 POOLINGS = ("vgg", "indices", "deeplab")
 # Output channels of the five stages.
@@ -115,18 +113,3 @@ def vgg_fc_convolutions(
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
-
-
-def convert_torchvision_vgg16_classifier(state_dict: Mapping[str, Tensor], prefix: str = "fc.") -> dict[str, Tensor]:
-    """torchvision ``vgg16`` ``classifier.0``/``classifier.3`` (Linear) -> fc6/fc7 convolutions under ``prefix``.
-
-    The keys follow `vgg_fc_convolutions` without BatchNorm but with Dropout (fc6 = ``0``, fc7 = ``3``).
-    """
-    fc6 = state_dict["classifier.0.weight"].reshape(4096, 512, 7, 7)
-    fc7 = state_dict["classifier.3.weight"].reshape(4096, 4096, 1, 1)
-    return {
-        f"{prefix}0.weight": fc6,
-        f"{prefix}0.bias": state_dict["classifier.0.bias"],
-        f"{prefix}3.weight": fc7,
-        f"{prefix}3.bias": state_dict["classifier.3.bias"],
-    }

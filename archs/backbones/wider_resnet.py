@@ -89,6 +89,15 @@ class WiderResNetA2(nn.Module):
     """
 
     CHANNELS = ((128, 128), (256, 256), (512, 512), (512, 1024), (512, 1024, 2048), (1024, 2048, 4096))
+    # Built in a loop under the official module names.
+    pool2: nn.MaxPool2d
+    pool3: nn.MaxPool2d
+    mod2: nn.Sequential
+    mod3: nn.Sequential
+    mod4: nn.Sequential
+    mod5: nn.Sequential
+    mod6: nn.Sequential
+    mod7: nn.Sequential
 
     def __init__(self, structure: Sequence[int] = (3, 3, 6, 3, 1, 1), dilation: bool = True) -> None:
         super().__init__()

@@ -1,10 +1,11 @@
-"""Argument helpers shared by the `bench` subcommands."""
+"""The options the `bench` subcommands share (`add_common_options`), and the parsing of their values."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import Literal
 
 import archs
 from bench.data.base import expand_user
@@ -18,30 +19,71 @@ REFERENCES = Path("results")
 MAX_SIDE = 16384  # --size / --sizes: 16 times the protocol's 1024 rows; one 3-channel fp32 input is then 3 GiB
 
 
-def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help=f"import MODULE to register extra models (also ${PLUGIN_ENV}, comma-separated)",
-    )
+# What --device names: the device a command computes on, or the device folder of the records it reads.
+DEVICE_HELP = {
+    "compute": "cuda, cuda:N or cpu (default: cuda when available)",
+    "gpu": "cuda or cuda:N (default: cuda)",
+    "folder": "only this device folder (default: every folder with records)",
+}
 
 
-def add_results_argument(parser: argparse.ArgumentParser, writes: str = "") -> None:
-    """``--results DIR``, default `RUNS` (this machine's measurements; `REFERENCES` holds the shipped ones).
+def add_common_options(
+    parser: argparse.ArgumentParser,
+    *,
+    archs: str | None = None,
+    modes: str | None = None,
+    writes: str | None = None,
+    device: Literal["compute", "gpu", "folder"] | None = None,
+    protocol: str | None = None,
+    plugins: bool = True,
+) -> None:
+    """The options the commands share, each declared here once.
 
     Args:
-        writes: what the command writes under ``<results>/<device>/``, for the help (e.g. ``profiles/``).
+        parser: the command's parser.
+        archs: adds ``--arch`` (repeated or comma-separated): the architectures it defaults to, for the help.
+        modes: adds ``--modes``: the speed modes it defaults to, comma-separated.
+        writes: adds ``--results DIR``: what the command writes under ``<results>/<device>/``, for the help
+            (e.g. ``profiles/``; "" for nothing named); default `RUNS` (this machine's measurements;
+            `REFERENCES` holds the shipped ones).
+        device: adds ``--device``: what it names (`DEVICE_HELP`).
+        protocol: adds ``--protocol VERSION`` (default: the current one): what the command does with it.
+        plugins: adds ``--plugin MODULE`` (repeatable; also $SEGBENCH_PLUGINS), see `load_plugins`.
     """
-    what = f"writes <results>/<device>/{writes}; " if writes else ""
-    parser.add_argument(
-        "--results",
-        type=path_arg,
-        default=RUNS,
-        help=f"results folder ({what}default: ./{RUNS}, git-ignored; the reference results shipped with segbench "
-        f"are in ./{REFERENCES})",
-    )
+    from bench import protocol as proto
+
+    if archs is not None:
+        parser.add_argument(
+            "--arch", action="append", default=[], help=f"architectures, repeat or comma-separate (default: {archs})"
+        )
+    if modes is not None:
+        parser.add_argument(
+            "--modes",
+            default=modes,
+            help=f"speed modes, comma-separated (default: {modes}; all: {', '.join(proto.MODES)}; a CPU leaves out "
+            "those that need CUDA)",
+        )
+    if writes is not None:
+        what = f"writes <results>/<device>/{writes}; " if writes else ""
+        parser.add_argument(
+            "--results",
+            type=path_arg,
+            default=RUNS,
+            help=f"results folder ({what}default: ./{RUNS}, git-ignored; the reference results shipped with "
+            f"segbench are in ./{REFERENCES})",
+        )
+    if device is not None:
+        parser.add_argument("--device", default=None, help=DEVICE_HELP[device])
+    if protocol is not None:
+        parser.add_argument("--protocol", default=proto.PROTOCOL_VERSION, help=f"protocol version to {protocol}")
+    if plugins:
+        parser.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help=f"import MODULE to register extra models (also ${PLUGIN_ENV}, comma-separated)",
+        )
 
 
 def load_plugins(args: argparse.Namespace) -> list[str]:

@@ -19,13 +19,7 @@ from pathlib import Path
 
 import archs
 from bench import protocol as proto
-from bench.commands.common import (
-    add_plugin_argument,
-    add_results_argument,
-    build_model,
-    load_plugins,
-    resolve_device,
-)
+from bench.commands.common import add_common_options, build_model, load_plugins, resolve_device
 from bench.errors import BenchError
 
 
@@ -47,8 +41,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--mode", choices=("whole", "slide"), default=None, help="override the published inference mode")
     p.add_argument("--aug-test", action="store_true", help="multi-scale (0.5-1.75) + flip test")
-    add_results_argument(p, "eval/")
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    add_common_options(p, writes="eval/", device="compute")
     p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: up to 8)")
     p.add_argument("--split", default=None, help="dataset split (default: the validation split)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
@@ -58,7 +51,6 @@ def register(subparsers) -> None:
         help="also time the model alone on device-resident images and print both throughputs",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_plugin_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -72,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.data import open_dataset
     from bench.evaluate import Resume, check_files, distributed, evaluate
     from bench.evaluate.outputs import result_json, write_outputs
+    from bench.io import ensure_writable_folder
     from bench.provenance import device_slug, provenance
-    from bench.records import ensure_writable_folder
     from bench.weights import load_weights
 
     load_plugins(args)
@@ -127,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         print("  weights:  none (random initialisation)")
     else:
         origin = f"official, {loaded.uri} -> " if loaded.uri else ""
-        print(f"  weights:  {origin}{loaded.path} (sha256 {loaded.sha256[:12]})")
+        print(f"  weights:  {origin}{loaded.path} (sha256 {(loaded.sha256 or '?')[:12]})")
     print(f"  aAcc {_fmt(result.aAcc)}   mAcc {_fmt(result.mAcc)}   mIoU {_fmt(result.mIoU)}{reference}", end="")
     print(f"   fwIoU {_fmt(result.fwIoU)}")
     ranks = f" x {result.world_size} processes" if result.world_size > 1 else ""

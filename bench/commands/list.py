@@ -6,7 +6,7 @@ import argparse
 
 import archs
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, load_plugins
+from bench.commands.common import add_common_options, load_plugins
 from bench.suites import SUITES, get_suite
 
 
@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("list", help="list registered architectures and suites")
     p.add_argument("--suite", default=None, help=f"only this suite ({', '.join(SUITES)})")
     p.add_argument("--verbose", "-v", action="store_true", help="print every job the suite would run")
-    add_plugin_argument(p)
+    add_common_options(p)
     p.set_defaults(handler=run)
 
 
@@ -37,10 +37,9 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.verbose:
         from bench.jobs import plan
-
-        jobs_kinds = ("params", "flops", "latency", "sweep")
+        from bench.measurements import defaults
 
         print(f"\n{suite.name}: datasets {', '.join(suite.datasets)}; jobs (each in its own child process):")
-        for job in plan(names, list(suite.datasets), list(proto.DEFAULT_MODES), kinds=jobs_kinds):
+        for job in plan(names, list(suite.datasets), list(proto.DEFAULT_MODES), kinds=defaults("cuda")):
             print(f"  {job.label}")
     return 0

@@ -7,8 +7,7 @@ import sys
 
 from bench import protocol as proto
 from bench.commands.common import (
-    add_plugin_argument,
-    add_results_argument,
+    add_common_options,
     build_model,
     csv_list,
     load_plugins,
@@ -17,7 +16,7 @@ from bench.commands.common import (
     resolve_device,
 )
 from bench.errors import BenchError, is_out_of_memory
-from bench.records import ensure_writable_folder, write_text_atomic
+from bench.io import ensure_writable_folder, write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -25,12 +24,8 @@ def register(subparsers) -> None:
         "overhead",
         help="bench's latency against a bare CUDA-event loop around the same step (GPU): the harness's overhead",
     )
-    p.add_argument("--arch", action="append", default=[], help="models (default: the realtime suite)")
+    add_common_options(p, archs="the realtime suite", modes="eager,graph", writes="overhead.md", device="gpu")
     p.add_argument("--dataset", default="ade20k", help="protocol dataset (input size, classes)")
-    p.add_argument("--modes", default="eager,graph", help="speed modes")
-    p.add_argument("--device", default="cuda", help="cuda or cuda:N")
-    add_results_argument(p, "overhead.md")
-    add_plugin_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -39,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import archs
-    from bench.measure.speed import bare_latency, measure_latency
+    from bench.measure.latency import bare_latency, measure_latency
     from bench.provenance import device_slug, provenance
     from bench.suites import get_suite
 

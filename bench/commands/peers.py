@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench import protocol as proto
 from bench.commands.common import (
-    add_results_argument,
+    add_common_options,
     csv_list,
     job_progress,
     parse_modes,
@@ -19,8 +19,12 @@ from bench.commands.common import (
     resolve_device,
 )
 from bench.errors import BenchError, check_interrupt, described, first_line
+from bench.io import ensure_writable_folder, write_text_atomic
 from bench.peers import SAME_WORK
-from bench.records import ensure_writable_folder, write_text_atomic
+
+# peers.csv: what identifies a row, and what it measured
+KEY = ["ours", "peer", "input", "mode"]
+MEASURED = ["ours_ms", "peer_ms", "ratio"]
 
 
 def register(subparsers) -> None:
@@ -28,21 +32,11 @@ def register(subparsers) -> None:
         "peers",
         help="time our models against HF transformers / torchvision / smp equivalents (ratio > 1: ours faster)",
     )
-    p.add_argument("--arch", action="append", default=[], help="only these of our models (default: all with peers)")
     p.add_argument("--sizes", default="512x512,1024x2048", help="comma-separated HxW input sizes")
-    p.add_argument(
-        "--modes",
-        default="eager,graph,graph-fused",
-        help="speed modes (graph modes need CUDA and are left out on a CPU)",
-    )
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    add_results_argument(p, "peers.md|csv")
+    modes = "eager,graph,graph-fused"
+    add_common_options(p, archs="ours with peers", modes=modes, writes="peers.md|csv", device="compute", plugins=False)
     p.add_argument("--force", action="store_true", help="measure again the rows already in peers.csv")
     p.set_defaults(handler=run)
-
-
-KEY = ["ours", "peer", "input", "mode"]
-MEASURED = ["ours_ms", "peer_ms", "ratio"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,8 +7,7 @@ import re
 
 from bench import protocol as proto
 from bench.commands.common import (
-    add_plugin_argument,
-    add_results_argument,
+    add_common_options,
     build_model,
     load_plugins,
     parse_dataset,
@@ -16,7 +15,7 @@ from bench.commands.common import (
     resolve_device,
 )
 from bench.errors import BenchError, first_line, is_out_of_memory
-from bench.records import ensure_writable_folder, write_text_atomic
+from bench.io import ensure_writable_folder, write_text_atomic
 
 LAYOUTS = {"mode": None, "channels_last": True, "contiguous": False}
 
@@ -39,9 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=5, help="steps profiled after the warm-up (default 5)")
     p.add_argument("--top", type=int, default=25, help="operators listed (default 25)")
     p.add_argument("--peer", action="store_true", help="profile the model's peer (`bench peers`) instead of ours")
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    add_results_argument(p, "profiles/")
-    add_plugin_argument(p)
+    add_common_options(p, writes="profiles/", device="compute")
     p.set_defaults(handler=run)
 
 

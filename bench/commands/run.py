@@ -1,19 +1,27 @@
-"""`bench run`: measure a suite, append records, regenerate the tables and plots."""
+"""`bench run`: measure a suite, append records, regenerate the tables and plots.
+
+A run is parse (`parse_request`: every option checked before any work) -> plan (`plan_run`: the jobs,
+and which of them this machine has recorded already) -> execute (`execute`: each job in its child
+process, its record appended) -> report (`report`: the counts, the tables and plots regenerated).
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import archs
 from bench import jobs as jobs_mod
+from bench import measurements
 from bench import protocol as proto
 from bench.commands.common import (
     REFERENCES,
-    add_plugin_argument,
-    add_results_argument,
+    add_common_options,
     csv_list,
     job_progress,
     load_plugins,
@@ -25,11 +33,11 @@ from bench.data import open_dataset
 from bench.data.base import expand_user
 from bench.errors import BenchError
 from bench.provenance import CHECKOUT, device_slug, machine_id
-from bench.records import OK, RECORDS_FILE, RecordStore, machine_of
+from bench.store import RECORDS_FILE, Key, Record, RecordStore, read_peaks, write_peaks
 from bench.suites import SUITES, get_suite
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run",
         help="measure a suite (params, FLOPs, speed[, mIoU]) and regenerate tables and plots",
@@ -37,21 +45,16 @@ def register(subparsers) -> None:
         "in its own child process with a time limit; a rerun skips what is already recorded.",
     )
     p.add_argument("--suite", default="realtime", help=f"one of {', '.join(SUITES)} (default: realtime)")
-    p.add_argument("--arch", action="append", default=[], help="only these architectures (repeat or comma-separate)")
     p.add_argument("--dataset", default="ade20k,cityscapes", help="comma-separated protocol datasets")
-    p.add_argument(
-        "--modes",
-        default=",".join(proto.DEFAULT_MODES),
-        help=f"speed modes (default: {','.join(proto.DEFAULT_MODES)}; all: {', '.join(proto.MODES)})",
-    )
     p.add_argument(
         "--measure",
         default=None,
-        help="measurements: params, flops, latency, sweep (default: all four on a GPU, no sweep on a CPU; "
+        help=f"measurements: {', '.join(measurements.selectable())} (default on a GPU: "
+        f"{', '.join(measurements.defaults('cuda'))}; on a CPU: {', '.join(measurements.defaults('cpu'))}; "
         "mIoU: --data-root)",
     )
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    add_results_argument(p, "records.jsonl, tables, plots")
+    modes = ",".join(proto.DEFAULT_MODES)
+    add_common_options(p, archs="the suite's", modes=modes, writes="records.jsonl, tables, plots", device="compute")
     p.add_argument("--force", action="store_true", help="measure again what is already recorded")
     p.add_argument("--job-timeout", type=float, default=None, help="seconds per job (default: per measurement)")
     p.add_argument("--shard", default=None, help="i/n: run the i-th of n deterministic shards of the job list")
@@ -60,7 +63,6 @@ def register(subparsers) -> None:
         "--weights", default=None, help="checkpoint of the mIoU jobs: official (default), PATH, none (random weights)"
     )
     p.add_argument("--no-report", action="store_true", help="do not regenerate tables and plots")
-    add_plugin_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -73,39 +75,105 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a run was asked for, every option checked.
+
+    Args:
+        names: the architectures.
+        datasets: the protocol datasets.
+        modes: the speed modes this device runs.
+        cpu_skips: the speed modes asked for that a CPU cannot run (left out).
+        kinds: the measurements (`bench.measurements`), those a dataset root adds included.
+        device: ``cuda:N`` or ``cpu``.
+        shard: (i, n): the i-th of n shards of the jobs, or None for all.
+        plugins: the plugin modules, for the child processes.
+    """
+
+    names: list[str]
+    datasets: list[str]
+    modes: list[str]
+    cpu_skips: list[str]
+    kinds: list[str]
+    device: str
+    shard: tuple[int, int] | None
+    plugins: list[str]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The jobs of a run and what it reuses.
+
+    Args:
+        store: the device folder's records.
+        machine: this machine's `bench.provenance.machine_id`.
+        recorded: the folder's records when the run began.
+        jobs: the jobs of this run (this shard's).
+        done: the keys this machine has recorded and the run reuses.
+        outdated: the keys this machine has recorded that no longer answer the run (measured again).
+        options: what each child needs besides its job.
+    """
+
+    store: RecordStore
+    machine: str
+    recorded: list[Record]
+    jobs: list[jobs_mod.Job]
+    done: set[Key]
+    outdated: set[Key]
+    options: jobs_mod.RunOptions
+
+
 def run(args: argparse.Namespace) -> int:
     jobs_mod.start_job_server()  # its imports overlap the planning below
     try:
-        return _run(args)
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        request = parse_request(args)
+        planned = plan_run(args, request)
+        announce(args, request, planned, console)
+        counts = execute(args, planned, console)
+        return report(args, planned, counts, console)
     finally:
         jobs_mod.stop_job_server()
 
 
-def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    console = Console(stderr=True)
+def parse_request(args: argparse.Namespace) -> Request:
+    """The run's architectures, datasets, modes, measurements and device, or a `BenchError` for the first bad one."""
     plugins = load_plugins(args)
     suite = get_suite(args.suite)  # checked even when --arch chooses the models
     names = csv_list(args.arch, "--arch") or suite.names()
     for name in names:
         archs.get_spec(name)
     datasets = csv_list([args.dataset], "--dataset")
-    for d in datasets:
-        parse_dataset(d)
-    modes = parse_modes(args.modes)
+    for dataset in datasets:
+        parse_dataset(dataset)
+    asked = parse_modes(args.modes)
     device = resolve_device(args.device)
-    cpu_skips = [m for m in modes if device == "cpu" and proto.needs_cuda(m)]
-    modes = [m for m in modes if m not in cpu_skips]
-    measurable = ("params", "flops", "latency", "sweep")
-    default_kinds = ",".join(measurable if device != "cpu" else measurable[:3])
-    kinds = csv_list([default_kinds if args.measure is None else args.measure], "--measure")
-    for k in kinds:
-        if k not in measurable:
-            raise BenchError(f"--measure: unknown measurement {k!r}; choose from {', '.join(measurable)}")
+    cpu_skips = [m for m in asked if device == "cpu" and proto.needs_cuda(m)]
+    kinds = _kinds(args.measure, device)
     shard = parse_shard(args.shard)
     if args.job_timeout is not None and not (math.isfinite(args.job_timeout) and args.job_timeout > 0):
         raise BenchError(f"--job-timeout {args.job_timeout:g}: pass a positive number of seconds per job")
+    if _check_evaluation(args, datasets):
+        kinds += [m.name for m in measurements.KINDS if m.needs_data]
+    modes = [m for m in asked if m not in cpu_skips]
+    return Request(names, datasets, modes, cpu_skips, kinds, device, shard, plugins)
+
+
+def _kinds(measure: str | None, device: str) -> list[str]:
+    """The measurements of --measure, by default those a run on ``device`` takes."""
+    default = ",".join(measurements.defaults("cpu" if device == "cpu" else "cuda"))
+    kinds = csv_list([default if measure is None else measure], "--measure")
+    choices = measurements.selectable()
+    for kind in kinds:
+        if kind not in choices:
+            raise BenchError(f"--measure: unknown measurement {kind!r}; choose from {', '.join(choices)}")
+    return kinds
+
+
+def _check_evaluation(args: argparse.Namespace, datasets: list[str]) -> bool:
+    """Whether the run evaluates (--data-root), with a root and weights that can be (a `BenchError` if not)."""
     if args.data_root is not None and len(datasets) != 1:
         raise BenchError("--data-root belongs to one dataset: pass it with a single --dataset (ade20k or cityscapes)")
     if args.data_root is not None:  # a bad root or layout fails now, not as a failed record per model
@@ -114,79 +182,105 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchError("--weights is the checkpoint of the mIoU jobs: pass it with --data-root DIR")
     if args.weights not in (None, "official", "none") and not expand_user(args.weights, "--weights").is_file():
         raise BenchError(f"--weights {args.weights}: no such file; pass a checkpoint file, official or none")
+    return args.data_root is not None
 
-    slug = device_slug(device)
-    this_machine = machine_id(device)
+
+def plan_run(args: argparse.Namespace, request: Request) -> Plan:
+    """The run's jobs (this shard's), and which of them this machine has recorded; nothing is measured yet."""
+    slug, machine = device_slug(request.device), machine_id(request.device)
     store = RecordStore(args.results, slug)
     store.ensure_writable()
-    sweep_mode = proto.SWEEP_MODE if device != "cpu" else "eager"
-    planned = jobs_mod.plan(names, datasets, modes, kinds=kinds, miou=args.data_root is not None, sweep_mode=sweep_mode)
-    if not planned:
-        cpu_only = f" (every mode asked for, {', '.join(cpu_skips)}, runs on a CUDA GPU only)" if not modes else ""
-        raise BenchError(
-            f"nothing to measure: datasets {','.join(datasets) or 'none'}, measurements {','.join(kinds) or 'none'}, "
-            f"modes {','.join(modes) or 'none'}{cpu_only}; pass --dataset, --measure or --modes with at least one value"
+    sweep_mode = proto.SWEEP_MODE if request.device != "cpu" else "eager"
+    jobs = jobs_mod.plan(request.names, request.datasets, request.modes, kinds=request.kinds, sweep_mode=sweep_mode)
+    if not jobs:
+        cpu_only = (
+            f" (every mode asked for, {', '.join(request.cpu_skips)}, runs on a CUDA GPU only)"
+            if not request.modes
+            else ""
         )
-    if shard:
-        planned = jobs_mod.shard(planned, *shard)
-    identity = None
-    if args.data_root is not None:
-        identity = jobs_mod.miou_identity(args.weights, args.data_root)
-
-    def reusable(record: dict) -> bool:
-        """A record taken at another input size, or an mIoU of other weights or data, is measured again."""
-        if not jobs_mod.is_current(record):
-            return False
-        return record["kind"] != "miou" or (record.get("value") or {}).get("identity") == identity
-
-    # outdated: measured again, and the new record replaces them; another machine's records are neither
-    recorded = store.read()
-    done, outdated = (set(), set()) if args.force else store.triage(reusable, machine=this_machine, records=recorded)
+        raise BenchError(
+            f"nothing to measure: datasets {','.join(request.datasets) or 'none'}, measurements "
+            f"{','.join(request.kinds) or 'none'}, modes {','.join(request.modes) or 'none'}{cpu_only}; "
+            "pass --dataset, --measure or --modes with at least one value"
+        )
+    if request.shard:
+        jobs = jobs_mod.shard(jobs, *request.shard)
     options = jobs_mod.RunOptions(
-        device=device,
+        device=request.device,
         device_slug=slug,
-        plugins=tuple(plugins),
+        plugins=tuple(request.plugins),
         data_root=args.data_root,
         weights=args.weights,
         eval_folder=str(store.folder / "eval"),
-        miou_identity=identity,
-        machine_id=this_machine,
+        machine_id=machine,
     )
-    stale = sum(job.key(slug) in outdated for job in planned)
+    recorded = store.read()
+    # outdated: measured again, and the new record replaces them; another machine's records are neither
+    done, outdated = (
+        (set(), set())
+        if args.force
+        else store.triage(lambda r: jobs_mod.reusable(r, options), machine=machine, records=recorded)
+    )
+    return Plan(store, machine, recorded, jobs, done, outdated, options)
+
+
+def announce(args: argparse.Namespace, request: Request, plan: Plan, console: Any) -> None:
+    """What the run will do: its notes, its size, and where its records go and what it reuses."""
+    slug = plan.options.device_slug
+    stale = sum(job.key(slug) in plan.outdated for job in plan.jobs)
     if stale:
         console.print(
             f"[yellow]note:[/] {stale} recorded measurement(s) were taken at another input size or classes, or with "
             "other weights or data: measured again (the older records stay in the file; the tables use the newest)"
         )
-    if cpu_skips and "latency" in kinds:
-        console.print(f"[yellow]note:[/] {cpu_note(cpu_skips, modes)}")
+    if _skips_measurements(request):
+        console.print(f"[yellow]note:[/] {cpu_note(request.cpu_skips, request.modes)}")
     console.print(
-        f"segbench run: {len(names)} architectures x {len(datasets)} datasets, {len(planned)} jobs on {device} ({slug})"
+        f"segbench run: {len(request.names)} architectures x {len(request.datasets)} datasets, {len(plan.jobs)} jobs "
+        f"on {request.device} ({slug})"
     )
-    reused = sum(job.key(slug) in done for job in planned)
+    reused = sum(job.key(slug) in plan.done for job in plan.jobs)
     # one line however long (a terminal folds it; a log keeps it whole)
-    console.print(start_line(store, this_machine, recorded, reused, args.force), markup=False, soft_wrap=True)
-    if device != "cpu" and {"latency", "sweep"} & set(kinds):
-        _ensure_peaks(store.folder, device, this_machine, args.force, console)
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    start = start_line(plan.store, plan.machine, plan.recorded, reused, args.force)
+    console.print(start, markup=False, soft_wrap=True)
+    if request.device != "cpu" and any(measurements.MEASUREMENTS[k].needs_peaks for k in request.kinds):
+        _ensure_peaks(plan.store.folder, request.device, plan.machine, args.force, console)
+
+
+def _skips_measurements(request: Request) -> bool:
+    """Whether a measurement asked for would be taken in one of the modes a CPU leaves out."""
+    if not request.cpu_skips:
+        return False
+    probe = jobs_mod.plan(request.names[:1], request.datasets[:1], request.cpu_skips, kinds=request.kinds)
+    return any(job.mode in request.cpu_skips for job in probe)
+
+
+def execute(args: argparse.Namespace, plan: Plan, console: Any) -> Counter[str]:
+    """Each job not recorded yet, in its child process, its record appended as it ends; the counts."""
+    slug, counts = plan.options.device_slug, Counter({"ok": 0, "failed": 0, "skipped": 0})
     with job_progress(console) as progress:
-        task = progress.add_task("measuring", total=len(planned))
-        for job in planned:
-            if job.key(slug) in done:
+        task = progress.add_task("measuring", total=len(plan.jobs))
+        for job in plan.jobs:
+            if job.key(slug) in plan.done:
                 counts["skipped"] += 1
                 progress.advance(task)
                 continue
             progress.update(task, description=job.label)
-            timeout = args.job_timeout or jobs_mod.DEFAULT_TIMEOUT_S[job.kind]
-            record = jobs_mod.run_job(job, options, timeout)
-            store.append([record], replace_ok=args.force or job.key(slug) in outdated)
-            if record["status"] == OK:
+            timeout = args.job_timeout or measurements.MEASUREMENTS[job.kind].timeout_s
+            record = jobs_mod.run_job(job, plan.options, timeout)
+            plan.store.append([record], replace_ok=args.force or job.key(slug) in plan.outdated)
+            if record.ok:
                 counts["ok"] += 1
-                console.print(f"  [green]ok[/]      {job.label}: {summarise(record)}")
+                console.print(f"  [green]ok[/]      {job.label}: {measurements.summarise(record)}")
             else:
                 counts["failed"] += 1
-                console.print(f"  [red]{record['status']:<7}[/] {job.label}: {record['error']}")
+                console.print(f"  [red]{record.status:<7}[/] {job.label}: {record.error}")
             progress.advance(task)
+    return counts
+
+
+def report(args: argparse.Namespace, plan: Plan, counts: Counter[str], console: Any) -> int:
+    """The counts, and the tables and plots regenerated; exit status 1 when a job failed."""
     console.print(
         f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped (measured on this machine "
         "already)"
@@ -194,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from bench.report import write_reports
 
-        for path in write_reports(args.results, slug):
+        for path in write_reports(args.results, plan.options.device_slug):
             console.print(f"  wrote {path}")
     return 1 if counts["failed"] else 0
 
@@ -219,7 +313,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def start_line(store: RecordStore, machine: str, recorded: list[dict], reused: int, force: bool) -> str:
+def start_line(store: RecordStore, machine: str, recorded: list[Record], reused: int, force: bool) -> str:
     """Where the run's records go and what it reuses, in one line: this machine's records of its jobs; never
     another machine's (in the folder, or the reference records segbench ships for this device kind)."""
     parts = [f"records: {_shown(store.path)} (this machine {machine})"]
@@ -227,7 +321,7 @@ def start_line(store: RecordStore, machine: str, recorded: list[dict], reused: i
         parts.append("--force: measuring everything again")
     else:
         parts.append(f"reusing {reused} of this machine's records" if reused else "nothing of this machine's to reuse")
-    others = sum(r["status"] == OK and machine_of(r) != machine for r in recorded)
+    others = sum(r.ok and r.machine != machine for r in recorded)
     if others:
         parts.append(f"{others} record{'s' * (others != 1)} of other machines there are kept as references, not reused")
     slug = store.folder.name
@@ -238,45 +332,15 @@ def start_line(store: RecordStore, machine: str, recorded: list[dict], reused: i
     return "; ".join(parts)
 
 
-def _ensure_peaks(folder: Path, device: str, machine: str, force: bool, console) -> None:
+def _ensure_peaks(folder: Path, device: str, machine: str, force: bool, console: Any) -> None:
     """Measure the device's roofline ceilings once per machine (a child process) and store them with the records."""
-    from bench.measure.roofline import read_peaks, write_peaks
-
     stored = read_peaks(folder)
-    if stored is not None and machine_of(stored) == machine and not force:
+    if stored is not None and stored.machine == machine and not force:
         return
     message = jobs_mod.measure_device_peaks(device)
-    if message["status"] != OK:
+    if message["status"] != "ok":
         console.print(f"  [yellow]roofline ceilings not measured[/]: {message['error']}")
         return
     write_peaks(folder, message["value"], {**message["provenance"], "machine_id": machine})
     peaks = ", ".join(f"{k} {v:.1f}" for k, v in message["value"].items())
     console.print(f"  [green]ok[/]      device ceilings: {peaks}")
-
-
-def summarise(record: dict) -> str:
-    value = record["value"] or {}
-    kind = record["kind"]
-    if kind == "params":
-        return f"{value['params_m']:.2f} M params"
-    if kind == "flops":
-        extra = f", uncounted: {', '.join(value['uncounted'])}" if value.get("uncounted") else ""
-        return f"{value['gflops']:.1f} GFLOPs at {value['input_size'][0]}x{value['input_size'][1]}{extra}"
-    if kind == "latency":
-        flags = [f for f in ("unstable", "throttled") if value.get(f)]
-        extra = f" [yellow]{', '.join(flags)}[/] (spread {100 * value['spread']:.1f}%)" if flags else ""
-        if value.get("compile_s") is not None:
-            extra += f", compiled in {value['compile_s']:.0f} s"
-        if value.get("layout_ms"):  # a mode that timed both layouts: which it kept, and the other's probe
-            probe = value["layout_ms"]
-            extra += (
-                f", {'channels_last' if value['channels_last'] else 'NCHW'} kept "
-                f"(probe {probe['channels_last']:.2f} ms channels_last, {probe['contiguous']:.2f} ms NCHW)"
-            )
-        return f"{value['median_ms']:.2f} ms median, {value['fps']:.1f} FPS ({record['device']}){extra}"
-    if kind == "sweep":
-        stop = f"; {value['stopped']}" if value.get("stopped") else ""
-        return f"best batch {value['best_batch']}: {value['images_s']:.1f} images/s{stop}"
-    if kind == "miou":
-        return f"mIoU {value.get('mIoU', float('nan')):.2f}"
-    return ""

@@ -6,7 +6,7 @@ import argparse
 
 import archs
 from bench import protocol as proto
-from bench.commands.common import add_plugin_argument, load_plugins
+from bench.commands.common import add_common_options, load_plugins
 
 
 def register(subparsers) -> None:
@@ -14,13 +14,13 @@ def register(subparsers) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="every official checkpoint, its source and whether it is cached")
     listing.add_argument("--verbose", "-v", action="store_true", help="print full URLs, not only file names")
-    add_plugin_argument(listing)
+    add_common_options(listing)
     listing.set_defaults(handler=run_list)
     fetch = actions.add_parser("fetch", help="download and verify an official checkpoint (needs internet)")
     fetch.add_argument("name", help="registered architecture")
     fetch.add_argument("--dataset", choices=list(proto.DATASETS), default=None, help="only this dataset's checkpoint")
     fetch.add_argument("--force", action="store_true", help="download again even when cached")
-    add_plugin_argument(fetch)
+    add_common_options(fetch)
     fetch.set_defaults(handler=run_fetch)
 
 

@@ -15,18 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import (
-    IGNORE_INDEX,
-    DataError,
-    SegDataset,
-    apply_lut,
-    dataset_folder,
-    pair_files,
-    split_folders,
-)
+from bench.data.base import IGNORE_INDEX, SegDataset, apply_lut
+from bench.data.layout import DiskLayout
 
-SPLITS = {"validation": "validation", "val": "validation", "training": "training", "train": "training"}
-DEFAULT_SPLIT = "validation"
+LAYOUT = DiskLayout(
+    title="ADE20K",
+    folder="ADEChallengeData2016",
+    splits={"validation": "validation", "val": "validation", "training": "training", "train": "training"},
+    images="images",
+    image_glob="*.jpg",
+    labels="annotations",
+    label_suffixes=(".png",),
+    pass_root="pass the ADEChallengeData2016 folder",
+    restore="re-extract ADEChallengeData2016.zip",
+)
 
 # fmt: off
 CLASSES = (
@@ -79,17 +81,6 @@ _LUT[0] = IGNORE_INDEX
 _LUT[1:151] = np.arange(150)
 
 
-def find_root(path: Path) -> Path:
-    """The folder holding ``images/`` and ``annotations/``: ``path`` or ``path/ADEChallengeData2016``."""
-    for candidate in (path, path / "ADEChallengeData2016"):
-        if (candidate / "images").is_dir() or (candidate / "annotations").is_dir():
-            return candidate
-    raise DataError(
-        f"--data-root {path}: no ADE20K layout (images/validation/*.jpg, annotations/validation/*.png); "
-        "pass the ADEChallengeData2016 folder"
-    )
-
-
 class ADE20K(SegDataset):
     """ADE20K validation (or training) images with their reduced annotations.
 
@@ -100,24 +91,7 @@ class ADE20K(SegDataset):
 
     name = "ade20k"
     num_classes = 150
-
-    def __init__(self, root: str | Path, split: str | None = None) -> None:
-        root = find_root(dataset_folder(root, "pass the ADEChallengeData2016 folder"))
-        folder = SPLITS.get(split or DEFAULT_SPLIT)
-        if folder is None:
-            raise DataError(f"ADE20K split {split!r}: choose validation or training")
-        images, labels = root / "images" / folder, root / "annotations" / folder
-        split_folders(
-            root,
-            images,
-            labels,
-            missing_one=f"an ADE20K split needs both images/{folder} and annotations/{folder} "
-            "(re-extract ADEChallengeData2016.zip)",
-            missing_both="pass the ADEChallengeData2016 folder",
-            splits=SPLITS.values(),
-        )
-        pairs = pair_files(images, labels, "*.jpg", "*.png", ".jpg", (".png",), root)
-        super().__init__(root, folder, pairs, image_dir=images)
+    layout = LAYOUT
 
     def map_label(self, raw: np.ndarray, label_path: Path) -> np.ndarray:
         return apply_lut(raw, _LUT, label_path, "0..150 (ADE20K annotations)")

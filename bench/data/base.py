@@ -15,12 +15,16 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:  # the layout module reads this one's errors
+    from bench.data.layout import DiskLayout
 
 IGNORE_INDEX = 255
 # Left by `bench data synth` in the image folder of a split it generated (its options, as JSON): the set is
@@ -52,10 +56,16 @@ class Sample:
 
     def pin_memory(self) -> Sample:
         """Page-locked copies, so the host-to-device copies can be asynchronous (DataLoader hook)."""
-        if self.image is not None:
+        if self.image is not None and self.label is not None:
             self.image = self.image.pin_memory()
             self.label = self.label.pin_memory()
         return self
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, label); a `DataError` with the error of a pair that could not be read."""
+        if self.image is None or self.label is None:
+            raise DataError(self.error or f"{self.name}: not decoded")
+        return self.image, self.label
 
 
 def expand_user(path: str | Path, what: str) -> Path:
@@ -88,10 +98,11 @@ def open_image(path: Path, what: str, *, warn: bool = True) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as exc:
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f" ({int(pixels[1]) / 1e6:.0f} MP)" if pixels else ""
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(found[1]) / 1e6:.0f} MP)" if found else ""
+        refused = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # set, or PIL would not have refused
         raise DataError(
-            f"{what} {path} is too large to decode{size}: PIL refuses more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+            f"{what} {path} is too large to decode{size}: PIL refuses more than {refused / 1e6:.0f} "
             "MP (a decompression-bomb guard); evaluate a downscaled copy of the image and its label map"
         ) from None
     pixels = img.width * img.height
@@ -194,13 +205,12 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path, valid: str) -> np.nd
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """Image/label pairs of one split; subclasses map raw label values to train ids.
+    """Image/label pairs of one split, found as the subclass's `layout` says; subclasses map raw label values
+    to train ids.
 
     Args:
-        root: the dataset root as found on disk.
-        split: the split folder name.
-        pairs: (image path, label path) per image, sorted.
-        image_dir: the split's image folder, where `bench data synth` leaves its `SYNTHETIC_MARKER`.
+        root: the dataset folder (or the folder holding it, named as the layout's ``folder``).
+        split: the split to read (default: the layout's ``default_split``).
 
     Attributes:
         synthetic: the options `bench data synth` generated the split with, or None for a set it did not write.
@@ -208,12 +218,12 @@ class SegDataset(torch.utils.data.Dataset):
 
     name = ""
     num_classes = 0
+    layout: ClassVar[DiskLayout]
 
-    def __init__(self, root: Path, split: str, pairs: list[tuple[Path, Path]], image_dir: Path | None = None) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.pairs = pairs
-        self.synthetic = None if image_dir is None else read_synthetic_marker(image_dir)
+    def __init__(self, root: str | Path, split: str | None = None) -> None:
+        found = self.layout.locate(root, split)
+        self.root, self.split, self.pairs = found.root, found.split, found.pairs
+        self.synthetic = read_synthetic_marker(found.image_dir)  # left by `bench data synth` beside its images
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -266,127 +276,3 @@ def read_synthetic_marker(image_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return {}
     return options if isinstance(options, dict) else {}
-
-
-def dataset_folder(root: str | Path, fix: str) -> Path:
-    """``--data-root`` expanded, or a `DataError` saying that there is no such folder or that it is a file.
-
-    Args:
-        root: the path given.
-        fix: which folder to pass instead.
-    """
-    path = expand_user(root, "--data-root")
-    if path.is_dir():
-        return path
-    if path.exists():
-        archive = path.name.lower().endswith((".zip", ".tar", ".tgz", ".tar.gz", ".tar.xz", ".7z"))
-        extract = " (an archive: extract it first)" if archive else ""
-        raise DataError(f"--data-root {path}: a file, not a folder{extract}; {fix}")
-    raise DataError(f"--data-root {path}: no such folder; {fix}")
-
-
-def _found_instead(missing: list[Path], root: Path, splits: Iterable[str]) -> tuple[str, str | None]:
-    """The folders found beside the missing split folders ``missing`` (``images/val``), in words, and the
-    rename that would fix a folder of no split name of the dataset (None when every one is a split's)."""
-    found, misnamed = [], []
-    for path in missing:
-        try:
-            names = sorted(p.name for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:
-            names = []
-        found += [str((path.parent / name).relative_to(root)) for name in names]
-        misnamed += [name for name in names if name not in splits and name not in misnamed]
-    if not found:
-        return "", None
-    shown = "found " + ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
-    target = missing[0].name
-    if len(misnamed) == 1:
-        return shown, f"rename {misnamed[0]} to {target}"
-    if misnamed:
-        return shown, f"rename the folders of this split to {target}"
-    return shown, None
-
-
-def split_folders(
-    root: Path, images: Path, labels: Path, *, missing_one: str, missing_both: str, splits: Iterable[str] = ()
-) -> None:
-    """Both the image and the label folder of a split must exist; a `DataError` names which is missing, and
-    the folders found in its place (a split folder of another name, ``val`` for ``validation``, is named).
-
-    Args:
-        root: the dataset root.
-        images, labels: the split's two folders.
-        missing_one: the fix when only one exists (how to restore the other).
-        missing_both: the fix when neither exists (which folder to pass).
-        splits: the dataset's split folder names (a folder of another name is taken for a misnamed split).
-    """
-    splits = set(splits)
-    for path, other in ((images, labels), (labels, images)):
-        if path.is_dir():
-            continue
-        if other.is_dir():
-            found, rename = _found_instead([path], root, splits)
-            where = f" ({found}: {rename})" if rename else f" ({found})" if found else ""
-            raise DataError(f"{path} does not exist but {other} does{where}; {missing_one}")
-        found, rename = _found_instead([images, labels], root, splits)
-        missing = f"{root}: neither {images.relative_to(root)} nor {labels.relative_to(root)} exists"
-        if rename:
-            raise DataError(f"{missing}; {found}: {rename}")
-        raise DataError(f"{missing}{f' ({found})' if found else ''}; {missing_both}")
-
-
-def pair_files(
-    image_dir: Path,
-    label_dir: Path,
-    image_glob: str,
-    label_glob: str,
-    image_suffix: str,
-    label_suffixes: tuple[str, ...],
-    root: Path,
-) -> list[tuple[Path, Path]]:
-    """Match every image to its label file by stem; a `DataError` for any image or label left alone.
-
-    Args:
-        image_dir, label_dir: the split folders.
-        image_glob, label_glob: patterns of the files under each folder (``*.jpg``, ``*/*.png``).
-        image_suffix: the part of an image's name replaced by a label suffix.
-        label_suffixes: label name endings, in order of preference.
-        root: the dataset root, for messages.
-    """
-    images = sorted(image_dir.glob(image_glob))
-    if not images:
-        raise DataError(
-            f"{image_dir} holds no images matching {image_glob}; pass the dataset root that holds this split"
-        )
-    labels = {p for p in label_dir.glob(label_glob) if p.name.endswith(label_suffixes)}
-    pairs, missing, used = [], [], set()
-    for image in images:
-        stem = image.relative_to(image_dir).as_posix()[: -len(image_suffix)]
-        for suffix in label_suffixes:
-            candidate = label_dir / f"{stem}{suffix}"
-            if candidate in labels:
-                pairs.append((image, candidate))
-                used.update(label_dir / f"{stem}{s}" for s in label_suffixes)
-                break
-        else:
-            missing.append(image)
-    if missing:
-        first = missing[0]
-        expected = label_dir / (first.relative_to(image_dir).as_posix()[: -len(image_suffix)] + label_suffixes[-1])
-        raise DataError(
-            f"{len(missing)} of {len(images)} images under {image_dir} have no label map (first: {first.name}, "
-            f"expected {expected.relative_to(root)}); restore the labels or remove those images"
-        )
-    orphans = sorted(labels - used)
-    if orphans:
-        raise DataError(
-            f"{len(orphans)} label maps under {label_dir} have no image (first: {orphans[0].relative_to(root)}); "
-            f"restore the images under {image_dir.relative_to(root)} or remove those labels"
-        )
-    return pairs
-
-
-def require_dir(path: Path, what: str, fix: str) -> Path:
-    if not path.is_dir():
-        raise DataError(f"{what} {path} does not exist; {fix}")
-    return path

@@ -18,22 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import (
-    IGNORE_INDEX,
-    DataError,
-    SegDataset,
-    apply_lut,
-    dataset_folder,
-    pair_files,
-    split_folders,
-)
+from bench.data.base import IGNORE_INDEX, SegDataset, apply_lut
+from bench.data.layout import DiskLayout
 
-SPLITS = {"val": "val", "validation": "val", "train": "train", "training": "train"}
-DEFAULT_SPLIT = "val"
 LABEL_IDS = "_gtFine_labelIds.png"
 TRAIN_IDS = "_gtFine_labelTrainIds.png"
 IMAGE_SUFFIX = "_leftImg8bit.png"
 NUM_LABEL_IDS = 34  # labelIds 0..33 (license plate, id -1, is never written to a label map)
+LAYOUT = DiskLayout(
+    title="Cityscapes",
+    folder="cityscapes",
+    splits={"val": "val", "validation": "val", "train": "train", "training": "train"},
+    images="leftImg8bit",
+    image_glob=f"*/*{IMAGE_SUFFIX}",
+    labels="gtFine",
+    label_suffixes=(TRAIN_IDS, LABEL_IDS),  # train ids, when written, are read as they are
+    pass_root="pass the folder holding leftImg8bit and gtFine",
+    restore="extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root}",
+    unlabelled_splits=("test",),
+)
 
 # fmt: off
 CLASSES = (
@@ -72,17 +75,6 @@ def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     return lut[train_ids]
 
 
-def find_root(path: Path) -> Path:
-    """The folder holding ``leftImg8bit/`` and ``gtFine/``: ``path`` or ``path/cityscapes``."""
-    for candidate in (path, path / "cityscapes"):
-        if (candidate / "leftImg8bit").is_dir() or (candidate / "gtFine").is_dir():
-            return candidate
-    raise DataError(
-        f"--data-root {path}: no Cityscapes layout (leftImg8bit/val/<city>/*{IMAGE_SUFFIX}, "
-        f"gtFine/val/<city>/*{LABEL_IDS}); pass the folder holding leftImg8bit and gtFine"
-    )
-
-
 class Cityscapes(SegDataset):
     """Cityscapes val (or train) images with their fine labels as train ids.
 
@@ -93,26 +85,7 @@ class Cityscapes(SegDataset):
 
     name = "cityscapes"
     num_classes = 19
-
-    def __init__(self, root: str | Path, split: str | None = None) -> None:
-        root = find_root(dataset_folder(root, "pass the folder holding leftImg8bit and gtFine"))
-        folder = SPLITS.get(split or DEFAULT_SPLIT)
-        if folder is None:
-            raise DataError(f"Cityscapes split {split!r}: choose val or train")
-        images, labels = root / "leftImg8bit" / folder, root / "gtFine" / folder
-        split_folders(
-            root,
-            images,
-            labels,
-            missing_one=f"Cityscapes needs both leftImg8bit/{folder} and gtFine/{folder} "
-            f"(extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root})",
-            missing_both="pass the folder holding leftImg8bit and gtFine",
-            splits=(*SPLITS.values(), "test"),
-        )
-        pairs = pair_files(
-            images, labels, f"*/*{IMAGE_SUFFIX}", "*/*_gtFine_*.png", IMAGE_SUFFIX, (TRAIN_IDS, LABEL_IDS), root
-        )
-        super().__init__(root, folder, pairs, image_dir=images)
+    layout = LAYOUT
 
     def map_label(self, raw: np.ndarray, label_path: Path) -> np.ndarray:
         if label_path.name.endswith(TRAIN_IDS):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 
 from bench.data import cityscapes
 from bench.data.base import SYNTHETIC_MARKER, DataError
-from bench.records import ensure_writable_folder, write_text_atomic
+from bench.io import ensure_writable_folder, write_text_atomic
 
 LEVELS = np.array([21, 64, 106, 149, 191, 234], dtype=np.int16)
 GRID = 16
@@ -236,7 +237,7 @@ def write_cityscapes(
 
 def write(dataset: str, out: str | Path, num: int, **kwargs) -> Path:
     """`write_ade20k` or `write_cityscapes` by protocol dataset name; returns the data root."""
-    writers = {"ade20k": write_ade20k, "cityscapes": write_cityscapes}
+    writers: dict[str, Callable[..., Path]] = {"ade20k": write_ade20k, "cityscapes": write_cityscapes}
     if dataset not in writers:
         raise DataError(f"--dataset {dataset!r}: choose from {', '.join(writers)}")
     return writers[dataset](out, num, **kwargs)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError
-from bench.records import write_text_atomic
+from bench.io import write_text_atomic
 
 SCHEMA = 1
 

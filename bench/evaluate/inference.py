@@ -23,21 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archs import ArchSpec
+from archs import ArchSpec, Evaluation
 from bench import protocol as proto
 from bench.errors import BenchError
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 # keep-ratio resize bound (long side, short side) of each dataset's test pipeline
 DATASET_SCALES = {"ade20k": (2048, 512), "cityscapes": (2048, 1024)}
-# Published test protocols other than `whole`, by ArchSpec.family (until ArchSpec carries a `test_mode`):
-# mmseg configs segformer_mit-b*_8xb1-160k_cityscapes-1024x1024.py, setr_vit-l_*_ade20k-512x512.py and
-# setr_vit-l_*_cityscapes-768x768.py.
-FAMILY_PROTOCOLS = {
-    ("SegFormer", "cityscapes"): {"mode": "slide", "crop": (1024, 1024), "stride": (768, 768)},
-    ("SETR", "ade20k"): {"mode": "slide", "crop": (512, 512), "stride": (341, 341)},
-    ("SETR", "cityscapes"): {"mode": "slide", "crop": (768, 768), "stride": (512, 512)},
-}
 
 
 @dataclass(frozen=True)
@@ -69,10 +61,17 @@ class EvalProtocol:
         if self.mode == "slide" and (self.crop is None or self.stride is None):
             raise ValueError("slide mode needs crop and stride")
 
+    def windows(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(crop, stride) of the sliding windows; a ValueError in whole mode."""
+        if self.crop is None or self.stride is None:
+            raise ValueError(f"a {self.mode} protocol has no sliding windows")
+        return self.crop, self.stride
+
     def describe(self, aug_test: bool = False) -> str:
         text = f"{self.mode}, resize to fit {self.scale[0]}x{self.scale[1]} (long x short side, keep ratio)"
         if self.mode == "slide":
-            text += f", {self.crop[0]}x{self.crop[1]} windows every {self.stride[0]}x{self.stride[1]}"
+            crop, stride = self.windows()
+            text += f", {crop[0]}x{crop[1]} windows every {stride[0]}x{stride[1]}"
         if aug_test:
             text += f", scales {'/'.join(f'{r:g}' for r in self.ratios)}" + (" + flip" if self.flip else "")
         return text + ", fp32"
@@ -89,7 +88,7 @@ def eval_protocol(spec: ArchSpec, dataset: str, mode: str | None = None) -> Eval
     """The published test protocol of ``spec`` on ``dataset``; ``mode`` overrides whole/slide.
 
     Args:
-        spec: the architecture's spec (its family and per-dataset input size).
+        spec: the architecture's spec (its per-dataset input size and published `evaluation`).
         dataset: protocol dataset name.
         mode: None (the published protocol), ``whole`` or ``slide``.
     """
@@ -97,10 +96,8 @@ def eval_protocol(spec: ArchSpec, dataset: str, mode: str | None = None) -> Eval
     scale = DATASET_SCALES[dataset]
     if dataset == "ade20k":
         scale = (scale[0], min(size))  # SegFormer-B5 on ADE20K: (2048, 640)
-    # a spec field `test_mode = {dataset: {"mode": ..., "crop": ..., "stride": ...}}` wins over the family table
-    spec_modes = getattr(spec, "test_mode", None) or {}
-    published = spec_modes.get(dataset) or FAMILY_PROTOCOLS.get((spec.family, dataset), {})
-    protocol = EvalProtocol(scale=scale, **published)
+    published = spec.evaluation.get(dataset, Evaluation())
+    protocol = EvalProtocol(mode=published.mode, scale=scale, crop=published.crop, stride=published.stride)
     if mode is None or mode == protocol.mode:
         return protocol
     if mode == "whole":
@@ -121,7 +118,9 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def window_grid(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, ...]]:
+def window_grid(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """(y1, y2, x1, x2) of every sliding window, as mmseg's ``slide_inference`` places them."""
     rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
     cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
@@ -141,7 +140,7 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
 
 
-def resize_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+def resize_logits(logits: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
@@ -155,13 +154,13 @@ def forward_logits(model: nn.Module, x: torch.Tensor, num_classes: int, align_co
             f"the model returns logits of shape {tuple(logits.shape)}, not (N, {num_classes}, h, w); "
             f"build it with num_classes={num_classes} for this dataset"
         )
-    return resize_logits(logits.float(), x.shape[-2:], align_corners)
+    return resize_logits(logits.float(), tuple(x.shape[-2:]), align_corners)
 
 
 def slide_logits(model: nn.Module, x: torch.Tensor, protocol: EvalProtocol, num_classes: int) -> torch.Tensor:
     """Sliding-window logits at ``x``'s size (``x``: one normalised image, ``(1, 3, H, W)``)."""
     height, width = x.shape[-2:]
-    windows = window_grid(height, width, protocol.crop, protocol.stride)
+    windows = window_grid(height, width, *protocol.windows())
     logits = x.new_zeros((1, num_classes, height, width))
     count = x.new_zeros((1, 1, height, width))
     for start in range(0, len(windows), protocol.window_batch):
@@ -204,8 +203,8 @@ class Predictor:
 
     def logits(self, image: torch.Tensor, scale: tuple[int, int], flip: bool = False) -> torch.Tensor:
         """Logits at the original size of ``image`` (``uint8 (1, 3, H, W)``) resized to fit ``scale``."""
-        size = tuple(image.shape[-2:])
-        x = resize_image(image, rescale_size(*size, scale))
+        height, width = image.shape[-2:]
+        x = resize_image(image, rescale_size(height, width, scale))
         if self._mean.device != x.device:
             self._mean, self._std = self._mean.to(x.device), self._std.to(x.device)
         x = (x - self._mean) / self._std  # a uint8 image is promoted to float here
@@ -218,7 +217,7 @@ class Predictor:
             out = slide_logits(self.model, x, p, self.num_classes)
         if flip:
             out = out.flip(-1)
-        return resize_logits(out, size, p.align_corners)
+        return resize_logits(out, (height, width), p.align_corners)
 
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -232,4 +231,6 @@ class Predictor:
             for flip in (False, True) if p.flip else (False,):
                 prob = self.logits(image, scale, flip).softmax(1)
                 probs = prob if probs is None else probs.add_(prob)
+        if probs is None:
+            raise ValueError("a multi-scale test needs at least one scale ratio")
         return probs.argmax(1)

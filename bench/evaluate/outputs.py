@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from bench.records import write_text_atomic
+from bench.io import write_text_atomic
 
 
 def result_json(result, extra: dict, indent: int | None = 1) -> str:
@@ -29,7 +29,7 @@ def write_outputs(result, folder: Path, extra: dict) -> tuple[Path, Path]:
     synthetic = result.synthetic is not None
     data = result.dataset + ("-synthetic" if synthetic else "")
     stem = f"{result.arch}_{data}_{mode}_{stamp}"
-    rows = [["class_id", "class", "iou", "acc", "gt_pixels", "pred_pixels", "synthetic"]]
+    rows: list[list[object]] = [["class_id", "class", "iou", "acc", "gt_pixels", "pred_pixels", "synthetic"]]
     for i, name in enumerate(result.class_names):
         iou, acc = result.per_class_iou[i], result.per_class_acc[i]
         rows.append([i, name, "" if math.isnan(iou) else f"{iou:.6f}", "" if math.isnan(acc) else f"{acc:.6f}"])

@@ -166,7 +166,8 @@ def count_dynamic_flops(
         seed: the generator seed of the images (the same inputs every run).
         by_module: FLOPs per submodule at ``input_size`` when a trace already gave them.
     """
-    if not callable(getattr(model, "inactive_modules", None)):
+    inactive_modules = getattr(model, "inactive_modules", None)
+    if not callable(inactive_modules):
         return None
     generator = torch.Generator().manual_seed(seed)
     images = [torch.randn(1, 3, *input_size, generator=generator).to(device) for _ in range(inputs)]
@@ -174,7 +175,7 @@ def count_dynamic_flops(
     counts = []
     with torch.no_grad():
         for x in images:
-            counts.append(int(by_module[""] - sum(by_module[name] for name in model.inactive_modules(x))))
+            counts.append(int(by_module[""] - sum(by_module[name] for name in inactive_modules(x))))
     return {
         "inputs": inputs,
         "seed": seed,

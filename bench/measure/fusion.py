@@ -1,29 +1,19 @@
 """The inference form of a model: the same function, fewer kernels (the ``fused`` speed modes).
 
-Two rewrites, both exact in real arithmetic (outputs differ by float rounding only), and, in a
-reduced-precision mode, a third that changes no bit (`precast_for_autocast`):
+Rewrites that are exact in real arithmetic (outputs differ by float rounding only):
 
-1. Every module that defines ``fuse_for_inference()`` is asked to rewrite itself (a model's own
-   algebra: SegFormer's decoder merges each projection with its slice of the fuse convolution).
-2. Every BatchNorm (eval mode, running statistics) whose only input is the output of a
-   convolution that nothing else reads is folded into that convolution
-   (`torch.nn.utils.fusion.fuse_conv_bn_weights`) and replaced by ``nn.Identity``.
+1. Every module that defines ``fuse_for_inference()`` rewrites itself (a model's own algebra:
+   SegFormer's decoder merges each projection with its slice of the fuse convolution).
+2. Every BatchNorm (eval mode) whose only input is the output of a convolution that nothing else
+   reads is folded into that convolution and replaced by ``nn.Identity``.
+3. Under autocast, a parameter the forward only reads to cast it to the autocast precision is stored
+   in that precision (`precast_for_autocast`): autocast's weight cache is off, since it must not
+   outlive a CUDA-graph capture, so each such cast would run at every step. This changes no bit.
 
-Which pairs qualify is observed, not guessed from module names: one probe forward runs under a
-``TorchFunctionMode`` that counts, for each convolution's output, every operation that reads it.
-A convolution whose output is read twice (a residual taken before the norm, say) keeps its norm.
-3. Under autocast, every parameter that the forward only ever reads to cast it to the autocast
-   precision (the weights and biases of convolutions and linear layers) is stored in that
-   precision: autocast then has nothing to cast, and the step launches one cast kernel less per
-   weight (autocast's weight cache is off, since it must not outlive a CUDA-graph capture, so
-   these casts would run at every step). What is read otherwise (norms, which autocast runs in
-   fp32) stays as it is. Observed in one probe forward, as above, not guessed from module types.
-
-Models from other libraries get the same BatchNorm folding and the same stored precision, so a
-``fused`` mode compares like with like; only rewrite 1 is a model's own.
-
-FLOPs are counted on the model as built (the published architecture); a fused latency record
-adds the FLOPs its inference form executes, which is what its achieved TFLOP/s is computed from.
+What qualifies is observed in one probe forward (which operations read each convolution's output and
+each parameter), not guessed from module names or types. Peers from other libraries get 2 and 3
+too, so a ``fused`` mode compares like with like. FLOPs are counted on the model as built; a fused
+latency record adds the FLOPs its inference form executes (docs/adding-a-model.md).
 """
 
 from __future__ import annotations
@@ -33,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -95,10 +87,10 @@ def _foldable_norm(norm: nn.Module) -> bool:
     )
 
 
-def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, nn.Module]]:
+def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[_ConvNd, _BatchNorm]]:
     """(convolution, BatchNorm) pairs where the norm's every input is a convolution output it alone reads."""
-    calls: list[tuple[nn.Module, int]] = []  # (norm, tag of its input or -1) per norm call
-    conv_of: dict[int, nn.Module] = {}  # tag -> the convolution that produced it
+    calls: list[tuple[_BatchNorm, int]] = []  # (norm, tag of its input or -1) per norm call
+    conv_of: dict[int, _ConvNd] = {}  # tag -> the convolution that produced it
     handles = []
 
     def tag_output(conv, _inputs, output):
@@ -124,23 +116,24 @@ def _observe(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, n
         for handle in handles:
             handle.remove()
 
-    by_norm: dict[nn.Module, set] = {}
+    by_norm: dict[_BatchNorm, set[_ConvNd | None]] = {}
     for norm, tag in calls:
         by_norm.setdefault(norm, set()).add(None if tag < 0 or counter.reads[tag] != 1 else conv_of[tag])
     outputs_of = Counter(conv_of.values())  # calls of each convolution
     calls_of = Counter(norm for norm, _ in calls)
-    pairs = []
+    pairs: list[tuple[_ConvNd, _BatchNorm]] = []
     for norm, convs in by_norm.items():
         if len(convs) != 1 or None in convs:
             continue
-        conv = next(iter(convs))
+        conv = convs.pop()
+        assert conv is not None  # excluded above
         # every output of the convolution goes to this norm (none elsewhere, no other norm)
         if outputs_of[conv] == calls_of[norm] and _fold_supported(conv, norm):
             pairs.append((conv, norm))
     return pairs
 
 
-def _fold_supported(conv: nn.Module, norm: nn.Module) -> bool:
+def _fold_supported(conv: _ConvNd, norm: _BatchNorm) -> bool:
     return conv.out_channels == norm.num_features and not (isinstance(conv, _TRANSPOSED) and conv.groups != 1)
 
 
@@ -170,11 +163,13 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> FusionReport:
                 report.rewritten.append(name or type(model).__name__)
         pairs = _observe(model, example)
         for conv, norm in pairs:
+            mean, var = norm.running_mean, norm.running_var
+            assert mean is not None and var is not None  # `_foldable_norm` admits only norms with running statistics
             weight, bias = fuse_conv_bn_weights(
                 conv.weight,
                 conv.bias,
-                norm.running_mean,
-                norm.running_var,
+                mean,
+                var,
                 norm.eps,
                 norm.weight,
                 norm.bias,

@@ -118,8 +118,8 @@ def clocks(h) -> dict:
     }
 
 
-# A violation counter flags a loop when the clocks were held down for more than this share of it
-# (an H200 near its power limit saw 14 ms of power capping in a 2.5 s loop whose repeats agreed to 0.05%).
+# A violation counter flags a loop when the clocks were held down for more than this share of it: a GPU near
+# its power limit is capped for a few milliseconds now and then without slowing the loop measurably.
 VIOLATION_SHARE = 0.01
 
 

@@ -1,6 +1,6 @@
 """Where a step's time goes: the inference step of a speed mode under `torch.profiler`, per operator.
 
-The step is the one `bench.measure.speed` times (same model preparation, precision, layout,
+The step is the one `bench.measure.latency` times (same model preparation, precision, layout,
 fusion), warmed up, then profiled over a few steps. A graph mode is profiled uncaptured: the same
 kernels launched one by one, so that each kernel's time is attributed to the operator that
 launched it (the launch gaps that graph replay removes show in the CPU column, not in the device
@@ -16,7 +16,7 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.measure.speed import _on, prepare_step
+from bench.measure.step import prepared_step
 from bench.protocol import SpeedProtocol
 
 
@@ -55,39 +55,38 @@ class StepProfile:
 
 def _self_time_us(event, on_device: bool) -> float:
     if on_device:
-        return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
+        return float(getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0))
     return float(event.self_cpu_time_total)
 
 
 def profile_step(
-    model: nn.Module,
-    input_size: tuple[int, int],
-    *,
-    device: str | torch.device,
-    mode: str,
-    protocol: SpeedProtocol,
-    steps: int = 5,
-    channels_last: bool | None = None,
-) -> StepProfile:
+    model: nn.Module, input_size: tuple[int, int], *, device: str | torch.device, mode: str, protocol: SpeedProtocol,
+    steps: int = 5, channels_last: bool | None = None,
+) -> StepProfile:  # fmt: skip
     """Profile ``steps`` inference steps of ``model`` in ``mode`` after the protocol's warm-up.
 
-    ``channels_last`` holds the memory layout (default: the mode's, probed where it is "auto").
+    Args:
+        model: the model in eval mode (moved to ``device`` here).
+        input_size: (H, W) of the random input.
+        device: ``cuda[:i]`` or ``cpu``.
+        mode: a key of `bench.protocol.MODES` (a graph mode runs uncaptured).
+        protocol: its warm-up steps and batch.
+        steps: steps profiled.
+        channels_last: the memory layout (default: the mode's, probed where it is "auto").
     """
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    with torch.no_grad(), _on(device):
-        prepared = prepare_step(
-            model, input_size, device=device, mode=mode, protocol=protocol, capture=False, channels_last=channels_last
-        )
-        fn, form = prepared.fn, prepared.form
+    with prepared_step(
+        model, input_size, device=device, mode=mode, protocol=protocol, capture=False, channels_last=channels_last
+    ) as prepared:
         for _ in range(max(1, protocol.warmup_steps)):
-            fn()
+            prepared.fn()
         if on_cuda:
             torch.cuda.synchronize(device)
         with profile(activities=activities) as prof:
             for _ in range(steps):
-                fn()
+                prepared.fn()
             if on_cuda:
                 torch.cuda.synchronize(device)
     rows = []
@@ -103,6 +102,5 @@ def profile_step(
         OperatorTime(name, calls, ms, ms / total if total else 0.0)
         for name, calls, ms in sorted(rows, key=lambda r: -r[2])
     ]
-    return StepProfile(
-        operators, total, "device" if on_cuda else "cpu", steps, form, prepared.channels_last, prepared.layout_ms
-    )
+    timed_on = "device" if on_cuda else "cpu"
+    return StepProfile(operators, total, timed_on, steps, prepared.form, prepared.channels_last, prepared.layout_ms)

@@ -13,18 +13,10 @@ replay, is the share of the eager step spent launching kernels from Python.
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import warnings
-from pathlib import Path
 
 import torch
 
-from bench.errors import first_line
-from bench.records import is_number, write_text_atomic
-
-PEAKS_FILE = "peaks.json"
 MATMUL_N = 8192
 COPY_BYTES = 2**30
 # A step at least this much slower in eager than in graph-fp32 is bound by CPU launch overhead.
@@ -90,43 +82,6 @@ def measure_peaks(device: str | torch.device = "cuda", n: int = MATMUL_N, copy_b
         ms = _time_ms(lambda s=src, d=dst: d.copy_(s))
         peaks["copy_tb_s"] = 2 * copy_bytes / (ms / 1000) / 1e12  # read + write
     return peaks
-
-
-def read_peaks(folder: Path) -> dict | None:
-    """The stored ceilings of a device folder (``{"peaks": ..., "provenance": ...}``), or None.
-
-    A file that cannot be read, or whose ``peaks`` is not ceiling name -> positive number, counts as
-    absent, with a warning: the tables go without % of peak, and a GPU `bench run` measures them again.
-    """
-    path = Path(folder) / PEAKS_FILE
-    try:
-        stored = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, RecursionError) as exc:
-        problem = getattr(exc, "strerror", None) or first_line(exc)
-    else:
-        peaks = stored.get("peaks") if isinstance(stored, dict) else None
-        if isinstance(peaks, dict) and all(
-            isinstance(k, str) and is_number(v) and 0 < v < math.inf for k, v in peaks.items()
-        ):
-            return stored
-        problem = 'not {"peaks": {ceiling name: positive number}}'
-    warnings.warn(
-        f"{path}: device ceilings unreadable ({problem}); ignored: delete it, and the next GPU `bench run` "
-        "measures them again",
-        stacklevel=2,
-    )
-    return None
-
-
-def write_peaks(folder: Path, peaks: dict, provenance: dict) -> Path:
-    """Store the ceilings atomically beside the device's records."""
-    path = Path(folder) / PEAKS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stored = {"peaks": peaks, "provenance": provenance, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_text_atomic(path, json.dumps(stored, indent=1))
-    return path
 
 
 def peak_key(precision: str, tf32: bool | None) -> str:

@@ -11,10 +11,14 @@ points from their points and survive saving at any dpi.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
+
+if TYPE_CHECKING:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 GAP_PX = 2.0  # the clearance kept between a label and any other label, marker, line or the panel's edge
 NEIGHBOURHOOD_PX = 60.0  # points closer than this count as crowding one another
@@ -28,13 +32,14 @@ def marker_circles(ax: Axes) -> np.ndarray:
     circles = []
     pixels_per_point = ax.figure.dpi / 72
     for collection in ax.collections:
-        if not isinstance(collection, PathCollection) or not len(collection.get_offsets()):
+        offsets = np.asarray(collection.get_offsets(), dtype=float)
+        if not isinstance(collection, PathCollection) or not len(offsets):
             continue
-        centres = ax.transData.transform(np.asarray(collection.get_offsets(), dtype=float))
+        centres = ax.transData.transform(offsets)
         # a scatter path has unit size: its farthest vertex times sqrt(s) is the marker's reach in points
         reach = max(np.abs(path.vertices).max() for path in collection.get_paths())
         sizes = np.broadcast_to(collection.get_sizes(), (len(centres),))
-        edge = np.broadcast_to(collection.get_linewidths(), (len(centres),)) / 2
+        edge = np.broadcast_to(collection.get_linewidth(), (len(centres),)) / 2
         radii = (np.sqrt(sizes) * reach + edge) * pixels_per_point
         circles += [(x, y, r) for (x, y), r in zip(centres, radii)]
     return np.array(circles, dtype=float).reshape(-1, 3)
@@ -167,7 +172,7 @@ def place_labels(ax: Axes, points: list[tuple[float, float]], labels: list[str],
             (`marker_circles` reads them from ``ax``).
         text_style: passed to `Axes.annotate` (fontsize, color, ...); ``color`` also colours the leader lines.
     """
-    renderer = ax.figure.canvas.get_renderer()
+    renderer = cast("FigureCanvasAgg", ax.figure.canvas).get_renderer()  # the plots draw with Agg
     occupancy = Occupancy(ax.get_window_extent(renderer))
     circles = marker_circles(ax)
     occupancy.add_circles(circles)

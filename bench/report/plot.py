@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,12 +23,13 @@ matplotlib.use("Agg")
 matplotlib.rcParams["svg.hashsalt"] = "segbench"  # the same SVG for the same records: no churn in results/
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from bench import protocol as proto  # noqa: E402
-from bench.records import ensure_writable_folder, write_bytes_atomic  # noqa: E402
+from bench.io import ensure_writable_folder, write_bytes_atomic  # noqa: E402
 from bench.report.labels import place_labels  # noqa: E402
 from bench.report.markdown import device_name  # noqa: E402
 
@@ -122,74 +124,91 @@ def _published_gpu(frame: pd.DataFrame, dataset: str) -> str | None:
     return gpus.value_counts(sort=True).index[0] if len(gpus) else None
 
 
-def draw_dataset(
-    frame: pd.DataFrame, dataset: str, speed: str, device: str, provenance: dict | None = None
-) -> Figure | None:
-    """The figure of one dataset and speed axis (the caller closes it); None when nothing can be plotted."""
-    dsp = proto.DATASETS[dataset]
-    where = device_name(device, provenance) if provenance else ("CPU" if device == "cpu" else "GPU")
-    axis = speed_axis(dataset, speed, device, where)
-    measured, published, no_miou = [], [], []
+@dataclass
+class _Points:
+    """What one figure plots: measured points (row, speed, mIoU, marker), published points (row, FPS, mIoU),
+    and the models measured with no mIoU to place them by."""
+
+    measured: list[tuple[Any, float, float, str]] = field(default_factory=list)
+    published: list[tuple[Any, float, float]] = field(default_factory=list)
+    no_miou: list[str] = field(default_factory=list)
+
+
+def _points(frame: pd.DataFrame, dataset: str, axis: SpeedAxis) -> _Points:
+    """Each row's measured point (its mIoU measured: a circle, else published: a diamond) and published one."""
+    points = _Points()
     for _, row in frame.iterrows():
         pub_fps, pub_miou = row.get(f"{dataset}_fps_published"), row.get(f"{dataset}_miou_published")
         if _ok(pub_fps) and _ok(pub_miou):
-            published.append((row, pub_fps, pub_miou))
+            points.published.append((row, pub_fps, pub_miou))
         value, miou = row.get(axis.column), row.get(f"{dataset}_miou")
         marker = "o" if _ok(miou) else "D"
         miou = miou if _ok(miou) else pub_miou
         if _ok(value) and _ok(miou):
-            measured.append((row, value * axis.scale, miou, marker))
+            points.measured.append((row, value * axis.scale, miou, marker))
         elif _ok(value):
-            no_miou.append(_label(row))
-    if not measured and not published:
-        return None
+            points.no_miou.append(_label(row))
+    return points
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.8), dpi=120, sharey=True)
-    for row, x, y, marker in measured:
-        style = {"color": MEASURED_COLOUR, "alpha": 0.8, "edgecolors": "k", "linewidths": 0.6}
-        left.scatter(x, y, s=_area(row), marker=marker, **style)
-    front = pareto_front([(-x if axis.latency else x, y) for _, x, y, _ in measured])
+
+def _scatter(left: Axes, right: Axes, points: _Points, axis: SpeedAxis) -> bool:
+    """The markers, and the measured Pareto front; whether there is a front to draw (two points or more)."""
+    for row, x, y, marker in points.measured:
+        left.scatter(
+            x, y, s=_area(row), marker=marker, color=MEASURED_COLOUR, alpha=0.8, edgecolors="k", linewidths=0.6
+        )
+    sign = -1 if axis.latency else 1  # the front's "faster" is the lower latency
+    front = pareto_front([(sign * x, y) for _, x, y, _ in points.measured])
     if len(front) > 1:
-        xs, ys = zip(*[(-x if axis.latency else x, y) for x, y in front])
+        xs, ys = zip(*[(sign * x, y) for x, y in front])
         left.plot(xs, ys, color=MEASURED_COLOUR, linestyle="--", linewidth=1)
-    gpu = _published_gpu(frame, dataset)
-    for row, x, y in published:
+    for row, x, y in points.published:
         right.scatter(x, y, s=_area(row), facecolors="none", edgecolors=PUBLISHED_COLOUR, linewidths=1.2)
+    return len(front) > 1
 
-    protocol = frame.attrs.get("protocol", proto.PROTOCOL_VERSION)
-    height, width = dsp.input_size
-    fig.suptitle(f"{dsp.title} ({height}×{width}): mIoU vs speed on {where} and as published (protocol v{protocol})")
-    left.set_title(f"measured on {where}: {axis.what}", fontsize=10)
-    right.set_title(f"published: FPS on {gpu or 'the sources’ GPUs'}, mIoU", fontsize=10)
-    left.set_xlabel(axis.label)
-    right.set_xlabel(f"published FPS on {gpu}, log scale" if gpu else "published FPS, log scale")
-    measured_miou = any(marker == "o" for *_, marker in measured)
-    if measured and not measured_miou:
-        left.set_ylabel(f"{dsp.title} mIoU (%), published (none measured here)")
-    else:
-        left.set_ylabel(f"{dsp.title} mIoU (%)")
-    for ax, points, empty in (
-        (left, measured, f"no {axis.what} measurement with an mIoU"),
-        (right, published, "no published FPS with an mIoU"),
+
+def _frame_axes(left: Axes, right: Axes, points: _Points, axis: SpeedAxis) -> None:
+    """Log speed axes where there are points (a note where there are none), their limits fixed for the labels."""
+    for ax, drawn, empty in (
+        (left, points.measured, f"no {axis.what} measurement with an mIoU"),
+        (right, points.published, "no published FPS with an mIoU"),
     ):
-        if points:
+        if drawn:
             ax.set_xscale("log")
             ax.margins(x=0.25, y=0.12)
         else:
             ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.4")
             ax.set_xticks([])
         ax.grid(True, which="both", alpha=0.3)
-    for ax, points in ((left, measured), (right, published)):  # fixed before the labels are placed in pixels
+    for ax, drawn in ((left, points.measured), (right, points.published)):  # fixed before the labels are placed
         ax.set_xlim(ax.get_xlim())
         ax.set_ylim(ax.get_ylim())
-        if points:
+        if drawn:
             plain_log_ticks(ax)
 
-    legend = _legend(measured, published, len(front) > 1)
-    fig.legend(
-        handles=legend, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=len(legend), fontsize=8, frameon=False
-    )
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+
+def _titles(left: Axes, right: Axes, dataset: str, axis: SpeedAxis, where: str, gpu: str | None, protocol: str) -> None:
+    dsp = proto.DATASETS[dataset]
+    fig = left.figure
+    height, width = dsp.input_size
+    fig.suptitle(f"{dsp.title} ({height}×{width}): mIoU vs speed on {where} and as published (protocol v{protocol})")
+    left.set_title(f"measured on {where}: {axis.what}", fontsize=10)
+    right.set_title(f"published: FPS on {gpu or 'the sources’ GPUs'}, mIoU", fontsize=10)
+    left.set_xlabel(axis.label)
+    right.set_xlabel(f"published FPS on {gpu}, log scale" if gpu else "published FPS, log scale")
+
+
+def _y_label(left: Axes, dataset: str, points: _Points) -> None:
+    title = proto.DATASETS[dataset].title
+    if points.measured and not any(marker == "o" for *_, marker in points.measured):
+        left.set_ylabel(f"{title} mIoU (%), published (none measured here)")
+    else:
+        left.set_ylabel(f"{title} mIoU (%)")
+
+
+def _label_points(fig: Figure, left: Axes, right: Axes, points: _Points, dataset: str, gpu: str | None) -> None:
+    """Each point's label where there is room; under the plot, the models left unlabelled or unplotted."""
+    measured, published = points.measured, points.published
     unlabelled = place_labels(
         left, [(x, y) for _, x, y, _ in measured], [_label(r) for r, *_ in measured], fontsize=LABEL_SIZE, color="k"
     )
@@ -201,12 +220,35 @@ def draw_dataset(
         color=PUBLISHED_COLOUR,
     )
     notes = []
-    if no_miou:  # measured, but with neither a measured nor a published mIoU to place it by
-        notes.append(f"not plotted, no {dsp.title} mIoU: " + ", ".join(no_miou))
+    if points.no_miou:  # measured, but with neither a measured nor a published mIoU to place it by
+        notes.append(f"not plotted, no {proto.DATASETS[dataset].title} mIoU: " + ", ".join(points.no_miou))
     if unlabelled:
         notes.append("no room to label: " + ", ".join(unlabelled))
     if notes:
         fig.text(0.01, 0.008, "; ".join(notes), fontsize=7, color="0.3")
+
+
+def draw_dataset(
+    frame: pd.DataFrame, dataset: str, speed: str, device: str, provenance: dict | None = None
+) -> Figure | None:
+    """The figure of one dataset and speed axis (the caller closes it); None when nothing can be plotted."""
+    where = device_name(device, provenance) if provenance else ("CPU" if device == "cpu" else "GPU")
+    axis = speed_axis(dataset, speed, device, where)
+    points = _points(frame, dataset, axis)
+    if not points.measured and not points.published:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.8), dpi=120, sharey=True)
+    front = _scatter(left, right, points, axis)
+    gpu = _published_gpu(frame, dataset)
+    _titles(left, right, dataset, axis, where, gpu, frame.attrs.get("protocol", proto.PROTOCOL_VERSION))
+    _y_label(left, dataset, points)
+    _frame_axes(left, right, points, axis)
+    legend = _legend(points.measured, points.published, front)
+    fig.legend(
+        handles=legend, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=len(legend), fontsize=8, frameon=False
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _label_points(fig, left, right, points, dataset, gpu)
     return fig
 
 
