@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from bench.records import RecordStore
 
 from bench import jobs
 from bench.errors import BenchError
-from bench.records import RecordStore
 from bench.scheduler import estimate_s, longest_first, measured_gflops, run_parallel
 from bench.workers import Worker, cores_text, parse_devices, split_cores, visible_device
 from tests import toy_suite

@@ -8,11 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from bench.records import RecordStore
 
 import tests.toy_models  # noqa: F401 - registers the toy-* models in this process
 from bench import jobs
 from bench.provenance import device_slug, machine_id
-from bench.records import RecordStore
 from bench.report import write_reports
 
 TOYS = ("toy-w4", "toy-w8", "toy-w12", "toy-w16", "toy-w20")
