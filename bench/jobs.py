@@ -15,10 +15,10 @@ import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import archs
 from bench import protocol as proto
@@ -26,6 +26,9 @@ from bench.errors import check_interrupt, described, is_out_of_memory
 from bench.measurements import MEASUREMENTS, JobContext, Modes, Value
 from bench.provenance import provenance
 from bench.store import Key, Record
+
+if TYPE_CHECKING:
+    from bench.workers import Worker
 
 # Time limit of the device ceilings' measurement (`bench.measure.roofline.measure_peaks`), seconds.
 PEAKS_TIMEOUT_S = 600
@@ -43,6 +46,10 @@ class Job:
     @property
     def label(self) -> str:
         return " ".join(p for p in (self.arch, self.dataset, self.kind, self.mode) if p)
+
+    def timeout_s(self, asked: float | None = None) -> float:
+        """Its time limit: ``asked`` (``--job-timeout``), else its measurement's."""
+        return asked or MEASUREMENTS[self.kind].timeout_s
 
     def key(self, device_slug: str) -> Key:
         """The `bench.store.Record.key` of its record, measured now on ``device_slug``."""
@@ -271,11 +278,24 @@ def measure_device_peaks(device: str, timeout_s: float = PEAKS_TIMEOUT_S) -> dic
     return run_in_child("bench peaks", timeout_s, _measure_peaks, device)
 
 
-def run_job(job: Job, options: RunOptions, timeout_s: float) -> Record:
-    """Run ``job`` in a child process and return its record (never raises for the job's faults)."""
+def run_job(job: Job, options: RunOptions, timeout_s: float, worker: Worker | None = None) -> Record:
+    """Run ``job`` in a child process and return its record (never raises for the job's faults).
+
+    Args:
+        job: the job.
+        options: the run's; ``machine_id`` is the machine the record names (with ``worker``: the worker's).
+        timeout_s: the child's time limit.
+        worker: a worker of a parallel run (`bench.workers`): the child is bound to its GPU and cores first,
+            and measures on `Worker.child_device`.
+    """
     started = time.monotonic()
-    message = run_in_child(f"bench {job.label}", timeout_s, _measure_job, job, options)
-    where = dict(message.get("provenance") or provenance(options.device))
+    if worker is None:
+        message = run_in_child(f"bench {job.label}", timeout_s, _measure_job, job, options)
+    else:
+        bound = replace(options, device=worker.child_device)
+        message = run_in_child(f"bench {job.label} on {worker.name}", timeout_s, worker.bind(_measure_job), job, bound)
+    # a child that sent nothing: this process reads the device, as it numbers the worker's GPU
+    where = dict(message.get("provenance") or provenance(options.device if worker is None else worker.name))
     if options.machine_id is not None:  # the machine the run reuses records of, whatever the child read
         where["machine_id"] = options.machine_id
     return Record(

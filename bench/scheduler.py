@@ -22,9 +22,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
+from bench.store import Record
 from bench.workers import Worker, cores_text
 
 
@@ -45,7 +46,6 @@ class JobLike(Protocol):
 
 
 J = TypeVar("J", bound=JobLike)
-R = TypeVar("R")
 
 # How long the run waits for its workers' threads once it has told their children to end.
 STOP_GRACE_S = 30.0
@@ -96,13 +96,13 @@ def estimate_s(job: JobLike, gflops: float, device_type: str = "cuda") -> float:
     return (cost.fixed_s + cost.per_gflop_s * gflops) * MODE_FACTORS.get(job.mode or "", 1.0)
 
 
-def measured_gflops(records: Iterable[dict]) -> dict[tuple[str, str], float]:
+def measured_gflops(records: Iterable[Record]) -> dict[tuple[str, str], float]:
     """GFLOPs per (arch, dataset) of the ``ok`` FLOPs records (the last one of a pair wins)."""
     found = {}
     for record in records:
-        value = record.get("value") or {}
-        if record.get("kind") == "flops" and record.get("status") == "ok" and value.get("gflops") is not None:
-            found[(record["arch"], record["dataset"])] = float(value["gflops"])
+        gflops = getattr(record.value, "gflops", None)
+        if record.kind == "flops" and record.ok and isinstance(gflops, (int, float)):
+            found[(record.arch, record.dataset)] = float(gflops)
     return found
 
 
@@ -179,10 +179,9 @@ class Placement:
         }
 
 
-def attach_placement(record: dict, placement: Placement) -> dict:
+def attach_placement(record: Record, placement: Placement) -> Record:
     """``record`` with ``placement`` in its provenance (``provenance.placement``)."""
-    record["provenance"] = {**(record.get("provenance") or {}), "placement": placement.as_dict()}
-    return record
+    return replace(record, provenance={**(record.provenance or {}), "placement": placement.as_dict()})
 
 
 class _Neighbours:
@@ -246,13 +245,12 @@ def _work(run: _Run, worker: Worker, run_one: Callable[[Any, Worker], Any]) -> N
 def run_parallel(
     jobs: Sequence[J],
     workers: Sequence[Worker],
-    run_one: Callable[[J, Worker], R],
+    run_one: Callable[[J, Worker], Record],
     *,
     exclusive: bool = False,
     on_start: Callable[[J, Worker], None] | None = None,
-    on_record: Callable[[J, R], None] | None = None,
-    place: Callable[[R, Placement], R] | None = None,
-) -> list[R]:
+    on_record: Callable[[J, Record], None] | None = None,
+) -> list[Record]:
     """Run ``jobs`` in order over ``workers``, one job per worker at a time; the records in the order jobs end.
 
     ``run_one(job, worker)`` runs one job and returns its record, never raising for the job's own faults;
@@ -267,12 +265,10 @@ def run_parallel(
         run_one: runs one job on one worker, returns its record.
         exclusive: one job at a time on the node, on any worker (measurements free of neighbours).
         on_start: called as a job starts.
-        on_record: called with each record, its placement attached.
-        place: attaches a `Placement` to a record (default: `attach_placement`, for dict records).
+        on_record: called with each record, its placement attached (`attach_placement`).
     """
     if not workers:
         raise ValueError("run_parallel needs at least one worker")
-    attach = place if place is not None else cast(Callable[[R, Placement], R], attach_placement)
     run = _Run(
         pending=deque(jobs),
         events=queue.Queue(),
@@ -290,7 +286,7 @@ def run_parallel(
         for worker in workers
     ]
     host = socket.gethostname()
-    records: list[R] = []
+    records: list[Record] = []
     try:
         for thread in threads:
             thread.start()
@@ -306,7 +302,7 @@ def run_parallel(
             elif event[0] == "done":
                 job, worker, record, beside = event[1:]
                 where = Placement(host, worker.name, cores_text(worker.cores), len(workers), beside, exclusive)
-                record = attach(record, where)
+                record = attach_placement(record, where)
                 records.append(record)
                 if on_record is not None:
                     on_record(job, record)

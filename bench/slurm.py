@@ -41,11 +41,12 @@ class TaskFailed(RuntimeError):
     """An array task whose `bench` command did not finish its shard (a usage error, an interrupt)."""
 
 
-def import_submitit() -> Any:
+def import_submitit(launcher: str = "slurm") -> Any:
+    """The submitit module; a `BenchError` naming the extra to install where it is missing."""
     try:
         import submitit
     except ImportError:
-        raise BenchError(f"--launcher slurm needs submitit, an optional extra: {EXTRA_HINT}") from None
+        raise BenchError(f"--launcher {launcher} needs submitit, an optional extra: {EXTRA_HINT}") from None
     return submitit
 
 
@@ -328,8 +329,8 @@ def submit_suite(
 
 def write_suite_reports(results: Path) -> list[Path]:
     """The tables and plots of every device folder under ``results`` (the tasks may have had several kinds)."""
-    from bench.records import iter_record_files
     from bench.report import write_reports
+    from bench.store import iter_record_files
 
     written: list[Path] = []
     for path in iter_record_files(Path(results)):

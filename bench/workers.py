@@ -158,7 +158,7 @@ def parse_devices(
     """The workers of ``--devices``: ``all`` (every visible GPU), ``cuda:0,cuda:1``, or ``cpu:0,cpu:1``.
 
     A `BenchError` naming the value and the fix for anything else: an unknown or repeated device, a GPU
-    that is not visible, CUDA and CPU workers together, more CPU workers than cores.
+    that is not visible, CUDA and CPU workers together, a CPU worker beyond the cores (cpu:0 .. cpu:cores-1).
 
     Args:
         text: the value of ``--devices``.
@@ -166,8 +166,7 @@ def parse_devices(
         cores: the cores to split among the workers (default: this process's affinity).
     """
     cores = visible_cores() if cores is None else list(cores)
-    value = text.strip()
-    if value == "all":
+    if text.strip() == "all":
         count = gpu_count()
         if not count:
             raise BenchError(
@@ -176,9 +175,31 @@ def parse_devices(
             )
         names = [("cuda", i) for i in range(count)]
     else:
-        names = [_device(item, text) for item in value.split(",") if item.strip()]
+        names = device_names(text)
     _check(names, text, gpu_count, cores)
     return [Worker(kind, index, share) for (kind, index), share in zip(names, split_cores(cores, len(names)))]
+
+
+def device_names(text: str) -> list[tuple[str, int]]:
+    """The (kind, index) pairs ``--devices`` names (``all``: none), checked for what holds on any machine: the
+    form, no device twice, GPUs or CPU workers but not both. A `BenchError` naming the value otherwise.
+
+    A launcher checks this much where it submits; the node that runs the jobs checks the rest (`parse_devices`).
+    """
+    if text.strip() == "all":
+        return []
+    names = [_device(item, text) for item in text.split(",") if item.strip()]
+    if not names:
+        raise BenchError(f"--devices {text!r}: empty; use all, cuda:0,cuda:1 or cpu:0,cpu:1")
+    repeated = sorted({f"{kind}:{index}" for kind, index in names if names.count((kind, index)) > 1})
+    if repeated:
+        raise BenchError(f"--devices {text!r}: {', '.join(repeated)} named twice; one worker per device")
+    if len({kind for kind, _ in names}) > 1:
+        raise BenchError(
+            f"--devices {text!r}: GPUs and CPU workers in one run; their records go to different device folders, "
+            "so run them as two commands"
+        )
+    return names
 
 
 def _device(item: str, text: str) -> tuple[str, int]:
@@ -189,18 +210,8 @@ def _device(item: str, text: str) -> tuple[str, int]:
 
 
 def _check(names: list[tuple[str, int]], text: str, gpu_count: Callable[[], int], cores: Sequence[int]) -> None:
-    if not names:
-        raise BenchError(f"--devices {text!r}: empty; use all, cuda:0,cuda:1 or cpu:0,cpu:1")
-    repeated = sorted({f"{kind}:{index}" for kind, index in names if names.count((kind, index)) > 1})
-    if repeated:
-        raise BenchError(f"--devices {text!r}: {', '.join(repeated)} named twice; one worker per device")
-    kinds = {kind for kind, _ in names}
-    if len(kinds) > 1:
-        raise BenchError(
-            f"--devices {text!r}: GPUs and CPU workers in one run; their records go to different device folders, "
-            "so run them as two commands"
-        )
-    if kinds == {"cuda"}:
+    """What `device_names` leaves to the machine: the GPUs visible, the CPU workers within its cores."""
+    if names[0][0] == "cuda":
         count = gpu_count()
         missing = [f"cuda:{index}" for _, index in names if index >= count]
         if missing:
@@ -210,10 +221,10 @@ def _check(names: list[tuple[str, int]], text: str, gpu_count: Callable[[], int]
                 if count
                 else f"--devices {text!r}: no CUDA GPU is visible; use CPU workers, e.g. --devices cpu:0,cpu:1"
             )
-    elif len(names) > len(cores):
+    elif len(names) > len(cores) or max(index for _, index in names) >= len(cores):
         raise BenchError(
-            f"--devices {text!r}: {len(names)} CPU workers but this process may use {len(cores)} core(s); "
-            f"pass at most {len(cores)}"
+            f"--devices {text!r}: this process may use {len(cores)} core(s), so at most {len(cores)} CPU "
+            f"workers, cpu:0..cpu:{len(cores) - 1}"
         )
 
 

@@ -2,15 +2,19 @@
 
 A run is parse (`parse_request`: every option checked before any work) -> plan (`plan_run`: the jobs,
 and which of them this machine has recorded already) -> execute (`execute`: each job in its child
-process, its record appended) -> report (`report`: the counts, the tables and plots regenerated).
+process, its record appended; with ``--devices``, over several workers at once, `bench.scheduler`) ->
+report (`report`: the counts, the tables and plots regenerated). ``--launcher`` submits the run as an array
+of shards instead (`bench.commands.launch`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ import archs
 from bench import jobs as jobs_mod
 from bench import measurements
 from bench import protocol as proto
+from bench.commands import launch, parallel
 from bench.commands.common import (
     REFERENCES,
     add_common_options,
@@ -35,6 +40,7 @@ from bench.errors import BenchError
 from bench.provenance import CHECKOUT, device_slug, machine_id
 from bench.store import RECORDS_FILE, Key, Record, RecordStore, read_peaks, write_peaks
 from bench.suites import SUITES, get_suite
+from bench.workers import Worker
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weights", default=None, help="checkpoint of the mIoU jobs: official (default), PATH, none (random weights)"
     )
     p.add_argument("--no-report", action="store_true", help="do not regenerate tables and plots")
-    p.set_defaults(handler=run)
+    parallel.add_options(p)
+    launch.add_options(p)
+    p.set_defaults(handler=run, command_parser=p)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -85,9 +93,10 @@ class Request:
         modes: the speed modes this device runs.
         cpu_skips: the speed modes asked for that a CPU cannot run (left out).
         kinds: the measurements (`bench.measurements`), those a dataset root adds included.
-        device: ``cuda:N`` or ``cpu``.
+        device: ``cuda:N`` or ``cpu`` (with workers: the first worker's GPU, or the CPU).
         shard: (i, n): the i-th of n shards of the jobs, or None for all.
         plugins: the plugin modules, for the child processes.
+        workers: the workers of ``--devices`` (none: one job after the other on ``device``).
     """
 
     names: list[str]
@@ -98,6 +107,7 @@ class Request:
     device: str
     shard: tuple[int, int] | None
     plugins: list[str]
+    workers: tuple[Worker, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,8 @@ class Plan:
         done: the keys this machine has recorded and the run reuses.
         outdated: the keys this machine has recorded that no longer answer the run (measured again).
         options: what each child needs besides its job.
+        workers: the workers of a parallel run (none: a serial run).
+        machines: the `bench.provenance.machine_id` of each worker, by its name.
     """
 
     store: RecordStore
@@ -121,9 +133,14 @@ class Plan:
     done: set[Key]
     outdated: set[Key]
     options: jobs_mod.RunOptions
+    workers: tuple[Worker, ...]
+    machines: dict[str, str]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.launcher is not None:
+        check_suite(args)
+        return launch.launch(args)
     jobs_mod.start_job_server()  # its imports overlap the planning below
     try:
         from rich.console import Console
@@ -140,6 +157,22 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_request(args: argparse.Namespace) -> Request:
     """The run's architectures, datasets, modes, measurements and device, or a `BenchError` for the first bad one."""
+    launch.check_unlaunched(args)
+    plugins, names, datasets, asked = parse_suite(args)
+    found = parallel.parse_workers(args)
+    device = (found[0].name if found[0].kind == "cuda" else "cpu") if found else resolve_device(args.device)
+    cpu_skips = [m for m in asked if device == "cpu" and proto.needs_cuda(m)]
+    kinds = _kinds(args.measure, device)
+    shard = parse_shard(args.shard)
+    _check_timeout(args.job_timeout)
+    if _check_evaluation(args, datasets):
+        kinds += [m.name for m in measurements.KINDS if m.needs_data]
+    modes = [m for m in asked if m not in cpu_skips]
+    return Request(names, datasets, modes, cpu_skips, kinds, device, shard, plugins, tuple(found))
+
+
+def parse_suite(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The plugin modules (imported), architectures, datasets and speed modes; a `BenchError` for a bad one."""
     plugins = load_plugins(args)
     suite = get_suite(args.suite)  # checked even when --arch chooses the models
     names = csv_list(args.arch, "--arch") or suite.names()
@@ -148,17 +181,20 @@ def parse_request(args: argparse.Namespace) -> Request:
     datasets = csv_list([args.dataset], "--dataset")
     for dataset in datasets:
         parse_dataset(dataset)
-    asked = parse_modes(args.modes)
-    device = resolve_device(args.device)
-    cpu_skips = [m for m in asked if device == "cpu" and proto.needs_cuda(m)]
-    kinds = _kinds(args.measure, device)
-    shard = parse_shard(args.shard)
-    if args.job_timeout is not None and not (math.isfinite(args.job_timeout) and args.job_timeout > 0):
-        raise BenchError(f"--job-timeout {args.job_timeout:g}: pass a positive number of seconds per job")
-    if _check_evaluation(args, datasets):
-        kinds += [m.name for m in measurements.KINDS if m.needs_data]
-    modes = [m for m in asked if m not in cpu_skips]
-    return Request(names, datasets, modes, cpu_skips, kinds, device, shard, plugins)
+    return plugins, names, datasets, parse_modes(args.modes)
+
+
+def check_suite(args: argparse.Namespace) -> None:
+    """What a launcher checks before it submits: the options that mean the same on any node (the rest, the
+    devices and data a node has, its tasks check where they run)."""
+    parse_suite(args)
+    _kinds(args.measure, "cuda")
+    _check_timeout(args.job_timeout)
+
+
+def _check_timeout(seconds: float | None) -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise BenchError(f"--job-timeout {seconds:g}: pass a positive number of seconds per job")
 
 
 def _kinds(measure: str | None, device: str) -> list[str]:
@@ -188,6 +224,7 @@ def _check_evaluation(args: argparse.Namespace, datasets: list[str]) -> bool:
 def plan_run(args: argparse.Namespace, request: Request) -> Plan:
     """The run's jobs (this shard's), and which of them this machine has recorded; nothing is measured yet."""
     slug, machine = device_slug(request.device), machine_id(request.device)
+    machines = parallel.machines(request.workers, slug)
     store = RecordStore(args.results, slug)
     store.ensure_writable()
     sweep_mode = proto.SWEEP_MODE if request.device != "cpu" else "eager"
@@ -215,13 +252,14 @@ def plan_run(args: argparse.Namespace, request: Request) -> Plan:
         machine_id=machine,
     )
     recorded = store.read()
+    own = {machine, *machines.values()}
     # outdated: measured again, and the new record replaces them; another machine's records are neither
     done, outdated = (
         (set(), set())
         if args.force
-        else store.triage(lambda r: jobs_mod.reusable(r, options), machine=machine, records=recorded)
+        else store.triage(lambda r: jobs_mod.reusable(r, options), records=[r for r in recorded if r.machine in own])
     )
-    return Plan(store, machine, recorded, jobs, done, outdated, options)
+    return Plan(store, machine, recorded, jobs, done, outdated, options, request.workers, machines)
 
 
 def announce(args: argparse.Namespace, request: Request, plan: Plan, console: Any) -> None:
@@ -235,13 +273,15 @@ def announce(args: argparse.Namespace, request: Request, plan: Plan, console: An
         )
     if _skips_measurements(request):
         console.print(f"[yellow]note:[/] {cpu_note(request.cpu_skips, request.modes)}")
+    where = ",".join(w.name for w in request.workers) or request.device
+    how = ", one job at a time (--exclusive)" if args.exclusive else ""
     console.print(
         f"segbench run: {len(request.names)} architectures x {len(request.datasets)} datasets, {len(plan.jobs)} jobs "
-        f"on {request.device} ({slug})"
+        f"on {where} ({slug}){how}"
     )
     reused = sum(job.key(slug) in plan.done for job in plan.jobs)
     # one line however long (a terminal folds it; a log keeps it whole)
-    start = start_line(plan.store, plan.machine, plan.recorded, reused, args.force)
+    start = start_line(plan.store, {plan.machine, *plan.machines.values()}, plan.recorded, reused, args.force)
     console.print(start, markup=False, soft_wrap=True)
     if request.device != "cpu" and any(measurements.MEASUREMENTS[k].needs_peaks for k in request.kinds):
         _ensure_peaks(plan.store.folder, request.device, plan.machine, args.force, console)
@@ -257,25 +297,29 @@ def _skips_measurements(request: Request) -> bool:
 
 def execute(args: argparse.Namespace, plan: Plan, console: Any) -> Counter[str]:
     """Each job not recorded yet, in its child process, its record appended as it ends; the counts."""
-    slug, counts = plan.options.device_slug, Counter({"ok": 0, "failed": 0, "skipped": 0})
+    slug = plan.options.device_slug
+    todo = [job for job in plan.jobs if job.key(slug) not in plan.done]
+    counts = Counter({"ok": 0, "failed": 0, "skipped": len(plan.jobs) - len(todo)})
     with job_progress(console) as progress:
-        task = progress.add_task("measuring", total=len(plan.jobs))
-        for job in plan.jobs:
-            if job.key(slug) in plan.done:
-                counts["skipped"] += 1
-                progress.advance(task)
-                continue
-            progress.update(task, description=job.label)
-            timeout = args.job_timeout or measurements.MEASUREMENTS[job.kind].timeout_s
-            record = jobs_mod.run_job(job, plan.options, timeout)
+        task = progress.add_task("measuring", total=len(plan.jobs), completed=counts["skipped"])
+
+        def keep(job: jobs_mod.Job, record: Record) -> None:
             plan.store.append([record], replace_ok=args.force or job.key(slug) in plan.outdated)
+            counts["ok" if record.ok else "failed"] += 1
+            label = job.label + parallel.placed(record)
             if record.ok:
-                counts["ok"] += 1
-                console.print(f"  [green]ok[/]      {job.label}: {measurements.summarise(record)}")
+                console.print(f"  [green]ok[/]      {label}: {measurements.summarise(record)}")
             else:
-                counts["failed"] += 1
-                console.print(f"  [red]{record.status:<7}[/] {job.label}: {record.error}")
+                console.print(f"  [red]{record.status:<7}[/] {label}: {record.error}")
             progress.advance(task)
+
+        if plan.workers:
+            show = functools.partial(progress.update, task)
+            parallel.run_jobs(todo, plan.workers, plan.options, plan.machines, plan.recorded, args, show, keep)
+        else:
+            for job in todo:
+                progress.update(task, description=job.label)
+                keep(job, jobs_mod.run_job(job, plan.options, job.timeout_s(args.job_timeout)))
     return counts
 
 
@@ -313,15 +357,17 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def start_line(store: RecordStore, machine: str, recorded: list[Record], reused: int, force: bool) -> str:
-    """Where the run's records go and what it reuses, in one line: this machine's records of its jobs; never
-    another machine's (in the folder, or the reference records segbench ships for this device kind)."""
-    parts = [f"records: {_shown(store.path)} (this machine {machine})"]
+def start_line(store: RecordStore, own: Collection[str], recorded: list[Record], reused: int, force: bool) -> str:
+    """Where the run's records go and what it reuses, in one line: the records of its jobs by this machine (``own``:
+    its id, and its GPUs' in a parallel run); never another machine's (in the folder, or the reference records
+    segbench ships for this device kind)."""
+    machines = sorted(own)
+    parts = [f"records: {_shown(store.path)} (this machine{'s' * (len(machines) > 1)} {', '.join(machines)})"]
     if force:
         parts.append("--force: measuring everything again")
     else:
         parts.append(f"reusing {reused} of this machine's records" if reused else "nothing of this machine's to reuse")
-    others = sum(r.ok and r.machine != machine for r in recorded)
+    others = sum(r.ok and r.machine not in own for r in recorded)
     if others:
         parts.append(f"{others} record{'s' * (others != 1)} of other machines there are kept as references, not reused")
     slug = store.folder.name
