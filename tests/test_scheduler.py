@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from bench.records import RecordStore
 
 from bench import jobs
 from bench.errors import BenchError
 from bench.scheduler import estimate_s, longest_first, measured_gflops, run_parallel
+from bench.store import Record
 from bench.workers import Worker, cores_text, parse_devices, split_cores, visible_device
 from tests import toy_suite
+from tests.toy_models import HoldJobs
 
 
 @pytest.fixture(scope="session")
 def serial(tmp_path_factory) -> Path:
     return toy_suite.serial_results(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def bound(monkeypatch):
-    monkeypatch.setattr(jobs, "run_in_child", toy_suite.run_in_child_bound)
 
 
 def _no_gpu_asked() -> int:
@@ -55,7 +51,8 @@ def test_devices_name_one_worker_each_and_split_the_cores_evenly():
         ("cuda:0,cpu:0", 1, "GPUs and CPU workers in one run"),
         ("cuda:1,cuda:1", 2, "cuda:1 named twice"),
         ("tpu:0", 1, "'tpu:0' is not a device"),
-        ("cpu:0,cpu:1,cpu:2", 0, "3 CPU workers but this process may use 2 core(s); pass at most 2"),
+        ("cpu:0,cpu:1,cpu:2", 0, "this process may use 2 core(s), so at most 2 CPU workers, cpu:0..cpu:1"),
+        ("cpu:9", 0, "this process may use 2 core(s), so at most 2 CPU workers, cpu:0..cpu:1"),
         (",", 0, "empty"),
     ],
 )
@@ -90,9 +87,8 @@ def test_jobs_start_longest_first_by_their_models_flops_and_measurement():
         ["small", "large", "new"], ["ade20k"], ["eager", "compile"], kinds=("params", "flops", "latency")
     )
     planned.append(jobs.Job("small", "ade20k", "miou", "eager"))
-    measured = measured_gflops(
-        [{"arch": "large", "dataset": "ade20k", "kind": "flops", "status": "ok", "value": {"gflops": 900.0}}]
-    )
+    flops = {"arch": "large", "dataset": "ade20k", "kind": "flops", "status": "ok", "value": {"gflops": 900.0}}
+    measured = measured_gflops([Record.from_json({**flops, "protocol": "1", "device_slug": "x", "device": "cpu"})])
     published = {("small", "ade20k"): 10.0}
     ordered = longest_first(planned, "cpu", measured, published=lambda arch, dataset: published.get((arch, dataset)))
     labels = [job.label for job in ordered]
@@ -108,8 +104,11 @@ def test_jobs_start_longest_first_by_their_models_flops_and_measurement():
     assert on_gpu.index("flops") > max(i for i, kind in enumerate(on_gpu) if kind == "latency")
 
 
-def _fake_record(job) -> dict:
-    return {"arch": job.arch, "kind": job.kind, "provenance": {"host": "h"}}
+def _fake_record(job) -> Record:
+    return Record(
+        arch=job.arch, dataset=job.dataset, kind=job.kind, mode=job.mode, protocol="1", device_slug="x", status="ok",
+        provenance={"host": "h"},
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("exclusive", [False, True])
@@ -130,10 +129,10 @@ def test_exclusive_runs_one_job_at_a_time_and_says_so_in_every_placement(exclusi
         return _fake_record(job)
 
     records = run_parallel(planned, workers, run_one, exclusive=exclusive)
-    assert sorted(r["arch"] + r["kind"] for r in records) == sorted(j.arch + j.kind for j in planned)
-    placements = [r["provenance"]["placement"] for r in records]
+    assert sorted(r.arch + r.kind for r in records) == sorted(j.arch + j.kind for j in planned)
+    placements = [r.provenance["placement"] for r in records]
     assert all(p["exclusive"] is exclusive and p["workers"] == 2 and p["host"] for p in placements)
-    assert {r["provenance"]["host"] for r in records} == {"h"}  # the record's own provenance is kept
+    assert {r.provenance["host"] for r in records} == {"h"}  # the record's own provenance is kept
     if exclusive:
         assert most[0] == 1 and {p["neighbours"] for p in placements} == {0}
     else:
@@ -163,43 +162,24 @@ def test_a_job_child_takes_its_workers_cores_threads_and_gpu_alone():
     }  # fmt: skip
 
 
-def test_a_suite_over_two_cpu_workers_gives_the_serial_runs_records_and_table(tmp_path, serial, bound):
-    planned = toy_suite.plan()
-    assert len(planned) == 20
-    store = RecordStore(tmp_path, toy_suite.SLUG)
-    workers = parse_devices("cpu:0,cpu:1", cores=sorted(os.sched_getaffinity(0))[:2])
-    both_started = threading.Barrier(2, timeout=120)
-    ordered = longest_first(planned, "cpu", measured_gflops(RecordStore(serial, toy_suite.SLUG).read()))
-    first_two = set(ordered[:2])
-    run_real = toy_suite.bound_runner()
+def _records(results: Path) -> list[dict]:
+    return [json.loads(line) for line in (results / toy_suite.SLUG / "records.jsonl").read_text().splitlines()]
 
-    def run_one(job, worker):
-        if job in first_two:
-            both_started.wait()  # both workers hold a job at once: each was a neighbour of the other
-        return run_real(job, worker)
 
-    records = run_parallel(ordered, workers, run_one, on_record=lambda job, record: store.append([record]))
-    assert len(records) == len(store.read()) == 20 and {r["status"] for r in records} == {"ok"}
+def test_a_suite_over_two_cpu_workers_gives_the_serial_runs_records_and_table(tmp_path, serial):
+    assert toy_suite.bench_run(tmp_path, "--devices", "cpu:0,cpu:1") == 0
+    records = _records(tmp_path)
+    assert len(records) == 20 and {r["status"] for r in records} == {"ok"}
     assert toy_suite.values(tmp_path) == toy_suite.values(serial)  # one per job, the same params and FLOPs
-    placements = {r["provenance"]["placement"]["device"]: r["provenance"]["placement"] for r in records}
-    assert set(placements) == {"cpu:0", "cpu:1"}
-    assert {p["cores"] for p in placements.values()} == {cores_text(w.cores) for w in workers}
-    assert {r["provenance"]["torch_threads"] for r in records} == {len(workers[0].cores)}  # bound in the child
-    assert max(r["provenance"]["placement"]["neighbours"] for r in records) == 1
-    pd.testing.assert_frame_equal(toy_suite.table(tmp_path), toy_suite.table(serial))
-
-
-@dataclass(frozen=True)
-class _AnnounceThenHold:
-    """In a job's child: write its pid to ``path``, then wait to be killed (instead of measuring)."""
-
-    path: str
-
-    def __call__(self, *args) -> dict:
-        Path(self.path + ".tmp").write_text(str(os.getpid()))
-        os.replace(self.path + ".tmp", self.path)
-        threading.Event().wait()
-        return {}
+    pd.testing.assert_frame_equal(toy_suite.written_table(tmp_path), toy_suite.written_table(serial))
+    cores = {w.name: w.cores for w in parse_devices("cpu:0,cpu:1")}
+    placements = [r["provenance"]["placement"] for r in records]
+    assert {p["device"] for p in placements} == set(cores)
+    for record, placement in zip(records, placements):
+        assert placement["cores"] == cores_text(cores[placement["device"]]) and placement["workers"] == 2
+        assert record["provenance"]["torch_threads"] == len(cores[placement["device"]])  # bound in the child
+        assert placement["host"] == record["provenance"]["host"] and placement["neighbours"] in (0, 1)
+        assert placement["exclusive"] is False
 
 
 def _pid_from(path: Path, guard_s: float = 120) -> int:
@@ -218,39 +198,42 @@ def _gone(pid: int, guard_s: float = 60) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
-def test_a_job_child_killed_mid_suite_loses_no_other_record_and_a_rerun_completes_it(tmp_path, serial, bound):
-    planned = toy_suite.plan()
-    victim, pid_file = planned[9], tmp_path / "victim.pid"
-    store = RecordStore(tmp_path, toy_suite.SLUG)
-    workers = parse_devices("cpu:0,cpu:1", cores=sorted(os.sched_getaffinity(0))[:2])
-    run_one = toy_suite.bound_runner(lambda job, fn: _AnnounceThenHold(str(pid_file)) if job == victim else fn)
+def test_a_worker_whose_child_is_killed_mid_suite_loses_no_record_and_a_rerun_completes(
+    tmp_path, serial, monkeypatch, capsys
+):
+    victim, pid_file = toy_suite.plan()[9], tmp_path / "victim.pid"
     killer = threading.Thread(target=lambda: os.kill(_pid_from(pid_file), signal.SIGKILL), daemon=True)
     killer.start()
-    records = run_parallel(planned, workers, run_one, on_record=lambda job, record: store.append([record]))
+    with monkeypatch.context() as patched:
+        patched.setattr(jobs, "_measure_job", HoldJobs(((victim, str(pid_file)),)))
+        assert toy_suite.bench_run(tmp_path, "--devices", "cpu:0,cpu:1", "--no-report") == 1  # a job failed
     killer.join()
-    assert len(records) == len(store.read()) == 20
+    records = _records(tmp_path)
+    assert len(records) == 20 and sum(r["status"] == "ok" for r in records) == 19
     (crashed,) = [r for r in records if r["status"] != "ok"]
     assert (crashed["arch"], crashed["dataset"], crashed["kind"]) == (victim.arch, victim.dataset, victim.kind)
     assert crashed["status"] == "crashed" and "SIGKILL" in crashed["error"]
-    # the rerun: what this machine has not recorded ok, which is the killed job alone
-    done = store.done(toy_suite.run_options().machine_id)
-    left = [job for job in planned if job.key(toy_suite.SLUG) not in done]
-    assert left == [victim]
-    run_parallel(left, workers, toy_suite.bound_runner(), on_record=lambda job, record: store.append([record]))
+    assert crashed["provenance"]["placement"]["device"] in ("cpu:0", "cpu:1")
+    capsys.readouterr()
+    # the rerun measures what this machine has not recorded ok: the killed job alone
+    assert toy_suite.bench_run(tmp_path, "--devices", "cpu:0,cpu:1", "--exclusive", "--no-report") == 0
+    assert "done: 1 ok, 0 failed, 19 skipped" in capsys.readouterr().err
+    assert _records(tmp_path)[-1]["provenance"]["placement"]["exclusive"] is True
     assert toy_suite.values(tmp_path) == toy_suite.values(serial)
-    pd.testing.assert_frame_equal(toy_suite.table(tmp_path), toy_suite.table(serial))
+    pd.testing.assert_frame_equal(toy_suite.table(tmp_path), toy_suite.written_table(serial))
 
 
-def test_ctrl_c_stops_every_worker_and_ends_their_jobs_children(tmp_path, bound):
+def test_ctrl_c_stops_every_worker_and_ends_their_jobs_children(tmp_path, monkeypatch):
     planned = toy_suite.plan()
     workers = parse_devices("cpu:0,cpu:1", cores=sorted(os.sched_getaffinity(0))[:2])
     held = {job: tmp_path / f"held-{i}.pid" for i, job in enumerate(planned[:2])}
-    run_held = toy_suite.bound_runner(lambda job, fn: _AnnounceThenHold(str(held[job])) if job in held else fn)
+    monkeypatch.setattr(jobs, "_measure_job", HoldJobs(tuple((job, str(path)) for job, path in held.items())))
+    options = jobs.RunOptions(device="cpu", device_slug=toy_suite.SLUG, plugins=(toy_suite.PLUGIN,))
     taken: list = []
 
     def run_one(job, worker):
         taken.append(job)
-        return run_held(job, worker)
+        return jobs.run_job(job, options, 120, worker)
 
     pids: list[int] = []
 
@@ -265,6 +248,29 @@ def test_ctrl_c_stops_every_worker_and_ends_their_jobs_children(tmp_path, bound)
     assert len(pids) == 2 and all(_gone(pid) for pid in pids)  # ended by the run, not by their time limit
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--devices", "cuda:0"), "--devices 'cuda:0': no CUDA GPU is visible; use CPU workers, e.g. --devices cpu:0"),
+        (("--devices", "all"), "--devices all: no CUDA GPU is visible; on a machine without GPUs pass CPU workers"),
+        (("--devices", "cpu:CORES"), "core(s), so at most CORES CPU workers, cpu:0..cpu:"),
+        (("--devices", "cpu:0", "--device", "cpu"), "--device cpu and --devices cpu:0: pass one"),
+        (("--wait",), "--wait belongs to a submitted array: pass it with --launcher slurm (or local)"),
+        (("--nodes", "2"), "--nodes belongs to a submitted array: pass it with --launcher slurm (or local)"),
+    ],
+)
+def test_a_bad_parallel_run_is_a_one_line_error_with_its_fix(tmp_path, monkeypatch, capsys, options, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without GPUs
+    cores = str(len(os.sched_getaffinity(0)))
+    assert toy_suite.bench_run(tmp_path, *(o.replace("CORES", cores) for o in options)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1, err
+    assert message.replace("CORES", cores) in err
+    assert not (tmp_path / toy_suite.SLUG).exists()  # nothing measured, nothing written
+
+
 def _gpus_seen() -> dict:
     import torch
 
@@ -274,9 +280,7 @@ def _gpus_seen() -> dict:
 
 
 @pytest.mark.gpu
-def test_a_gpu_workers_jobs_see_its_gpu_alone_and_name_its_board(bound):
-    from dataclasses import replace
-
+def test_a_gpu_workers_jobs_see_its_gpu_alone_and_name_its_board():
     from bench.provenance import device_slug, gpu_uuid, machine_id
 
     workers = parse_devices("all")
@@ -285,9 +289,31 @@ def test_a_gpu_workers_jobs_see_its_gpu_alone_and_name_its_board(bound):
         assert seen == {"status": "ok", "count": 1, "uuid": gpu_uuid(worker.name)}
     # a latency job per GPU, on every GPU at once: each record names its worker's board (the child's own reading)
     planned = [jobs.Job(arch, "ade20k", "latency", "eager") for arch in toy_suite.TOYS[: len(workers)]]
-    on_gpu = replace(toy_suite.run_options(), device_slug=device_slug("cuda:0"), machine_id=None)
-    records = run_parallel(planned, workers, toy_suite.bound_runner(options=on_gpu))
-    assert len(records) == len(workers) and {r["status"] for r in records} == {"ok"}
+    options = jobs.RunOptions(device="cuda:0", device_slug=device_slug("cuda:0"), plugins=(toy_suite.PLUGIN,))
+    records = run_parallel(planned, workers, lambda job, worker: jobs.run_job(job, options, 300, worker))
+    assert len(records) == len(workers) and {r.status for r in records} == {"ok"}
     for record in records:
-        worker = record["provenance"]["placement"]["device"]
-        assert record["device"] == "cuda" and record["provenance"]["machine_id"] == machine_id(worker)
+        worker = record.provenance["placement"]["device"]
+        assert record.device == "cuda" and record.provenance["machine_id"] == machine_id(worker)
+
+
+@pytest.mark.gpu
+def test_a_run_over_every_gpu_records_each_job_once_and_resumes(tmp_path, capsys):
+    from bench.provenance import device_slug, machine_id
+
+    workers = parse_devices("all")
+    args = ("--dataset", "ade20k", "--measure", "params,latency", "--modes", "eager", "--devices", "all", "--no-report")
+    assert toy_suite.bench_run(tmp_path, *args) == 0
+    records = [
+        json.loads(line) for line in (tmp_path / device_slug("cuda:0") / "records.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 10 and {r["status"] for r in records} == {"ok"}
+    boards = {w.name: machine_id(w.name) for w in workers}
+    for record in records:
+        placement = record["provenance"]["placement"]
+        assert record["provenance"]["machine_id"] == boards[placement["device"]] and placement["workers"] == len(
+            workers
+        )
+    capsys.readouterr()
+    assert toy_suite.bench_run(tmp_path, *args) == 0  # what any of the GPUs recorded is done
+    assert "done: 0 ok, 0 failed, 10 skipped" in capsys.readouterr().err

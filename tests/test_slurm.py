@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import io
+import os
+import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from rich.console import Console
 
 from bench.cli import build_parser
 from bench.errors import BenchError
@@ -18,11 +18,8 @@ from bench.slurm import (
     EXTRA_HINT,
     SlurmOptions,
     _error_line,
-    import_submitit,
     parse_time,
-    submit_suite,
     task_argv,
-    write_suite_reports,
 )
 from tests import toy_suite
 from tests.conftest import ROOT
@@ -67,14 +64,18 @@ def test_the_request_asks_each_task_for_one_whole_node_with_its_gpus_and_cores()
 def test_a_task_runs_the_users_command_on_its_shard_into_the_shared_folder(tmp_path):
     parser = _run_parser()
     user = ["--plugin", "tests.toy_models", "--arch", "toy-w4", "--arch", "toy-w8", "--measure", "params,flops",
-            "--force", "--job-timeout", "30", "--results", "elsewhere", "--shard", "1/9"]  # fmt: skip
-    args = parser.parse_args(user)
+            "--force", "--job-timeout", "30", "--exclusive", "--results", "elsewhere", "--shard", "1/9"]  # fmt: skip
+    launcher = ["--launcher", "slurm", "--partition", "gpu", "--nodes", "3", "--gpus-per-node", "8", "--time", "60",
+                "--wait"]  # fmt: skip
+    args = parser.parse_args(user + launcher)
     argv = task_argv(parser, args, 2, 3, results=tmp_path / "shared")
     assert argv[0] == "run"
     task = parser.parse_args(argv[1:])
     assert (task.shard, task.results, task.no_report) == ("2/3", (tmp_path / "shared").resolve(), True)
-    for key, value in vars(args).items():
-        if key not in ("shard", "results", "no_report"):
+    assert task.devices == "all"  # every GPU of the task's node
+    mine = vars(parser.parse_args(user))  # the user's options without the launcher's
+    for key, value in mine.items():
+        if key not in ("shard", "results", "no_report", "devices"):
             assert getattr(task, key) == value, key
 
 
@@ -92,17 +93,6 @@ def test_a_task_takes_every_gpu_of_its_node_unless_the_user_chose_devices(tmp_pa
     assert task_argv(parser, chosen, 1, 4, results=tmp_path) == ["run", "--devices", "cuda:0,cuda:1", *tail]
 
 
-def test_without_submitit_the_launcher_is_a_one_line_error_naming_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "submitit", None)  # what an import of a missing package raises
-    with pytest.raises(BenchError, match="needs submitit") as caught:
-        import_submitit()
-    assert EXTRA_HINT in str(caught.value) and "\n" not in str(caught.value)
-
-
-def _local(tasks: int) -> SlurmOptions:
-    return SlurmOptions(tasks=tasks, timeout_min=10, cluster="local")
-
-
 @pytest.fixture
 def importable(monkeypatch):
     """Local tasks are processes of their own: they import the checkout and its test models."""
@@ -110,33 +100,57 @@ def importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
 
 
-def test_a_two_task_local_array_into_one_folder_gives_the_serial_table(tmp_path, serial, importable):
-    parser = _run_parser()
-    args = parser.parse_args(["--plugin", toy_suite.PLUGIN, "--arch", ",".join(toy_suite.TOYS), "--measure",
-                              "params,flops"])  # fmt: skip
+def test_a_two_task_local_array_into_one_folder_gives_the_serial_table(tmp_path, serial, importable, capsys):
     shared = tmp_path / "shared"
-    suite = submit_suite(lambda i, n: task_argv(parser, args, i, n, results=shared), _local(2), shared)
-    assert [argv[argv.index("--shard") + 1] for argv in suite.argvs] == ["1/2", "2/2"]
-    console = Console(file=io.StringIO(), force_terminal=True)
-    outcomes = suite.wait(console, poll_s=0.2)
-    assert [(o.name, o.error) for o in outcomes] == [(f"task {i}/2 (job {j.job_id})", None)
-                                                     for i, j in enumerate(suite.jobs, 1)]  # fmt: skip
-    assert suite.records_written() == 20
+    assert toy_suite.bench_run(shared, "--launcher", "local", "--nodes", "2", "--wait") == 0
+    err = capsys.readouterr().err
+    assert f"2 task(s), records to {shared.resolve()}, logs in {shared.resolve() / 'slurm'}" in err
+    assert "done: 2 task(s) done, 0 failed; 20 record(s) written" in err
     assert toy_suite.values(shared) == toy_suite.values(serial)  # each job once, by one task or the other
-    assert {p.name for p in write_suite_reports(shared)} >= {"table.md", "table.csv"}
-    pd.testing.assert_frame_equal(pd.read_csv(shared / toy_suite.SLUG / "table.csv"), toy_suite.table(serial))
+    pd.testing.assert_frame_equal(toy_suite.written_table(shared), toy_suite.written_table(serial))
 
 
-def test_a_failed_task_is_named_with_its_error_and_its_logs_path(tmp_path, importable):
+def test_a_failed_task_is_named_with_its_error_and_its_logs_path(tmp_path, importable, capsys):
     shared = tmp_path / "shared"
-    suite = submit_suite(lambda i, n: ["run", "--suite", "no-such-suite", "--results", str(shared)], _local(1), shared)
-    (outcome,) = suite.wait(poll_s=0.2)
-    assert outcome.error == "bench.slurm.TaskFailed: bench run --suite no-such-suite --results " + (
-        f"{shared} exited with status 2"
+    # what the submitting machine cannot judge for the nodes: each task finds one CPU worker too many
+    too_many = ",".join(f"cpu:{i}" for i in range(len(os.sched_getaffinity(0)) + 1))
+    assert toy_suite.bench_run(shared, "--launcher", "local", "--devices", too_many, "--wait") == 1
+    err = capsys.readouterr().err
+    match = re.search(r"^task 1/1 \(job (\S+)\) failed: (.*); log: (\S+)$", err, re.M)
+    assert match, err
+    job_id, error, log = match.groups()
+    assert error.startswith("bench.slurm.TaskFailed: bench run ") and "--plugin tests.toy_models" in error
+    assert error.endswith(
+        f"--devices {too_many} --shard 1/1 --results {shared.resolve()} --no-report exited with status 2"
     )
-    assert outcome.line() == f"task 1/1 (job {suite.jobs[0].job_id}) failed: {outcome.error}; log: {outcome.log}"
-    assert "bench: error: unknown suite 'no-such-suite'" in Path(outcome.log).read_text()
-    assert suite.describe().startswith(f"submitted array {suite.array_id}: 1 task(s), records to {shared.resolve()}")
+    assert Path(log) == shared.resolve() / "slurm" / f"{job_id}_0_log.err"
+    assert f"bench: error: --devices '{too_many}': this process may use" in Path(log).read_text()
+    assert "done: 0 task(s) done, 1 failed; 0 record(s) written" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--launcher", "slurm"), f"--launcher slurm needs submitit, an optional extra: {EXTRA_HINT}"),
+        (("--launcher", "local", "--shard", "1/2"), "--shard 1/2: --launcher gives each task its shard"),
+        (("--launcher", "local", "--nodes", "0"), "--nodes 0: give at least one node"),
+        (("--launcher", "local", "--time", "4h"), "--time '4h': expected minutes or Slurm's [D-]HH:MM:SS"),
+        (("--launcher", "local", "--devices", "tpu:0"), "--devices 'tpu:0': 'tpu:0' is not a device"),
+        (("--launcher", "local", "--measure", "speed"), "--measure: unknown measurement 'speed'"),
+    ],
+)
+def test_a_bad_submission_is_a_one_line_error_before_anything_is_submitted(
+    tmp_path, monkeypatch, capsys, options, message
+):
+    if options[1] == "slurm":
+        monkeypatch.setitem(sys.modules, "submitit", None)  # what an import of a missing package raises
+    else:
+        pytest.importorskip("submitit")
+    results = tmp_path / "results"
+    assert toy_suite.bench_run(results, *options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: error: {message}") and err.count("\n") == 1, err
+    assert not results.exists()  # nothing submitted
 
 
 def test_a_failed_task_is_told_by_its_last_exception_and_a_task_slurm_ended_by_its_state():

@@ -1,13 +1,18 @@
 """Tiny models registered only in the tests (import this module: `--plugin tests.toy_models`).
 
-toy-* are small real models; fault-* inject one failure each into their forward pass.
+toy-* are small real models; fault-* inject one failure each into their forward pass; `HoldJobs` holds
+chosen jobs of a suite until they are killed.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,3 +78,27 @@ def _broken_builder(*, num_classes: int):
 
 
 register(_spec("fault-build", input_size=SMALL))(_broken_builder)
+
+
+@dataclass(frozen=True)
+class HoldJobs:
+    """What a job's child runs in place of `bench.jobs._measure_job` (patch it in the run's process; it is pickled
+    into each child, where the module's own is the real one): the measurement, except for the jobs of ``held``,
+    which write their pid to their file and wait to be killed.
+
+    Args:
+        held: (job, pid file) pairs.
+    """
+
+    held: tuple[tuple[Any, str], ...]
+
+    def __call__(self, job: Any, options: Any) -> dict:
+        from bench import jobs
+
+        path = dict(self.held).get(job)
+        if path is None:
+            return jobs._measure_job(job, options)
+        Path(path + ".tmp").write_text(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+        threading.Event().wait()
+        return {}
