@@ -1,4 +1,4 @@
-"""What the CNN families share: conv-BN-ReLU blocks, `SegmentationModel`, mmseg's heads, learned upsampling."""
+"""What the CNN families share: conv-BN-ReLU blocks, `SegmentationModel`, mmseg's heads, the upsampling decoders."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ __all__ = [
     "UPSAMPLINGS",
     "FCNHead",
     "SegmentationModel",
+    "UnpoolingDecoder",
     "conv_bn_relu",
     "conv_bn_relu_stack",
     "learned_upsample",
@@ -89,6 +90,54 @@ def learned_upsample(
         conv = nn.Conv2d(in_channels, out_channels, 3, padding=2 - padding, bias=bias)
         return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
     raise ValueError(f"upsampling mode must be one of {UPSAMPLINGS}, got {mode!r}")
+
+
+class UnpoolingDecoder(nn.Module):
+    """The mirrored decoder of SegNet and DeconvNet: per encoder stage, deepest first, an upsampling back to the
+    stage's pre-pooling size, then a `conv_bn_relu_stack`.
+
+    ``forward(x, indices, sizes)`` takes the deepest pooled map and the encoder's argmax indices and
+    pre-pooling sizes (`archs.backbones.vgg.VGG16.encode`), in encoder order.
+
+    Args:
+        in_channels: channels of the deepest pooled map.
+        stages: output channels of each stage's blocks, deepest first.
+        transposed: stride-1 transposed convolutions in the blocks (DeconvNet's "deconvolutions").
+        upsampling: ``"unpool"`` (max-unpooling with the encoder's indices), or ``"transposed"`` /
+            ``"resize"`` for a `learned_upsample` (C->C) per stage instead.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        stages: Sequence[tuple[int, ...]],
+        *,
+        transposed: bool = False,
+        upsampling: str = "unpool",
+    ) -> None:
+        super().__init__()
+        if upsampling not in ("unpool", *UPSAMPLINGS):
+            raise ValueError(f"upsampling must be 'unpool', 'transposed' or 'resize', got {upsampling!r}")
+        self.upsampling = upsampling
+        stacks, upsamplers = [], []
+        for widths in stages:
+            if upsampling != "unpool":
+                upsamplers.append(learned_upsample(upsampling, in_channels, in_channels, padding=1, bias=True))
+            stacks.append(conv_bn_relu_stack(in_channels, widths, transposed=transposed))
+            in_channels = widths[-1]
+        self.stages = nn.ModuleList(stacks)
+        self.upsamplers = nn.ModuleList(upsamplers)
+        self.out_channels = in_channels
+
+    def forward(self, x: Tensor, indices: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> Tensor:
+        for i, (stage, idx, size) in enumerate(zip(self.stages, reversed(indices), reversed(sizes), strict=True)):
+            if self.upsampling == "unpool":
+                x = unpool(x, idx, size)
+            else:
+                # On odd sizes the (ceil-mode) pooling rounded up: drop the extra row/column.
+                x = self.upsamplers[i](x)[..., : size[0], : size[1]]
+            x = stage(x)
+        return x
 
 
 class FCNHead(nn.Module):

@@ -62,7 +62,8 @@ class DenseCRF(nn.Module):
 
     ``forward(logits, image)``: ``logits`` (N, K, H, W) at the image's resolution (the unary is
     ``-log softmax(logits)``), ``image`` (N, 3, H, W) RGB on the 0..255 scale; returns the refined
-    energies (N, K, H, W).
+    energies (N, K, H, W). The kernel parameters have no defaults: a published configuration such as
+    `DEEPLAB_V1_LARGEFOV_CRF` gives them (``DenseCRF(**DEEPLAB_V1_LARGEFOV_CRF)``).
 
     Args:
         iterations: mean-field iterations.
@@ -81,12 +82,12 @@ class DenseCRF(nn.Module):
     def __init__(
         self,
         *,
-        iterations: int = 10,
-        appearance_weight: float = 4.0,
-        theta_alpha: float = 121.0,
-        theta_beta: float = 5.0,
-        smoothness_weight: float = 3.0,
-        theta_gamma: float = 3.0,
+        iterations: int,
+        appearance_weight: float,
+        theta_alpha: float,
+        theta_beta: float,
+        smoothness_weight: float,
+        theta_gamma: float,
         cell: int = 8,
         radius: int = 6,
     ) -> None:

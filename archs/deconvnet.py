@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from archs.backbones.vgg import VGG16, vgg_fc_convolutions
 from archs.base import CAFFE_VGG_MEAN, UNIT_STD, ArchSpec, Published, register
-from archs.common import UPSAMPLINGS, conv_bn_relu_stack, learned_upsample, unpool
+from archs.common import UnpoolingDecoder
 
 __all__ = ["DeconvNet", "deconvnet_vgg16"]
 
@@ -49,22 +49,11 @@ class DeconvNet(nn.Module):
 
     def __init__(self, num_classes: int, *, upsampling: str = "unpool") -> None:
         super().__init__()
-        if upsampling not in ("unpool", *UPSAMPLINGS):
-            raise ValueError(f"upsampling must be 'unpool', 'transposed' or 'resize', got {upsampling!r}")
-        self.upsampling = upsampling
         self.encoder = VGG16(batch_norm=True, pooling="indices")
         self.fc = vgg_fc_convolutions(batch_norm=True, dropout=0.0)
         self.fc6_deconv = nn.Sequential(nn.ConvTranspose2d(4096, 512, 7), nn.BatchNorm2d(512), nn.ReLU(inplace=True))
-        stages, upsamplers = [], []
-        in_channels = 512
-        for widths in DECONVNET_DECODER:
-            if upsampling != "unpool":
-                upsamplers.append(learned_upsample(upsampling, in_channels, in_channels, padding=1, bias=True))
-            stages.append(conv_bn_relu_stack(in_channels, widths, transposed=True))
-            in_channels = widths[-1]
-        self.decoder = nn.ModuleList(stages)
-        self.upsamplers = nn.ModuleList(upsamplers)
-        self.classifier = nn.Conv2d(in_channels, num_classes, 1)
+        self.decoder = UnpoolingDecoder(512, DECONVNET_DECODER, transposed=True, upsampling=upsampling)
+        self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled, indices, sizes = self.encoder.encode(x)
@@ -77,14 +66,7 @@ class DeconvNet(nn.Module):
         out = self.fc6_deconv(self.fc(pool5))
         if ph or pw:
             out = out[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
-        for i, (stage, idx, size) in enumerate(zip(self.decoder, reversed(indices), reversed(sizes), strict=True)):
-            if self.upsampling == "unpool":
-                out = unpool(out, idx, size)
-            else:
-                # On odd sizes the (ceil-mode) pooling rounded up: drop the extra row/column.
-                out = self.upsamplers[i](out)[..., : size[0], : size[1]]
-            out = stage(out)
-        return self.classifier(out)
+        return self.classifier(self.decoder(out, indices, sizes))
 
 
 @register(

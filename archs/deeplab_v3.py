@@ -18,6 +18,7 @@ two separable 3x3 blocks and a 1x1 classifier; logits at stride 4. Figures: docs
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,8 @@ __all__ = [
     "deeplabv3plus_r101",
 ]
 
-V3PLUS_PAPER = "Chen et al., ECCV 2018"
+# The fields both DeepLabV3+ rows share; a row adds its own facts.
+V3PLUS_SPEC = partial(ArchSpec, family="DeepLabV3+", paper="Chen et al., ECCV 2018", year=2018, output_stride=4)
 
 
 class DeepLabV3Head(nn.Module):
@@ -207,14 +209,10 @@ def _v3plus(backbone: ResNet | MobileNetV2, num_classes: int, aux_head: bool) ->
 
 
 @register(
-    ArchSpec(
+    V3PLUS_SPEC(
         name="deeplabv3plus-mobilenetv2",
-        family="DeepLabV3+",
         encoder="MobileNetV2",
         scale="realtime",
-        paper=V3PLUS_PAPER,
-        year=2018,
-        output_stride=4,
         notes="mmseg deeplabv3plus_m-v2-d8: MobileNetV2 (OS8) + separable ASPP (320->512, rates 12/24/36) "
         "+ decoder on the 24-channel stride-4 features.",
         **mmseg_row(
@@ -236,14 +234,10 @@ def deeplabv3plus_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Se
 
 
 @register(
-    ArchSpec(
+    V3PLUS_SPEC(
         name="deeplabv3plus-r101",
-        family="DeepLabV3+",
         encoder="ResNet-101",
         scale="non-realtime",
-        paper=V3PLUS_PAPER,
-        year=2018,
-        output_stride=4,
         notes="mmseg deeplabv3plus_r101-d8: ResNetV1c-101 (OS8) + separable ASPP (2048->512, rates 12/24/36) "
         "+ decoder on the 256-channel stride-4 features.",
         **mmseg_row(

@@ -15,13 +15,14 @@ a fixed bilinear upsampling and a crop back to the input. Figures and sources: d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.backbones.mobilenetv2 import MobileNetV2
-from archs.backbones.resnet import resnet101_torchvision, resnet101_v1c
+from archs.backbones.resnet import ResNet, resnet101_torchvision, resnet101_v1c
 from archs.backbones.vgg import VGG16, vgg_fc_convolutions
 from archs.base import CAFFE_VGG_MEAN, UNIT_STD, ArchSpec, Published, register
 from archs.common import FCNHead, SegmentationModel, learned_upsample, mmseg_model
@@ -40,17 +41,19 @@ __all__ = [
     "fcn_r101_torchvision",
 ]
 
-PAPER = "Long et al., CVPR 2015"
+# The fields every FCN row shares; a row adds its own facts (the VGG-16 nets name their stride in the family).
+FCN_SPEC = partial(ArchSpec, family="FCN", paper="Long et al., CVPR 2015", year=2015)
+
+
+def _fcn_mmseg(backbone: ResNet | MobileNetV2, num_classes: int, aux_head: bool) -> SegmentationModel:
+    return mmseg_model(backbone, FCNHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
 
 
 @register(
-    ArchSpec(
+    FCN_SPEC(
         name="fcn-mobilenetv2",
-        family="FCN",
         encoder="MobileNetV2",
         scale="realtime",
-        paper=PAPER,
-        year=2015,
         output_stride=8,
         notes="mmseg fcn_m-v2-d8: MobileNetV2 (OS8) + FCNHead(320->512, 2 convs, concat input).",
         **mmseg_row(
@@ -68,18 +71,14 @@ def fcn_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Segmentation
         num_classes: output classes.
         aux_head: add the training-only auxiliary FCN head on the 96-channel stage.
     """
-    backbone = MobileNetV2()
-    return mmseg_model(backbone, FCNHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
+    return _fcn_mmseg(MobileNetV2(), num_classes, aux_head)
 
 
 @register(
-    ArchSpec(
+    FCN_SPEC(
         name="fcn-r101",
-        family="FCN",
         encoder="ResNet-101",
         scale="non-realtime",
-        paper=PAPER,
-        year=2015,
         output_stride=8,
         notes="mmseg fcn_r101-d8: ResNetV1c-101 (OS8) + FCNHead(2048->512, 2 convs, concat input).",
         **mmseg_row(
@@ -98,8 +97,7 @@ def fcn_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
         num_classes: output classes.
         aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
     """
-    backbone = resnet101_v1c()
-    return mmseg_model(backbone, FCNHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
+    return _fcn_mmseg(resnet101_v1c(), num_classes, aux_head)
 
 
 def fcn_r101_torchvision(*, num_classes: int) -> SegmentationModel:
@@ -210,13 +208,11 @@ class FCNVGG(nn.Module):
 
 
 def _fcn_vgg_spec(stride: int, miou: float, *, name: str = "", family: str = "", notes: str = "") -> ArchSpec:
-    return ArchSpec(
+    return FCN_SPEC(
         name=name or f"fcn{stride}s-vgg16",
         family=family or f"FCN-{stride}s",
         encoder="VGG-16",
         scale="non-realtime",
-        paper=PAPER,
-        year=2015,
         output_stride=1,
         mean=CAFFE_VGG_MEAN,
         std=UNIT_STD,

@@ -17,20 +17,22 @@ mmsegmentation's ``pspnet_r101-d8`` and ``pspnet_m-v2-d8`` configurations
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.backbones.mobilenetv2 import MobileNetV2
-from archs.backbones.resnet import resnet101_v1c
+from archs.backbones.resnet import ResNet, resnet101_v1c
 from archs.base import ArchSpec, register
 from archs.common import SegmentationModel, conv_bn_relu, mmseg_model
 from archs.mmseg_zoo import MOBILENETV2_SOURCE, SEGFORMER_TABLE, mmseg_row
 
 __all__ = ["PSPHead", "pspnet_mobilenetv2", "pspnet_r101"]
 
-PAPER = "Zhao et al., CVPR 2017"
+# The fields every PSPNet row shares; a row adds its own facts.
+PSPNET_SPEC = partial(ArchSpec, family="PSPNet", paper="Zhao et al., CVPR 2017", year=2017, output_stride=8)
 
 
 class PSPHead(nn.Module):
@@ -74,15 +76,15 @@ class PSPHead(nn.Module):
         return self.classifier(self.dropout(out))
 
 
+def _pspnet(backbone: ResNet | MobileNetV2, num_classes: int, aux_head: bool) -> SegmentationModel:
+    return mmseg_model(backbone, PSPHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
+
+
 @register(
-    ArchSpec(
+    PSPNET_SPEC(
         name="pspnet-mobilenetv2",
-        family="PSPNet",
         encoder="MobileNetV2",
         scale="realtime",
-        paper=PAPER,
-        year=2017,
-        output_stride=8,
         notes="mmseg pspnet_m-v2-d8: MobileNetV2 (OS8) + PSPHead(320->512, bins 1/2/3/6).",
         **mmseg_row(
             "mobilenet_v2/pspnet_m-v2-d8",
@@ -99,19 +101,14 @@ def pspnet_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> Segmentat
         num_classes: output classes.
         aux_head: add the training-only auxiliary FCN head on the 96-channel stage.
     """
-    backbone = MobileNetV2()
-    return mmseg_model(backbone, PSPHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
+    return _pspnet(MobileNetV2(), num_classes, aux_head)
 
 
 @register(
-    ArchSpec(
+    PSPNET_SPEC(
         name="pspnet-r101",
-        family="PSPNet",
         encoder="ResNet-101",
         scale="non-realtime",
-        paper=PAPER,
-        year=2017,
-        output_stride=8,
         notes="mmseg pspnet_r101-d8: ResNetV1c-101 (OS8) + PSPHead(2048->512, bins 1/2/3/6).",
         **mmseg_row(
             "pspnet/pspnet_r101-d8",
@@ -129,5 +126,4 @@ def pspnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationMode
         num_classes: output classes.
         aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
     """
-    backbone = resnet101_v1c()
-    return mmseg_model(backbone, PSPHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
+    return _pspnet(resnet101_v1c(), num_classes, aux_head)

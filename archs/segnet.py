@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from archs.backbones.vgg import VGG16
 from archs.base import UNIT_STD, ArchSpec, Published, register
-from archs.common import conv_bn_relu_stack, unpool
+from archs.common import UnpoolingDecoder
 
 __all__ = ["SegNet", "segnet_vgg16"]
 
@@ -40,20 +40,12 @@ class SegNet(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.encoder = VGG16(batch_norm=True, pooling="indices")
-        stages = []
-        in_channels = 512
-        for widths in SEGNET_DECODER:
-            stages.append(conv_bn_relu_stack(in_channels, widths))
-            in_channels = widths[-1]
-        self.decoder = nn.ModuleList(stages)
-        self.classifier = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+        self.decoder = UnpoolingDecoder(512, SEGNET_DECODER)
+        self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled, indices, sizes = self.encoder.encode(x)
-        out = pooled[-1]
-        for stage, idx, size in zip(self.decoder, reversed(indices), reversed(sizes), strict=True):
-            out = stage(unpool(out, idx, size))
-        return self.classifier(out)
+        return self.classifier(self.decoder(pooled[-1], indices, sizes))
 
 
 @register(

@@ -208,10 +208,13 @@ def _setr_spec(
     decoder: str,
     encoder: str,
     output_stride: int,
-    checkpoints: tuple[str, str],
+    stamps: tuple[str, str],
     published: Mapping[str, Published],
     notes: str,
 ) -> ArchSpec:
+    """``stamps``: ``<date>_<time>-<hash>`` of the ADE20K and Cityscapes checkpoints (mmseg's file stems)."""
+    ade20k = f"setr_{decoder}_512x512_160k_b16_ade20k_{stamps[0]}"
+    cityscapes = f"setr_{decoder}_vit-large_8x1_768x768_80k_cityscapes_{stamps[1]}"
     return ArchSpec(
         name=f"setr-{decoder}-vit-l",
         family="SETR",
@@ -222,7 +225,7 @@ def _setr_spec(
         output_stride=output_stride,
         published=published,
         evaluation=SETR_EVALUATION,
-        weights=mmseg_weights("setr", *checkpoints, converter=convert_mmseg_setr),
+        weights=mmseg_weights("setr", ade20k, cityscapes, converter=convert_mmseg_setr),
         notes=notes,
     )
 
@@ -232,10 +235,7 @@ def _setr_spec(
         "pup",
         "ViT-Large",
         1,
-        (
-            "setr_pup_512x512_160k_b16_ade20k_20210619_191343-7e0ce826",
-            "setr_pup_vit-large_8x1_768x768_80k_cityscapes_20211122_155115-f6f37b8f",
-        ),
+        ("20210619_191343-7e0ce826", "20211122_155115-f6f37b8f"),
         {
             "ade20k": Published(
                 params_m=318.3,
@@ -272,10 +272,7 @@ def setr_pup_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = Fa
         "naive",
         "ViT-Large (naive)",
         4,
-        (
-            "setr_naive_512x512_160k_b16_ade20k_20210619_191258-061f24f5",
-            "setr_naive_vit-large_8x1_768x768_80k_cityscapes_20211123_000505-20728e80",
-        ),
+        ("20210619_191258-061f24f5", "20211123_000505-20728e80"),
         {},
         notes="SETR's naive decoder; no published figures in the comparison table",
     )
@@ -296,10 +293,7 @@ def setr_naive_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = 
         "mla",
         "ViT-Large (MLA)",
         4,
-        (
-            "setr_mla_512x512_160k_b16_ade20k_20210619_191057-f9741de7",
-            "setr_mla_vit-large_8x1_768x768_80k_cityscapes_20211119_101003-7f8dccbe",
-        ),
+        ("20210619_191057-f9741de7", "20211119_101003-7f8dccbe"),
         {
             "ade20k": Published(
                 miou=50.2,

@@ -234,7 +234,7 @@ def test_crf_is_exact_when_its_window_covers_the_image():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 4, 12, 10, generator=g)
     image = torch.rand(1, 3, 12, 10, generator=g) * 80
-    params = {"iterations": 5, "theta_alpha": 6.0, "theta_beta": 20.0, "theta_gamma": 2.0}
+    params = {**DEEPLAB_V1_LARGEFOV_CRF, "iterations": 5, "theta_alpha": 6.0, "theta_beta": 20.0, "theta_gamma": 2.0}
     crf = DenseCRF(**params, cell=1, radius=12)
     expected = _dense_crf_reference(logits, image, 5, 4.0, 6.0, 20.0, 3.0, 2.0)
     assert (crf(logits, image).double() - expected).abs().max().item() < TOL

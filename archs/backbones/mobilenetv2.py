@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
+from archs.backbones import layer_outputs
+
 __all__ = ["LAYER_SETTINGS", "MobileNetV2", "mobilenetv2_d8"]
 
 # (expand ratio t, output channels c, blocks n) of the seven layers.
@@ -76,12 +78,7 @@ class MobileNetV2(nn.Module):
         self.out_channels = tuple(LAYER_SETTINGS[i][1] for i in out_indices)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._out_positions:
-                outs.append(x)
-        return outs
+        return layer_outputs(self.features, x, self._out_positions)
 
 
 def mobilenetv2_d8() -> MobileNetV2:

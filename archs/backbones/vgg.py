@@ -23,6 +23,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from archs.backbones import layer_outputs
+
 __all__ = ["POOLINGS", "VGG16", "vgg_fc_convolutions"]
 
 POOLINGS = ("vgg", "indices", "deeplab")
@@ -70,12 +72,7 @@ class VGG16(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         if self.pooling == "indices":
             return self.encode(x)[0]
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._stage_ends:
-                outs.append(x)
-        return outs
+        return layer_outputs(self.features, x, self._stage_ends)
 
     def encode(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]:
         """(pooled stage outputs, argmax indices, pre-pooling sizes); needs ``pooling="indices"``."""
