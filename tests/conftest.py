@@ -1,6 +1,9 @@
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# mypy takes half a minute of one core: where the run includes its test, it starts once collection is done and
+# checks beside the other tests; the test then reads its verdict (tests/test_lint.py).
+TYPE_CHECK_TEST = "test_the_package_type_checks"
+TYPE_CHECK = pytest.StashKey[tuple[subprocess.Popen, str]]()
+
+
+def _start_type_check() -> tuple[subprocess.Popen, str]:
+    """mypy over what pyproject's [tool.mypy] names, its cache in a scratch folder (the checkout stays clean)."""
+    cache = tempfile.mkdtemp(prefix="segbench-mypy-")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mypy", "--cache-dir", cache],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    return proc, cache
+
+
+def pytest_collection_finish(session):
+    if importlib.util.find_spec("mypy") and any(item.name == TYPE_CHECK_TEST for item in session.items):
+        session.config.stash[TYPE_CHECK] = _start_type_check()
+
+
+def pytest_sessionfinish(session):
+    proc, cache = session.config.stash.get(TYPE_CHECK, (None, None))
+    if proc is not None:
+        if proc.poll() is None:  # the run stopped before the test read it
+            proc.kill()
+            proc.communicate()
+        shutil.rmtree(cache, ignore_errors=True)

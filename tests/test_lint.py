@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TYPE_CHECK
 
 CHECKED = ("archs", "bench", "tests")
 
@@ -23,10 +23,8 @@ def test_the_code_passes_ruff(check):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed (the test extra has it)")
-def test_the_package_type_checks(tmp_path):
-    # pyproject's [tool.mypy] names the files; the cache goes to a scratch folder, not the checkout
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, f"mypy:\n{done.stdout}{done.stderr}"
+def test_the_package_type_checks(request):
+    # started by tests/conftest.py when collection ends, so that it runs beside the other tests
+    proc, _ = request.config.stash[TYPE_CHECK]
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"mypy:\n{output}"
