@@ -241,9 +241,14 @@ def test_ctrl_c_stops_every_worker_and_ends_their_jobs_children(tmp_path, monkey
         pids.extend(_pid_from(path) for path in held.values())
         os.kill(os.getpid(), signal.SIGINT)
 
-    threading.Thread(target=ctrl_c_once_both_hold, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_parallel(planned, workers, run_one)
+    # Python's own handler, as in a terminal (a shell's background job starts with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_both_hold, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            run_parallel(planned, workers, run_one)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert sorted(map(planned.index, taken)) == [0, 1]  # no job started after the Ctrl-C
     assert len(pids) == 2 and all(_gone(pid) for pid in pids)  # ended by the run, not by their time limit
 
