@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from archs.base import CAFFE_VGG_MEAN, UNIT_STD, ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 from archs.deeplab_v1v2 import DeepLabLargeFOV
 from archs.ocrnet import OCRNet
 
@@ -84,28 +85,11 @@ class AttentionToScale(nn.Module):
         return out
 
 
-@register(
-    ArchSpec(
-        name="attention-to-scale-vgg16",
-        family="Attention-to-Scale",
-        encoder="VGG-16 (DeepLab-LargeFOV)",
-        scale="non-realtime",
-        paper="Chen et al., CVPR 2016",
-        year=2016,
-        output_stride=8,
-        mean=CAFFE_VGG_MEAN,
-        std=UNIT_STD,
-        notes="Shared DeepLab-LargeFOV on scales {1, 0.5}; attention: 3x3 conv 512 + ReLU + 1x1 conv (one map per "
-        "scale) on the concatenated fc7 features, softmax over scales, weighted sum of the fc8 score maps; no "
-        "CRF. The per-scale extra supervision is training-only. The paper evaluates on PASCAL-Person-Part, "
-        "PASCAL VOC 2012 and a COCO subset (no ADE20K/Cityscapes).",
-    )
-)
+@register(card("attention-to-scale-vgg16"))
 def attention_to_scale_vgg16(*, num_classes: int, scales: Sequence[float] = (1.0, 0.5)) -> AttentionToScale:
     """Attention-to-Scale on DeepLab-LargeFOV (VGG-16).
 
     Args:
-        num_classes: output classes.
         scales: input scales, starting with 1.0 ((1.0, 0.75, 0.5) is the paper's three-scale model).
     """
     return AttentionToScale(num_classes, scales)
@@ -177,32 +161,11 @@ class HierarchicalMultiScaleAttention(nn.Module):
         return pred
 
 
-@register(
-    ArchSpec(
-        name="hmsa-ocrnet-hr48",
-        family="HMSA",
-        encoder="HRNet-W48 + OCR",
-        scale="non-realtime",
-        paper="Tao et al., arXiv 2020",
-        year=2020,
-        output_stride=1,
-        published={
-            "cityscapes": Published(
-                miou=86.92,
-                source="NVIDIA/semantic-segmentation README: eval_cityscapes.yml (val, scales 0.5/1.0/2.0, "
-                "released HRNet_Mscale checkpoint)",
-            )
-        },
-        notes="HRNetV2-W48 + OCR trunk (archs.ocrnet), attention head on the OCR features, chained inference "
-        "over scales 2.0, 1.0, 0.5 (high to low); logits at the input resolution. The README's figure is the "
-        "released checkpoint's (its training data are the README's), evaluated in fp16.",
-    )
-)
+@register(card("hmsa-ocrnet-hr48"))
 def hmsa_ocrnet_hr48(*, num_classes: int, scales: Sequence[float] = (0.5, 1.0, 2.0)) -> HierarchicalMultiScaleAttention:
     """Hierarchical Multi-Scale Attention with HRNetV2-W48 + OCR, inference scales 0.5/1.0/2.0.
 
     Args:
-        num_classes: output classes.
         scales: inference scales (must contain 1.0).
     """
     return HierarchicalMultiScaleAttention(num_classes, scales)

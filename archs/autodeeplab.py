@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from archs.base import ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 
 __all__ = ["ASPP", "AutoDeepLab", "NASCell", "auto_deeplab_f48"]
 
@@ -237,41 +238,7 @@ class AutoDeepLab(nn.Module):
         return self.decoder(torch.cat([aspp, low], dim=1))
 
 
-@register(
-    ArchSpec(
-        name="auto-deeplab-f48",
-        family="Auto-DeepLab",
-        encoder="NAS-F48-ASPP",
-        scale="non-realtime",
-        paper="Liu et al., CVPR 2019",
-        year=2019,
-        output_stride=4,
-        published={
-            "ade20k": Published(miou=44.0, source="SegFormer (Xie et al., NeurIPS 2021) Table 4"),
-            "cityscapes": Published(
-                params_m=44.42,
-                gflops=695.0,
-                miou=80.3,
-                source="SegFormer (Xie et al., NeurIPS 2021) Table 4 (GFLOPs, mIoU); params: Auto-DeepLab paper, "
-                "Cityscapes model-variants table (Auto-DeepLab-L, F=48: 44.42 M, 695.03 B Multi-Adds)",
-                note="DeepLab's TensorFlow-profiler Multi-Adds at its evaluation size 1025x2049, which also count the "
-                "SpaceToBatch padding of the atrous convolutions (+19.7 G) and an ASPP image pooling over the 769x769 "
-                "training window counted per window element (+12.65 G); counted that way this network gives 694.8 G "
-                "(-0.03%); our counter gives 665.4 G at 1025x2049 (-4.3%), where segbench measures this model, "
-                "and 656.5 G at 1024x2048 (-5.5%)",
-                input_size=(1025, 2049),
-            ),
-        },
-        input_size={"cityscapes": (1025, 2049)},  # DeepLab's Cityscapes evaluation size, where the paper counted
-        notes="the searched network of the paper; no official checkpoint was released; parameters match all three "
-        "published variants (F = 20, 32, 48), FLOPs differ by the paper's counting convention "
-        "(docs/models/auto-deeplab.md)",
-    )
-)
+@register(card("auto-deeplab-f48"))
 def auto_deeplab_f48(*, num_classes: int) -> nn.Module:
-    """Auto-DeepLab-L (F = 48) with ASPP and the DeepLabv3+ decoder.
-
-    Args:
-        num_classes: output classes.
-    """
+    """Auto-DeepLab-L (F = 48) with ASPP and the DeepLabv3+ decoder."""
     return AutoDeepLab(num_classes, 48)

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
 from archs.backbones.axial_resnet import MAX_DISTANCE, AxialResNet
-from archs.base import ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 
 __all__ = ["AxialDeepLab", "PanopticDecoder", "axial_deeplab_xl"]
 
@@ -121,37 +122,11 @@ class AxialDeepLab(nn.Module):
         return semantic, self.center_head(instance), self.offset_head(instance)
 
 
-@register(
-    ArchSpec(
-        name="axial-deeplab-xl",
-        family="Axial-DeepLab",
-        encoder="AxialResNet-XL",
-        scale="non-realtime",
-        paper="Wang et al., ECCV 2020",
-        year=2020,
-        output_stride=4,
-        published={
-            "cityscapes": Published(
-                params_m=173.0,
-                gflops=2446.8,
-                miou=81.1,
-                source="Axial-DeepLab paper (Wang et al., ECCV 2020), Cityscapes val table: 173.0 M params, "
-                "2446.8 B M-Adds; mIoU as SegFormer (Xie et al., NeurIPS 2021) Table 4 lists it",
-                note="the panoptic model's size and M-Adds (instance decoder and heads included; "
-                "instance_branch=True reproduces them)",
-            ),
-        },
-        notes="semantic path of the panoptic model; no official checkpoint; XL = Axial-ResNet-L at width x2 (stem "
-        "included) with local axial attention of span 65 in every stage (the paper's local span; L's published "
-        "687.4 B agrees with it to +0.6%, the global span would be +35%); with the instance branch 173.72 M params "
-        "and 2485.9 G at 1024x2048 (+0.4%, +1.6% of the published figures)",
-    )
-)
+@register(card("axial-deeplab-xl"))
 def axial_deeplab_xl(*, num_classes: int, instance_branch: bool = False) -> nn.Module:
     """Axial-DeepLab-XL: Axial-ResNet (width x2, axial attention of span 65) + Panoptic-DeepLab semantic path.
 
     Args:
-        num_classes: output classes.
         instance_branch: add the panoptic instance decoder and heads (for the published count).
     """
     return AxialDeepLab(num_classes, 2.0, instance_branch=instance_branch)

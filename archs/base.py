@@ -5,6 +5,11 @@ A model is a plain ``torch.nn.Module`` returned by a builder registered with an 
     @register(ArchSpec(name="segformer-b0", family="SegFormer", encoder="MiT-B0", ...))
     def segformer_b0(*, num_classes: int) -> nn.Module: ...
 
+Builders take keyword arguments only: ``num_classes``, and where the published counts include
+mmseg's training-only auxiliary FCN head, ``aux_head`` (False for inference) to reproduce them.
+The built-in models' specs come from their cards, ``archs/<family>.yaml`` beside each family's module
+(`archs.cards.card`).
+
 ``forward(x)`` takes ``(N, 3, H, W)`` float input normalised with the spec's mean/std and
 returns logits ``(N, num_classes, h, w)`` at any stride; resizing to ``(H, W)`` and the argmax
 belong to the harness. Built-in families are the modules of this package; third-party packages

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from archs.backbones.resnet import resnet101_v1c
-from archs.base import ArchSpec, register
+from archs.base import register
+from archs.cards import card
 from archs.common import SegmentationModel, conv_bn_relu, mmseg_model
 from archs.convert.mmseg import convert_mmseg_ccnet
-from archs.mmseg_zoo import SEGFORMER_TABLE, mmseg_row
 
 __all__ = ["CCHead", "CrissCrossAttention", "ccnet_r101"]
 
@@ -97,36 +97,8 @@ class CCHead(nn.Module):
         return self.classifier(self.dropout(out))
 
 
-@register(
-    ArchSpec(
-        name="ccnet-r101",
-        family="CCNet",
-        encoder="ResNet-101",
-        scale="non-realtime",
-        paper="Huang et al., ICCV 2019",
-        year=2019,
-        output_stride=8,
-        notes="mmseg ccnet_r101-d8: ResNetV1c-101 (OS8) + CCHead(512 channels, recurrence 2).",
-        **mmseg_row(
-            "ccnet/ccnet_r101-d8",
-            ("20200616_000644-e849e007", "20200617_203935-ffae8917"),
-            (68.9, (278.4, 14.1, 45.2), (2224.8, 1.0, 80.2)),
-            source=(
-                f"{SEGFORMER_TABLE}; FPS = mmseg configs/ccnet README (14.11, V100); "
-                "mIoU as the table prints it (mmseg's best ADE20K CCNet-R101 is 45.13)",
-                f"{SEGFORMER_TABLE}; FPS = mmseg configs/ccnet README (769x769 slide, 1.01, V100); "
-                "mIoU: no public source found for 80.2",
-            ),
-            converter=convert_mmseg_ccnet,
-        ),
-    )
-)
+@register(card("ccnet-r101", converter=convert_mmseg_ccnet))
 def ccnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
-    """CCNet on ResNetV1c-101 (OS8), mmseg's ``ccnet_r101-d8``.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
-    """
+    """CCNet on ResNetV1c-101 (OS8), mmseg's ``ccnet_r101-d8``."""
     backbone = resnet101_v1c()
     return mmseg_model(backbone, CCHead(backbone.out_channels[-1], num_classes), num_classes, aux_head)

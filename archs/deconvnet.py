@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.backbones.vgg import VGG16, vgg_fc_convolutions
-from archs.base import CAFFE_VGG_MEAN, UNIT_STD, ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 from archs.common import UnpoolingDecoder
 
 __all__ = ["DeconvNet", "deconvnet_vgg16"]
@@ -69,36 +70,11 @@ class DeconvNet(nn.Module):
         return self.classifier(self.decoder(out, indices, sizes))
 
 
-@register(
-    ArchSpec(
-        name="deconvnet-vgg16",
-        family="DeconvNet",
-        encoder="VGG-16-BN",
-        scale="non-realtime",
-        paper="Noh et al., ICCV 2015",
-        year=2015,
-        output_stride=1,
-        mean=CAFFE_VGG_MEAN,
-        std=UNIT_STD,
-        published={
-            dataset: Published(
-                params_m=252.0,
-                source="SegNet (Badrinarayanan et al., TPAMI 2017) Table 6",
-                note="21 classes (PASCAL VOC)",
-            )
-            for dataset in ("ade20k", "cityscapes")
-        },
-        notes="Official DeconvNet_inference_deploy.prototxt: VGG-16 + BN, fc6 7x7/fc7 1x1 (4096), fc6-deconv 7x7, "
-        "five unpool + 3x3 deconvolution stages, 1x1 score. Whole-image inference (the paper runs it on "
-        "proposals); VOC12 test mIoU 72.5 is the FCN ensemble + CRF (Noh et al., abstract); input: Caffe BGR "
-        "mean subtraction, no scaling.",
-    )
-)
+@register(card("deconvnet-vgg16"))
 def deconvnet_vgg16(*, num_classes: int, upsampling: str = "unpool") -> DeconvNet:
     """DeconvNet with the VGG-16 encoder, as in the official inference prototxt.
 
     Args:
-        num_classes: output classes.
         upsampling: ``"unpool"`` (paper), ``"transposed"`` or ``"resize"`` (see `DeconvNet`).
     """
     return DeconvNet(num_classes, upsampling=upsampling)

@@ -18,7 +18,6 @@ two separable 3x3 blocks and a 1x1 classifier; logits at stride 4. Figures: docs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +26,9 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
 from archs.backbones.mobilenetv2 import MobileNetV2
 from archs.backbones.resnet import ResNet, resnet101_torchvision, resnet101_v1c
-from archs.base import ArchSpec, register
+from archs.base import register
+from archs.cards import card
 from archs.common import SegmentationModel, conv_bn_relu, mmseg_model, separable_conv_bn_relu
-from archs.mmseg_zoo import MOBILENETV2_SOURCE, SEGFORMER_TABLE, mmseg_row
 
 __all__ = [
     "DeepLabV3Head",
@@ -41,9 +40,6 @@ __all__ = [
     "deeplabv3plus_mobilenetv2",
     "deeplabv3plus_r101",
 ]
-
-# The fields both DeepLabV3+ rows share; a row adds its own facts.
-V3PLUS_SPEC = partial(ArchSpec, family="DeepLabV3+", paper="Chen et al., ECCV 2018", year=2018, output_stride=4)
 
 
 class DeepLabV3Head(nn.Module):
@@ -92,41 +88,15 @@ def deeplabv3_r101(
     return SegmentationModel(backbone, DeepLabV3Head(2048, num_classes, rates, refine=head == "torchvision"))
 
 
-def _v3_spec(output_stride: int) -> ArchSpec:
-    rates = "/".join(str(r * 16 // output_stride) for r in (6, 12, 18))
-    return ArchSpec(
-        name=f"deeplabv3-r101-os{output_stride}",
-        family="DeepLab v3",
-        encoder=f"ResNet-101 (OS{output_stride})",
-        scale="non-realtime",
-        paper="Chen et al., arXiv 2017",
-        year=2017,
-        output_stride=output_stride,
-        notes=f"ResNet-101 (7x7 stem, torchvision layout), output stride {output_stride}, multi-grid (1, 2, 4) in "
-        f"block4, ASPP (1x1, 3x3 rates {rates}, image pooling; 256 ch, BN) -> 1x1 256 -> 1x1 classes; single "
-        "scale. torchvision's deeplabv3_resnet101 differs (no multi-grid, an extra 3x3 conv-BN-ReLU, OS8): "
-        "deeplabv3_r101(output_stride=8, multi_grid=None, head='torchvision') reproduces it. Paper: PASCAL VOC "
-        "2012 test 85.7 mIoU with JFT-300M pre-training.",
-    )
-
-
-@register(_v3_spec(16))
+@register(card("deeplabv3-r101-os16"))
 def deeplabv3_r101_os16(*, num_classes: int) -> SegmentationModel:
-    """DeepLab v3, ResNet-101, output stride 16 (ASPP rates 6/12/18), multi-grid (1, 2, 4).
-
-    Args:
-        num_classes: output classes.
-    """
+    """DeepLab v3, ResNet-101, output stride 16 (ASPP rates 6/12/18), multi-grid (1, 2, 4)."""
     return deeplabv3_r101(num_classes=num_classes, output_stride=16)
 
 
-@register(_v3_spec(8))
+@register(card("deeplabv3-r101-os8"))
 def deeplabv3_r101_os8(*, num_classes: int) -> SegmentationModel:
-    """DeepLab v3, ResNet-101, output stride 8 (ASPP rates 12/24/36), multi-grid (1, 2, 4).
-
-    Args:
-        num_classes: output classes.
-    """
+    """DeepLab v3, ResNet-101, output stride 8 (ASPP rates 12/24/36), multi-grid (1, 2, 4)."""
     return deeplabv3_r101(num_classes=num_classes, output_stride=8)
 
 
@@ -208,53 +178,13 @@ def _v3plus(backbone: ResNet | MobileNetV2, num_classes: int, aux_head: bool) ->
     return mmseg_model(backbone, head, num_classes, aux_head)
 
 
-@register(
-    V3PLUS_SPEC(
-        name="deeplabv3plus-mobilenetv2",
-        encoder="MobileNetV2",
-        scale="realtime",
-        notes="mmseg deeplabv3plus_m-v2-d8: MobileNetV2 (OS8) + separable ASPP (320->512, rates 12/24/36) "
-        "+ decoder on the 24-channel stride-4 features.",
-        **mmseg_row(
-            "mobilenet_v2/deeplabv3plus_m-v2-d8",
-            ("20200825_223255-465a01d4", "20200825_124836-d256dd4b"),
-            (15.4, (69.4, 43.1, 34.0), (555.4, 8.4, 75.2)),
-            source=MOBILENETV2_SOURCE,
-        ),
-    )
-)
+@register(card("deeplabv3plus-mobilenetv2"))
 def deeplabv3plus_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
-    """DeepLabV3+ on MobileNetV2 (OS8), mmseg's ``deeplabv3plus_m-v2-d8``.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only auxiliary FCN head on the 96-channel stage.
-    """
+    """DeepLabV3+ on MobileNetV2 (OS8), mmseg's ``deeplabv3plus_m-v2-d8``."""
     return _v3plus(MobileNetV2(), num_classes, aux_head)
 
 
-@register(
-    V3PLUS_SPEC(
-        name="deeplabv3plus-r101",
-        encoder="ResNet-101",
-        scale="non-realtime",
-        notes="mmseg deeplabv3plus_r101-d8: ResNetV1c-101 (OS8) + separable ASPP (2048->512, rates 12/24/36) "
-        "+ decoder on the 256-channel stride-4 features.",
-        **mmseg_row(
-            "deeplabv3plus/deeplabv3plus_r101-d8",
-            ("20200615_123232-38ed86bb", "20200606_114143-068fcfe9"),
-            (62.7, (255.1, 14.1, 44.1), (2032.3, 1.2, 80.9)),
-            source=f"{SEGFORMER_TABLE}; FPS = mmseg configs/deeplabv3plus README (V100; ADE 512x512; Cityscapes "
-            "769x769 slide); City mIoU = mmseg 80k single scale; ADE mIoU 44.1 has no mmseg README match "
-            "(mmseg 160k: 45.47)",
-        ),
-    )
-)
+@register(card("deeplabv3plus-r101"))
 def deeplabv3plus_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
-    """DeepLabV3+ on ResNetV1c-101 (OS8), mmseg's ``deeplabv3plus_r101-d8``.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
-    """
+    """DeepLabV3+ on ResNetV1c-101 (OS8), mmseg's ``deeplabv3plus_r101-d8``."""
     return _v3plus(resnet101_v1c(), num_classes, aux_head)

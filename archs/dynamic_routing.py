@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from archs.base import ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 
 __all__ = ["DynamicCell", "DynamicRoutingNet", "PyramidPooling", "SepConv", "dynamic_routing_l33_psp"]
 
@@ -255,33 +256,7 @@ class DynamicRoutingNet(nn.Module):
         return inactive
 
 
-@register(
-    ArchSpec(
-        name="dynamic-routing-l33-psp",
-        family="Dynamic Routing",
-        encoder="Dynamic-L33-PSP",
-        scale="non-realtime",
-        paper="Li et al., CVPR 2020",
-        year=2020,
-        output_stride=4,
-        published={
-            "cityscapes": Published(
-                gflops=270.0,
-                miou=80.7,
-                source="SegFormer (Xie et al., NeurIPS 2021) Table 4 (Dynamic Routing paper)",
-                note="input-dependent FLOPs of the trained gates (routes skipped per image); the benchmarked "
-                "module computes every route, so its count is the maximum",
-            ),
-        },
-        notes="FLOPs are input-dependent: the counted figure is the static maximum (every route runs); the "
-        "per-image figure is the maximum minus the FLOPs of DynamicRoutingNet.inactive_modules(x), reported as "
-        "the mean over the benchmark inputs. The L33-PSP network was not released: PSP on the stride-32 output",
-    )
-)
+@register(card("dynamic-routing-l33-psp"))
 def dynamic_routing_l33_psp(*, num_classes: int) -> nn.Module:
-    """Dynamic Routing, Layer33 routing space with soft conditional gates, plus a PSP module.
-
-    Args:
-        num_classes: output classes.
-    """
+    """Dynamic Routing, Layer33 routing space with soft conditional gates, plus a PSP module."""
     return DynamicRoutingNet(num_classes, num_layers=33, psp=True)

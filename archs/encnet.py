@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.backbones.resnet import resnet101_v1c
-from archs.base import ArchSpec, register
+from archs.base import register
+from archs.cards import card
 from archs.common import SegmentationModel, conv_bn_relu, mmseg_model
 from archs.convert.mmseg import convert_mmseg_encnet
-from archs.mmseg_zoo import AUX_NOTE, SEGFORMER_TABLE, mmseg_row
 
 __all__ = ["EncHead", "EncModule", "Encoding", "encnet_r101"]
 
@@ -119,36 +119,11 @@ class EncHead(nn.Module):
         return logits
 
 
-@register(
-    ArchSpec(
-        name="encnet-r101",
-        family="EncNet",
-        encoder="ResNet-101",
-        scale="non-realtime",
-        paper="Zhang et al., CVPR 2018",
-        year=2018,
-        output_stride=8,
-        notes="mmseg encnet_r101-d8: ResNetV1c-101 (OS8) + EncHead(512 channels, 32 codewords, no lateral).",
-        **mmseg_row(
-            "encnet/encnet_r101-d8",
-            ("20200622_073348-7989641f", "20200622_003555-1de64bec"),
-            (55.1, (218.8, 14.9, 44.7), (1748.0, 1.3, 76.9)),
-            source=(
-                f"{SEGFORMER_TABLE}; FPS = mmseg configs/encnet README (14.87, V100); "
-                "mIoU as the table prints it (mmseg's best ADE20K EncNet-R101 is 44.01)",
-                f"{SEGFORMER_TABLE}; FPS/mIoU = mmseg configs/encnet README (769x769 80k slide, ms+flip)",
-            ),
-            note=AUX_NOTE + " and the semantic-encoding (SE-loss) layer",
-            converter=convert_mmseg_encnet,
-        ),
-    )
-)
+@register(card("encnet-r101", converter=convert_mmseg_encnet))
 def encnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
     """EncNet on ResNetV1c-101 (OS8), mmseg's ``encnet_r101-d8``.
 
     Args:
-        num_classes: output classes.
-        aux_head: add the training-only parts: the SE-loss layer and the auxiliary FCN head on
             stage 3. In ``train()`` mode the model then returns ``((logits, se_logits), aux_logits)``.
     """
     backbone = resnet101_v1c()

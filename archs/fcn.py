@@ -15,7 +15,6 @@ a fixed bilinear upsampling and a crop back to the input. Figures and sources: d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,9 @@ from torch import Tensor, nn
 from archs.backbones.mobilenetv2 import MobileNetV2
 from archs.backbones.resnet import ResNet, resnet101_torchvision, resnet101_v1c
 from archs.backbones.vgg import VGG16, vgg_fc_convolutions
-from archs.base import CAFFE_VGG_MEAN, UNIT_STD, ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 from archs.common import FCNHead, SegmentationModel, learned_upsample, mmseg_model
-from archs.mmseg_zoo import MOBILENETV2_SOURCE, SEGFORMER_TABLE, mmseg_row
 
 __all__ = [
     "FCN_VGG_CROPS",
@@ -41,62 +40,20 @@ __all__ = [
     "fcn_r101_torchvision",
 ]
 
-# The fields every FCN row shares; a row adds its own facts (the VGG-16 nets name their stride in the family).
-FCN_SPEC = partial(ArchSpec, family="FCN", paper="Long et al., CVPR 2015", year=2015)
-
 
 def _fcn_mmseg(backbone: ResNet | MobileNetV2, num_classes: int, aux_head: bool) -> SegmentationModel:
     return mmseg_model(backbone, FCNHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
 
 
-@register(
-    FCN_SPEC(
-        name="fcn-mobilenetv2",
-        encoder="MobileNetV2",
-        scale="realtime",
-        output_stride=8,
-        notes="mmseg fcn_m-v2-d8: MobileNetV2 (OS8) + FCNHead(320->512, 2 convs, concat input).",
-        **mmseg_row(
-            "mobilenet_v2/fcn_m-v2-d8",
-            ("20200825_214953-c40e1095", "20200825_124817-d24c28c1"),
-            (9.8, (39.6, 64.4, 19.7), (317.1, 14.2, 61.5)),
-            source=MOBILENETV2_SOURCE,
-        ),
-    )
-)
+@register(card("fcn-mobilenetv2"))
 def fcn_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
-    """FCN on MobileNetV2 (OS8), mmseg's ``fcn_m-v2-d8``.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only auxiliary FCN head on the 96-channel stage.
-    """
+    """FCN on MobileNetV2 (OS8), mmseg's ``fcn_m-v2-d8``."""
     return _fcn_mmseg(MobileNetV2(), num_classes, aux_head)
 
 
-@register(
-    FCN_SPEC(
-        name="fcn-r101",
-        encoder="ResNet-101",
-        scale="non-realtime",
-        output_stride=8,
-        notes="mmseg fcn_r101-d8: ResNetV1c-101 (OS8) + FCNHead(2048->512, 2 convs, concat input).",
-        **mmseg_row(
-            "fcn/fcn_r101-d8",
-            ("20200615_105816-fd192bd5", "20200606_113038-3fb937eb"),
-            (68.6, (275.7, 14.8, 41.4), (2203.3, 1.2, 76.6)),
-            source=f"{SEGFORMER_TABLE}; FPS/mIoU = mmseg configs/fcn README (V100; ADE 512x512 160k ms+flip; "
-            "Cityscapes 769x769 80k slide, ms+flip)",
-        ),
-    )
-)
+@register(card("fcn-r101"))
 def fcn_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
-    """FCN on ResNetV1c-101 (OS8), mmseg's ``fcn_r101-d8``.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
-    """
+    """FCN on ResNetV1c-101 (OS8), mmseg's ``fcn_r101-d8``."""
     return _fcn_mmseg(resnet101_v1c(), num_classes, aux_head)
 
 
@@ -117,13 +74,6 @@ def fcn_r101_torchvision(*, num_classes: int) -> SegmentationModel:
 # Crop offsets of the reference nets (caffe.coord_map): with conv1_1 padded by 100, pixel y of the
 # cropped layer aligns with pixel y - offset of the input, for either kind of learned upsampling.
 FCN_VGG_CROPS = {32: {"out": 19}, 16: {"pool4": 5, "out": 27}, 8: {"pool4": 5, "pool3": 9, "out": 31}}
-FCN_VGG_PARAMS = Published(
-    params_m=134.0,
-    source="FCN paper (Long et al., CVPR 2015) Table 1: FCN-VGG16 134M parameters (the paper's table compares "
-    "FCN-32s; the skips add 0.02 M)",
-    note="21 classes (PASCAL VOC); segbench holds the fixed bilinear upsampling as a non-trainable depthwise buffer "
-    "(Caffe's lr_mult 0 Deconvolution is a full KxK diagonal filter: +1.8 M at 32s, +0.45 M at 16s, +0.11 M at 8s)",
-)
 
 
 def bilinear_kernel(size: int) -> Tensor:
@@ -207,72 +157,35 @@ class FCNVGG(nn.Module):
         return _crop(self.upscore(score), crops["out"], x.shape[-2:])
 
 
-def _fcn_vgg_spec(stride: int, miou: float, *, name: str = "", family: str = "", notes: str = "") -> ArchSpec:
-    return FCN_SPEC(
-        name=name or f"fcn{stride}s-vgg16",
-        family=family or f"FCN-{stride}s",
-        encoder="VGG-16",
-        scale="non-realtime",
-        output_stride=1,
-        mean=CAFFE_VGG_MEAN,
-        std=UNIT_STD,
-        published={"ade20k": FCN_VGG_PARAMS, "cityscapes": FCN_VGG_PARAMS},
-        notes=(
-            "fcn.berkeleyvision.org voc-fcn{32,16,8}s/net.py: conv1_1 pad 100, fc6 7x7/fc7 1x1 (4096), crops "
-            f"{FCN_VGG_CROPS[stride]}; PASCAL VOC 2011 seg11valid mean IU {miou} (FCN TPAMI 2017 table, reproduced in "
-            "the lecture); input: Caffe BGR mean subtraction, no scaling. " + notes
-        ).strip(),
-    )
-
-
-@register(_fcn_vgg_spec(32, 63.6))
+@register(card("fcn32s-vgg16"))
 def fcn32s_vgg16(*, num_classes: int) -> FCNVGG:
-    """FCN-32s on VGG-16: one fixed 32x bilinear upsampling of the fc7 scores.
-
-    Args:
-        num_classes: output classes.
-    """
+    """FCN-32s on VGG-16: one fixed 32x bilinear upsampling of the fc7 scores."""
     return FCNVGG(num_classes, stride=32)
 
 
-@register(_fcn_vgg_spec(16, 65.0))
+@register(card("fcn16s-vgg16"))
 def fcn16s_vgg16(*, num_classes: int, upsampling: str = "transposed") -> FCNVGG:
     """FCN-16s on VGG-16: fc7 scores upsampled 2x, plus the pool4 skip, then a fixed 16x upsampling.
 
     Args:
-        num_classes: output classes.
         upsampling: ``"transposed"`` (paper) or ``"resize"`` for the learned 2x upsampling.
     """
     return FCNVGG(num_classes, stride=16, upsampling=upsampling)
 
 
-@register(_fcn_vgg_spec(8, 65.5))
+@register(card("fcn8s-vgg16"))
 def fcn8s_vgg16(*, num_classes: int, upsampling: str = "transposed") -> FCNVGG:
     """FCN-8s on VGG-16: the 16s fusion upsampled 2x, plus the pool3 skip, then a fixed 8x upsampling.
 
     The staged net (``voc-fcn8s``); the at-once variant only scales the pool4/pool3 inputs by fixed constants.
 
     Args:
-        num_classes: output classes.
         upsampling: ``"transposed"`` (paper) or ``"resize"`` for the two learned 2x upsamplings.
     """
     return FCNVGG(num_classes, stride=8, upsampling=upsampling)
 
 
-@register(
-    _fcn_vgg_spec(
-        8,
-        65.5,
-        name="fcn8s-vgg16-resizeconv",
-        family="FCN-8s (resize-conv)",
-        notes="segbench variant for the lecture's checkerboard comparison: the two learned 2x upsamplings are "
-        "resize-convolutions (nearest x2 + 3x3 conv, Odena et al., Distill 2016); the VOC figure is FCN-8s's.",
-    )
-)
+@register(card("fcn8s-vgg16-resizeconv"))
 def fcn8s_vgg16_resizeconv(*, num_classes: int) -> FCNVGG:
-    """FCN-8s on VGG-16 with resize-convolutions instead of transposed convolutions for the 2x upsamplings.
-
-    Args:
-        num_classes: output classes.
-    """
+    """FCN-8s on VGG-16 with resize-convolutions instead of transposed convolutions for the 2x upsamplings."""
     return FCNVGG(num_classes, stride=8, upsampling="resize")

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from archs.backbones.wider_resnet import wider_resnet38_a2
-from archs.base import IMAGENET_MEAN, IMAGENET_STD, ArchSpec, Published, Weights, register
+from archs.base import IMAGENET_MEAN, IMAGENET_STD, register
+from archs.cards import card
 from archs.common import conv_bn_relu
 from archs.convert.authors import convert_authors_gscnn
 
@@ -240,40 +241,7 @@ class GSCNN(nn.Module):
         return self.final_seg(torch.cat([self.bot_fine(m2), aspp], dim=1))
 
 
-@register(
-    ArchSpec(
-        name="gscnn-wrn38",
-        family="GSCNN",
-        encoder="WideResNet38",
-        scale="non-realtime",
-        paper="Takikawa et al., ICCV 2019",
-        year=2019,
-        output_stride=2,
-        published={
-            "cityscapes": Published(
-                miou=80.8,
-                source="SegFormer (Xie et al., NeurIPS 2021) Table 4 (GSCNN paper, Cityscapes val)",
-            ),
-        },
-        weights=(
-            # best_cityscapes_checkpoint.pth of nv-tlabs/GSCNN's README, in that repository's own layout
-            Weights(
-                "cityscapes",
-                "https://drive.google.com/file/d/1wlhAXg-PfoUM-rFy2cksk43Ng3PpsK2c/view",
-                "gscnn",
-                None,
-                convert_authors_gscnn,
-            ),
-        ),
-        notes="official GSCNN (nv-tlabs) Cityscapes model; Canny edges computed in the model on the GPU; "
-        "no published params/FLOPs (our counts are shown alone). The official checkpoint is on Google Drive "
-        "(download it in a browser, then --weights PATH: it loads through archs.convert.authors.convert_authors_gscnn)",
-    )
-)
+@register(card("gscnn-wrn38", converter=convert_authors_gscnn))
 def gscnn_wrn38(*, num_classes: int) -> nn.Module:
-    """Gated-SCNN with the WRN-38 A2 trunk (the official Cityscapes model).
-
-    Args:
-        num_classes: output classes.
-    """
+    """Gated-SCNN with the WRN-38 A2 trunk (the official Cityscapes model)."""
     return GSCNN(num_classes)

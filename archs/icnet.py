@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 from archs.backbones.resnet import ResNet
-from archs.base import ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 from archs.common import conv_bn_relu
 
 __all__ = ["ICNet", "CascadeFeatureFusion", "icnet"]
@@ -133,38 +134,7 @@ class ICNet(nn.Module):
         return logits
 
 
-@register(
-    ArchSpec(
-        name="icnet",
-        family="ICNet",
-        encoder="PSPNet-50 (half width)",
-        scale="realtime",
-        paper="Zhao et al., ECCV 2018",
-        year=2018,
-        output_stride=4,
-        published={
-            "cityscapes": Published(
-                fps=30.3,
-                miou=67.7,
-                source="ICNet paper (Zhao et al., ECCV 2018) and hszhao/ICNet README: Cityscapes val mIoU 67.7 "
-                "(trained on train, 30k iterations), 33 ms per 1024x2048 image on a TitanX (Maxwell); the SegFormer "
-                "Table 4 row gives no params/GFLOPs",
-                note="no params or GFLOPs published in the table; the official deploy prototxt "
-                "(evaluation/prototxt/icnet_cityscapes.prototxt) has 6,685,715 parameters with BN folded: ours "
-                "with BN folded the same way has exactly that many (tested); the table's count keeps the BN "
-                "layers' affine parameters apart (6.70 M at 19 classes, +0.2%)",
-            )
-        },
-        notes="Official weights are Caffe caffemodels on Google Drive (hszhao/ICNet README: "
-        "icnet_cityscapes_train_30k.caffemodel, md5 c7038630c4b6c869afaaadd811bdb539); there is no converter. "
-        "The original takes mean-subtracted BGR input; segbench feeds the spec's RGB normalisation.",
-    )
-)
+@register(card("icnet"))
 def icnet(*, num_classes: int, aux_head: bool = False) -> ICNet:
-    """ICNet as in the official Cityscapes prototxt.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only cascade-label-guidance classifiers.
-    """
+    """ICNet as in the official Cityscapes prototxt."""
     return ICNet(num_classes, aux_classes=aux_head)

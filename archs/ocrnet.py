@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.backbones.hrnet import HRNet
-from archs.base import ArchSpec, register
+from archs.base import register
+from archs.cards import card
 from archs.common import conv_bn_relu
 from archs.convert.mmseg import convert_mmseg_ocrnet
-from archs.mmseg_zoo import SEGFORMER_TABLE, mmseg_row
 
 __all__ = ["OCRHead", "OCRNet", "ocrnet_hr48"]
 
@@ -99,34 +99,7 @@ class OCRNet(nn.Module):
         return self.decode_head(torch.cat(up, dim=1))
 
 
-@register(
-    ArchSpec(
-        name="ocrnet-hr48",
-        family="OCRNet",
-        encoder="HRNet-W48",
-        scale="non-realtime",
-        paper="Yuan et al., ECCV 2020",
-        year=2020,
-        output_stride=4,
-        notes="mmseg configuration; the soft-object-region FCN head is part of inference (it drives the OCR module)",
-        **mmseg_row(
-            "ocrnet/ocrnet_hr48",
-            ("20200615_184705-a073726d", "20200602_191037-dfbf1b0c"),
-            (70.5, (164.8, 17.0, 45.6), (1296.8, 4.2, 81.1)),
-            cityscapes_iterations="160k",
-            source=(
-                f"{SEGFORMER_TABLE}; FPS = mmseg OCRNet README (16.99, V100)",
-                f"{SEGFORMER_TABLE}; FPS = mmseg OCRNet README 512x1024 (4.22, V100)",
-            ),
-            note="",
-            converter=convert_mmseg_ocrnet,
-        ),
-    )
-)
+@register(card("ocrnet-hr48", converter=convert_mmseg_ocrnet))
 def ocrnet_hr48(*, num_classes: int) -> nn.Module:
-    """OCRNet with HRNetV2-W48 (mmseg ``ocrnet_hr48`` configuration).
-
-    Args:
-        num_classes: output classes.
-    """
+    """OCRNet with HRNetV2-W48 (mmseg ``ocrnet_hr48`` configuration)."""
     return OCRNet(num_classes, width=48)

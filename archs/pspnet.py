@@ -17,7 +17,6 @@ mmsegmentation's ``pspnet_r101-d8`` and ``pspnet_m-v2-d8`` configurations
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +24,11 @@ from torch import Tensor, nn
 
 from archs.backbones.mobilenetv2 import MobileNetV2
 from archs.backbones.resnet import ResNet, resnet101_v1c
-from archs.base import ArchSpec, register
+from archs.base import register
+from archs.cards import card
 from archs.common import SegmentationModel, conv_bn_relu, mmseg_model
-from archs.mmseg_zoo import MOBILENETV2_SOURCE, SEGFORMER_TABLE, mmseg_row
 
 __all__ = ["PSPHead", "pspnet_mobilenetv2", "pspnet_r101"]
-
-# The fields every PSPNet row shares; a row adds its own facts.
-PSPNET_SPEC = partial(ArchSpec, family="PSPNet", paper="Zhao et al., CVPR 2017", year=2017, output_stride=8)
 
 
 class PSPHead(nn.Module):
@@ -80,50 +76,13 @@ def _pspnet(backbone: ResNet | MobileNetV2, num_classes: int, aux_head: bool) ->
     return mmseg_model(backbone, PSPHead(backbone.out_channels[-1], 512, num_classes), num_classes, aux_head)
 
 
-@register(
-    PSPNET_SPEC(
-        name="pspnet-mobilenetv2",
-        encoder="MobileNetV2",
-        scale="realtime",
-        notes="mmseg pspnet_m-v2-d8: MobileNetV2 (OS8) + PSPHead(320->512, bins 1/2/3/6).",
-        **mmseg_row(
-            "mobilenet_v2/pspnet_m-v2-d8",
-            ("20200825_214953-f5942f7a", "20200825_124817-19e81d51"),
-            (13.7, (52.9, 57.7, 29.6), (423.4, 11.2, 70.2)),
-            source=MOBILENETV2_SOURCE,
-        ),
-    )
-)
+@register(card("pspnet-mobilenetv2"))
 def pspnet_mobilenetv2(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
-    """PSPNet on MobileNetV2 (OS8), mmseg's ``pspnet_m-v2-d8``.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only auxiliary FCN head on the 96-channel stage.
-    """
+    """PSPNet on MobileNetV2 (OS8), mmseg's ``pspnet_m-v2-d8``."""
     return _pspnet(MobileNetV2(), num_classes, aux_head)
 
 
-@register(
-    PSPNET_SPEC(
-        name="pspnet-r101",
-        encoder="ResNet-101",
-        scale="non-realtime",
-        notes="mmseg pspnet_r101-d8: ResNetV1c-101 (OS8) + PSPHead(2048->512, bins 1/2/3/6).",
-        **mmseg_row(
-            "pspnet/pspnet_r101-d8",
-            ("20200615_100650-967c316f", "20200606_112211-e1e1100f"),
-            (68.1, (256.4, 15.3, 44.4), (2048.9, 1.2, 78.5)),
-            source=f"{SEGFORMER_TABLE}; ADE FPS/mIoU = mmseg configs/pspnet README (V100, 512x512 160k single "
-            "scale); Cityscapes FPS = mmseg 769x769 slide row, Cityscapes mIoU 78.5 has no mmseg README match",
-        ),
-    )
-)
+@register(card("pspnet-r101"))
 def pspnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationModel:
-    """PSPNet on ResNetV1c-101 (OS8), mmseg's ``pspnet_r101-d8``.
-
-    Args:
-        num_classes: output classes.
-        aux_head: add the training-only auxiliary FCN head on stage 3 (1024 channels).
-    """
+    """PSPNet on ResNetV1c-101 (OS8), mmseg's ``pspnet_r101-d8``."""
     return _pspnet(resnet101_v1c(), num_classes, aux_head)

@@ -18,6 +18,7 @@ own files load too (`AUTHORS_FORMAT`). Each runs with its source's LayerNorm eps
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import cast
 
 import torch
@@ -31,7 +32,8 @@ from archs.backbones.mit import (
     LayerNormEps,
     MixTransformer,
 )
-from archs.base import ArchSpec, CheckpointFormat, Evaluation, Published, Weights, register
+from archs.base import CheckpointFormat, register
+from archs.cards import card
 from archs.convert.authors import convert_authors_segformer
 from archs.convert.hf import convert_hf_segformer
 
@@ -46,11 +48,6 @@ __all__ = [
     "segformer_b4",
     "segformer_b5",
 ]
-
-TABLE4 = "SegFormer paper (Xie et al., NeurIPS 2021) Table 4, as in the lecture's comparison table"
-TABLE1 = "SegFormer paper Table 1 (encoder + decoder params; not re-checked against the paper text)"
-# The official Cityscapes test config (segformer_mit-b*_8xb1-160k_cityscapes-1024x1024.py); ADE20K is whole-image.
-SEGFORMER_EVALUATION = {"cityscapes": Evaluation("slide", crop=(1024, 1024), stride=(768, 768))}
 
 
 class SegFormerHead(nn.Module):
@@ -155,104 +152,47 @@ def _backbone(model: nn.Module) -> MixTransformer:
     return model.backbone
 
 
-HF_LOADING = (convert_hf_segformer, use_hf_layer_norms)
 AUTHORS_FORMAT = CheckpointFormat(
     "mmseg",
     convert_authors_segformer,
     use_authors_layer_norms,
     source="the authors' NVlabs/SegFormer checkpoints (an mmsegmentation 0.13 fork)",
 )
+# The official entries are HF transformers' ports, which run with HF's LayerNorm eps.
+_segformer_card = partial(card, converter=convert_hf_segformer, configure=use_hf_layer_norms, formats=(AUTHORS_FORMAT,))
 
 
-def _segformer_spec(
-    variant: str,
-    scale: str,
-    params_m: float,
-    ade20k: tuple[float, float | None, float],
-    cityscapes: tuple[float, float | None, float],
-    source: str,
-) -> ArchSpec:
-    """``ade20k``/``cityscapes``: the published (GFLOPs, FPS, mIoU); params as published (encoder + decoder)."""
-    ade_size = (640, 640) if variant == "b5" else None  # the published B5 ADE20K model is the 640x640 one
-    ade = "640-640" if ade_size else "512-512"
-    return ArchSpec(
-        name=f"segformer-{variant}",
-        family="SegFormer",
-        encoder=f"MiT-{variant.upper()}",
-        scale=scale,
-        paper="Xie et al., NeurIPS 2021",
-        year=2021,
-        output_stride=4,
-        published={
-            "ade20k": Published(params_m, *ade20k, source=source, input_size=ade_size),
-            "cityscapes": Published(params_m, *cityscapes, source=source),
-        },
-        input_size={"ade20k": ade_size} if ade_size else {},
-        evaluation=SEGFORMER_EVALUATION,
-        weights=tuple(
-            Weights(dataset, f"hf://nvidia/segformer-{variant}-finetuned-{hub}", "hf", None, *HF_LOADING)
-            for dataset, hub in (("ade20k", f"ade-{ade}"), ("cityscapes", "cityscapes-1024-1024"))
-        ),
-        formats=(AUTHORS_FORMAT,),
-        notes="ADE20K: whole-image inference; Cityscapes: sliding 1024x1024 windows, stride 768 (official configs).",
-    )
-
-
-@register(_segformer_spec("b0", "realtime", 3.8, (8.4, 50.5, 37.4), (125.5, 15.2, 76.2), TABLE4))
+@register(_segformer_card("segformer-b0"))
 def segformer_b0(*, num_classes: int) -> SegFormer:
-    """SegFormer-B0: MiT-B0 (widths 32-256) and a 256-wide decoder, the real-time variant.
-
-    Args:
-        num_classes: output classes.
-    """
+    """SegFormer-B0: MiT-B0 (widths 32-256) and a 256-wide decoder, the real-time variant."""
     return SegFormer("b0", num_classes)
 
 
-@register(_segformer_spec("b1", "non-realtime", 13.7, (15.9, None, 42.2), (243.7, None, 78.5), TABLE1))
+@register(_segformer_card("segformer-b1"))
 def segformer_b1(*, num_classes: int) -> SegFormer:
-    """SegFormer-B1: MiT-B1 (widths 64-512, two blocks per stage) and a 256-wide decoder.
-
-    Args:
-        num_classes: output classes.
-    """
+    """SegFormer-B1: MiT-B1 (widths 64-512, two blocks per stage) and a 256-wide decoder."""
     return SegFormer("b1", num_classes)
 
 
-@register(_segformer_spec("b2", "non-realtime", 27.5, (62.4, None, 46.5), (717.1, None, 81.0), TABLE1))
+@register(_segformer_card("segformer-b2"))
 def segformer_b2(*, num_classes: int) -> SegFormer:
-    """SegFormer-B2: MiT-B2 (depths 3/4/6/3) and a 768-wide decoder.
-
-    Args:
-        num_classes: output classes.
-    """
+    """SegFormer-B2: MiT-B2 (depths 3/4/6/3) and a 768-wide decoder."""
     return SegFormer("b2", num_classes)
 
 
-@register(_segformer_spec("b3", "non-realtime", 47.3, (79.0, None, 49.4), (962.9, None, 81.7), TABLE1))
+@register(_segformer_card("segformer-b3"))
 def segformer_b3(*, num_classes: int) -> SegFormer:
-    """SegFormer-B3: MiT-B3 (depths 3/4/18/3) and a 768-wide decoder.
-
-    Args:
-        num_classes: output classes.
-    """
+    """SegFormer-B3: MiT-B3 (depths 3/4/18/3) and a 768-wide decoder."""
     return SegFormer("b3", num_classes)
 
 
-@register(_segformer_spec("b4", "non-realtime", 64.1, (95.7, 15.4, 51.1), (1240.6, 3.0, 83.8), TABLE4))
+@register(_segformer_card("segformer-b4"))
 def segformer_b4(*, num_classes: int) -> SegFormer:
-    """SegFormer-B4: MiT-B4 (depths 3/8/27/3) and a 768-wide decoder.
-
-    Args:
-        num_classes: output classes.
-    """
+    """SegFormer-B4: MiT-B4 (depths 3/8/27/3) and a 768-wide decoder."""
     return SegFormer("b4", num_classes)
 
 
-@register(_segformer_spec("b5", "non-realtime", 84.7, (183.3, 9.8, 51.8), (1447.6, 2.5, 84.0), TABLE4))
+@register(_segformer_card("segformer-b5"))
 def segformer_b5(*, num_classes: int) -> SegFormer:
-    """SegFormer-B5: MiT-B5 (depths 3/6/40/3) and a 768-wide decoder; its ADE20K model runs at 640x640.
-
-    Args:
-        num_classes: output classes.
-    """
+    """SegFormer-B5: MiT-B5 (depths 3/6/40/3) and a 768-wide decoder; its ADE20K model runs at 640x640."""
     return SegFormer("b5", num_classes)

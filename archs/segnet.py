@@ -21,7 +21,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from archs.backbones.vgg import VGG16
-from archs.base import UNIT_STD, ArchSpec, Published, register
+from archs.base import register
+from archs.cards import card
 from archs.common import UnpoolingDecoder
 
 __all__ = ["SegNet", "segnet_vgg16"]
@@ -48,35 +49,7 @@ class SegNet(nn.Module):
         return self.classifier(self.decoder(pooled[-1], indices, sizes))
 
 
-@register(
-    ArchSpec(
-        name="segnet-vgg16",
-        family="SegNet",
-        encoder="VGG-16-BN",
-        scale="non-realtime",
-        paper="Badrinarayanan et al., TPAMI 2017",
-        year=2017,
-        output_stride=1,
-        mean=(0.0, 0.0, 0.0),
-        std=UNIT_STD,
-        published={
-            dataset: Published(
-                params_m=29.5,
-                source="SegNet (Badrinarayanan et al., TPAMI 2017) Table 6; 29.46 M in ENet (Paszke et al., 2016) "
-                "Table 3",
-                note="11 classes (CamVid); the count changes by 577 parameters per class",
-            )
-            for dataset in ("ade20k", "cityscapes")
-        },
-        notes="Official SegNet-Tutorial segnet_inference.prototxt: VGG-16 encoder with BN, decoder unpooling with "
-        "the encoder's max-pooling indices, 13 decoder convolutions; the official model takes the raw 0-255 image "
-        "(no mean subtraction). Whole-image inference; no ADE20K/Cityscapes figures in the paper.",
-    )
-)
+@register(card("segnet-vgg16"))
 def segnet_vgg16(*, num_classes: int) -> SegNet:
-    """SegNet with the VGG-16 encoder, as in the official SegNet-Tutorial model.
-
-    Args:
-        num_classes: output classes.
-    """
+    """SegNet with the VGG-16 encoder, as in the official SegNet-Tutorial model."""
     return SegNet(num_classes)

@@ -24,7 +24,7 @@ Figures and sources: docs/models/setr.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,20 +32,16 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
 from archs.backbones.vit import vit_large_patch16
-from archs.base import ArchSpec, Evaluation, Published, register
+from archs.base import register
+from archs.cards import card
 from archs.convert.mmseg import convert_mmseg_setr
-from archs.mmseg_zoo import SEGFORMER_TABLE, mmseg_weights
 
 __all__ = ["MLANeck", "SETR", "SETRMLAHead", "SETRUpHead", "setr_mla_vit_l", "setr_naive_vit_l", "setr_pup_vit_l"]
 
 DECODERS = ("naive", "pup", "mla")
+
+
 # mmseg's setr_vit-l_*_ade20k-512x512.py and *_cityscapes-768x768.py test configs.
-SETR_EVALUATION = {
-    "ade20k": Evaluation("slide", crop=(512, 512), stride=(341, 341)),
-    "cityscapes": Evaluation("slide", crop=(768, 768), stride=(512, 512)),
-}
-
-
 def _layer_norm_2d(norm: nn.Module, x: Tensor) -> Tensor:
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
@@ -198,118 +194,31 @@ class SETR(nn.Module):
         return logits
 
 
-PARAMS_NOTE = (
-    "318.3 M counts SETR-PUP's three training-only auxiliary heads at the Cityscapes configuration "
-    "(768x768 positional grid, 19 classes); mmsegmentation 1.2.2 counts 318.47 M for it"
-)
-
-
-def _setr_spec(
-    decoder: str,
-    encoder: str,
-    output_stride: int,
-    stamps: tuple[str, str],
-    published: Mapping[str, Published],
-    notes: str,
-) -> ArchSpec:
-    """``stamps``: ``<date>_<time>-<hash>`` of the ADE20K and Cityscapes checkpoints (mmseg's file stems)."""
-    ade20k = f"setr_{decoder}_512x512_160k_b16_ade20k_{stamps[0]}"
-    cityscapes = f"setr_{decoder}_vit-large_8x1_768x768_80k_cityscapes_{stamps[1]}"
-    return ArchSpec(
-        name=f"setr-{decoder}-vit-l",
-        family="SETR",
-        encoder=encoder,
-        scale="non-realtime",
-        paper="Zheng et al., CVPR 2021",
-        year=2021,
-        output_stride=output_stride,
-        published=published,
-        evaluation=SETR_EVALUATION,
-        weights=mmseg_weights("setr", ade20k, cityscapes, converter=convert_mmseg_setr),
-        notes=notes,
-    )
-
-
-@register(
-    _setr_spec(
-        "pup",
-        "ViT-Large",
-        1,
-        ("20210619_191343-7e0ce826", "20211122_155115-f6f37b8f"),
-        {
-            "ade20k": Published(
-                params_m=318.3,
-                fps=5.4,
-                miou=50.2,
-                source=SEGFORMER_TABLE,
-                note=PARAMS_NOTE + "; mIoU 50.2 is SETR-MLA's multi-scale result (SETR README 50.28), "
-                "not PUP's (50.09); the seed's row mixes variants",
-            ),
-            "cityscapes": Published(
-                params_m=318.3,
-                fps=0.5,
-                miou=82.2,
-                source=f"{SEGFORMER_TABLE}; mIoU = SETR-PUP multi-scale (mmseg SETR README 82.15)",
-                note=PARAMS_NOTE,
-            ),
-        },
-        notes="the comparison table's SETR row (its parameter count is PUP's); logits at full resolution",
-    )
-)
+@register(card("setr-pup-vit-l", converter=convert_mmseg_setr))
 def setr_pup_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> SETR:
     """SETR-PUP with ViT-L/16 (mmseg ``setr_vit-l_pup``): four {3x3 conv, x2 bilinear} steps to full resolution.
 
     Args:
-        num_classes: output classes.
         img_size: positional-embedding grid size (512: ADE20K configuration, 768: Cityscapes).
-        aux_head: add the three training-only auxiliary heads.
     """
     return SETR(num_classes, "pup", img_size, aux_head)
 
 
-@register(
-    _setr_spec(
-        "naive",
-        "ViT-Large (naive)",
-        4,
-        ("20210619_191258-061f24f5", "20211123_000505-20728e80"),
-        {},
-        notes="SETR's naive decoder; no published figures in the comparison table",
-    )
-)
+@register(card("setr-naive-vit-l", converter=convert_mmseg_setr))
 def setr_naive_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> SETR:
     """SETR-Naive with ViT-L/16 (mmseg ``setr_vit-l_naive``): a 1x1 conv on the last block, x4 bilinear.
 
     Args:
-        num_classes: output classes.
         img_size: positional-embedding grid size (512: ADE20K configuration, 768: Cityscapes).
-        aux_head: add the three training-only auxiliary heads (1x1 convolutions, like the decode head).
     """
     return SETR(num_classes, "naive", img_size, aux_head)
 
 
-@register(
-    _setr_spec(
-        "mla",
-        "ViT-Large (MLA)",
-        4,
-        ("20210619_191057-f9741de7", "20211119_101003-7f8dccbe"),
-        {
-            "ade20k": Published(
-                miou=50.2,
-                source=f"{SEGFORMER_TABLE} (SETR row); = SETR-MLA multi-scale 50.28 in the SETR README",
-                note="the table's params (318.3 M) and FPS of that row belong to SETR-PUP",
-            ),
-        },
-        notes="SETR's multi-level aggregation decoder (the variant of the table's ADE20K mIoU)",
-    )
-)
+@register(card("setr-mla-vit-l", converter=convert_mmseg_setr))
 def setr_mla_vit_l(*, num_classes: int, img_size: int = 512, aux_head: bool = False) -> SETR:
     """SETR-MLA with ViT-L/16 (mmseg ``setr_vit-l_mla``): blocks 6, 12, 18, 24 aggregated top-down.
 
     Args:
-        num_classes: output classes.
         img_size: positional-embedding grid size (512: ADE20K configuration, 768: Cityscapes).
-        aux_head: add the four training-only auxiliary classifiers.
     """
     return SETR(num_classes, "mla", img_size, aux_head)
