@@ -49,24 +49,6 @@ def test_the_profile_command_writes_its_table(tmp_path):
     assert "Memory layout: channels_last." in (path.parent / "toy-w4-64x64-eager-channels-last.md").read_text()
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--mode", "graph"), "needs a CUDA GPU"),
-        (("--mode", "fast"), "unknown mode"),
-        (("--steps", "0"), "--steps 0"),
-        (("--size", "64"), "not HxW"),
-        (("--layout", "nhwc"), "invalid choice"),
-    ],
-)
-def test_bad_options_are_one_line_errors(tmp_path, args, message):
-    proc = run_bench(
-        "profile", "toy-w4", "--plugin", "tests.toy_models", "--device", "cpu", "--results", str(tmp_path), *args
-    )
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-
-
 @pytest.mark.gpu
 def test_a_graph_mode_is_profiled_on_the_device_uncaptured():
     result = profile_step(ToyNet(5), (64, 64), device="cuda", mode="graph", protocol=FAST, steps=2)
