@@ -5,8 +5,9 @@ A model is a plain ``torch.nn.Module`` returned by a builder registered with an 
     @register(ArchSpec(name="segformer-b0", family="SegFormer", encoder="MiT-B0", ...))
     def segformer_b0(*, num_classes: int) -> nn.Module: ...
 
-Builders take keyword arguments only: ``num_classes``, and where the published counts include
-mmseg's training-only auxiliary FCN head, ``aux_head`` (False for inference) to reproduce them.
+Builders take keyword arguments only: ``num_classes``, and where the published parameter counts
+include training-only auxiliary heads, ``aux_head`` (False for inference) to build them too: mmseg's
+FCN head on the encoder's third stage, SETR's three (MLA: four) auxiliary heads.
 The built-in models' specs come from their cards, ``archs/<family>.yaml`` beside each family's module
 (`archs.cards.card`).
 

@@ -124,6 +124,7 @@ def encnet_r101(*, num_classes: int, aux_head: bool = False) -> SegmentationMode
     """EncNet on ResNetV1c-101 (OS8), mmseg's ``encnet_r101-d8``.
 
     Args:
+        aux_head: add the training-only parts: the SE-loss layer and the auxiliary FCN head on
             stage 3. In ``train()`` mode the model then returns ``((logits, se_logits), aux_logits)``.
     """
     backbone = resnet101_v1c()

@@ -136,5 +136,9 @@ class ICNet(nn.Module):
 
 @register(card("icnet"))
 def icnet(*, num_classes: int, aux_head: bool = False) -> ICNet:
-    """ICNet as in the official Cityscapes prototxt."""
+    """ICNet as in the official Cityscapes prototxt.
+
+    Args:
+        aux_head: add the training-only cascade-label-guidance classifiers.
+    """
     return ICNet(num_classes, aux_classes=aux_head)

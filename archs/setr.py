@@ -156,8 +156,8 @@ class SETR(nn.Module):
         decoder: ``naive``, ``pup`` or ``mla``.
         img_size: training size that sets the positional-embedding grid (512 for the ADE20K
             configurations, 768 for Cityscapes; a checkpoint's grid is adopted when loaded).
-        aux_head: add the training-only auxiliary heads; in ``train()`` mode the forward pass
-            then returns ``(logits, [aux logits])``.
+        aux_head: add the training-only auxiliary heads (three for naive and PUP, four for MLA); in
+            ``train()`` mode the forward pass then returns ``(logits, [aux logits])``.
     """
 
     def __init__(self, num_classes: int, decoder: str = "pup", img_size: int = 512, aux_head: bool = False) -> None:
