@@ -29,6 +29,20 @@ def bench_cli():
     return run_bench
 
 
+@pytest.fixture
+def bench_here(capsys):
+    """`bench.cli.main` in this process, for commands whose test needs no process of their own."""
+    from bench.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["bench", *args], code, out.out, out.err)
+
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` are skipped, with the reason, where no CUDA GPU is visible."""
     if not any("gpu" in item.keywords for item in items):

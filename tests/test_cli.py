@@ -132,18 +132,18 @@ def test_what_users_measure_is_ignored_by_git():
     assert shipped.returncode == 1
 
 
-def test_rerun_skips_recorded_and_force_redoes(finished_run):
+def test_rerun_skips_recorded_and_force_redoes(finished_run, bench_here):
     results, _ = finished_run
     before = len(records(results))
-    again = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "params")
+    again = bench_here("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "params")
     assert again.returncode == 0, again.stderr
     assert "0 ok, 0 failed, 2 skipped" in again.stderr
     assert len(records(results)) == before
-    forced = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "params", "--force")
+    forced = bench_here("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "params", "--force")
     assert "2 ok" in forced.stderr and len(records(results)) == before + 2
 
 
-def test_a_record_taken_at_another_input_size_is_measured_again_and_kept(finished_run, tmp_path):
+def test_a_record_taken_at_another_input_size_is_measured_again_and_kept(finished_run, tmp_path, bench_here):
     """A spec that changes its input size (or classes) makes its recorded counts stale, not reusable."""
     import shutil
 
@@ -159,7 +159,7 @@ def test_a_record_taken_at_another_input_size_is_measured_again_and_kept(finishe
             record["value"]["gflops"] = 123.0
             lines[i] = json.dumps(record)
     path.write_text("\n".join(lines) + "\n")
-    proc = run_bench("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "flops")
+    proc = bench_here("run", *PLUGIN, "--arch", "toy-w4", "--results", str(results), "--measure", "flops")
     assert proc.returncode == 0 and "1 ok, 0 failed, 1 skipped" in proc.stderr, proc.stderr
     flops = [r for r in records(results) if (r["arch"], r["dataset"], r["kind"]) == ("toy-w4", "ade20k", "flops")]
     assert [r["settings"]["input_size"] for r in flops] == [[32, 32], current]  # the old one is kept, not lost
@@ -168,15 +168,15 @@ def test_a_record_taken_at_another_input_size_is_measured_again_and_kept(finishe
     assert frame.loc["toy-w4", "ade20k_input"] == "x".join(map(str, current))
 
 
-def test_table_and_plot_commands_regenerate_from_records(finished_run):
+def test_table_and_plot_commands_regenerate_from_records(finished_run, bench_here):
     results, _ = finished_run
     (folder,) = [p.parent for p in results.glob("*/records.jsonl")]
     (folder / "table.md").unlink()
-    proc = run_bench("table", *PLUGIN, "--results", str(results))
+    proc = bench_here("table", *PLUGIN, "--results", str(results))
     assert proc.returncode == 0, proc.stderr
     assert (folder / "table.md").exists() and "| Toy" in proc.stdout
     (folder / "plots" / "ade20k_eager.png").unlink()
-    assert run_bench("plot", *PLUGIN, "--results", str(results)).returncode == 0
+    assert bench_here("plot", *PLUGIN, "--results", str(results)).returncode == 0
     assert (folder / "plots" / "ade20k_eager.png").exists()
 
 
