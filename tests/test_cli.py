@@ -88,12 +88,13 @@ def test_the_cpu_note_names_the_modes_this_run_times(finished_run):
     assert cpu_note(["graph"], []).startswith("mode graph needs a CUDA GPU and is left out: no latency is measured")
 
 
-def test_another_machines_records_are_kept_as_references_and_a_rerun_here_resumes(tmp_path):
+def test_another_machines_records_are_kept_as_references_and_a_rerun_here_resumes(tmp_path, bench_here, monkeypatch):
     results = tmp_path / "results"
     args = ("run", *PLUGIN, "--arch", "toy-w4", "--measure", "params", "--results", str(results))
     there = run_bench(*args, env={"SEGBENCH_MACHINE_ID": "machine-there"})
     assert there.returncode == 0 and "2 ok, 0 failed, 0 skipped" in there.stderr, there.stderr
-    here = run_bench(*args, env={"SEGBENCH_MACHINE_ID": "machine-here"})
+    monkeypatch.setenv("SEGBENCH_MACHINE_ID", "machine-here")  # read at each run, not once per process
+    here = bench_here(*args)
     assert here.returncode == 0 and "2 ok, 0 failed, 0 skipped" in here.stderr, here.stderr  # measured here
     (folder,) = [p.parent for p in results.glob("*/records.jsonl")]
     assert (
@@ -102,7 +103,7 @@ def test_another_machines_records_are_kept_as_references_and_a_rerun_here_resume
     ) in one_line(here.stderr)
     machines = [r["provenance"]["machine_id"] for r in records(results)]
     assert machines == ["machine-there"] * 2 + ["machine-here"] * 2  # the other machine's records stay
-    again = run_bench(*args, env={"SEGBENCH_MACHINE_ID": "machine-here"})
+    again = bench_here(*args)
     assert "0 ok, 0 failed, 2 skipped (measured on this machine already)" in one_line(again.stderr), again.stderr
     assert "reusing 2 of this machine's records" in one_line(again.stderr)
     assert len(records(results)) == 4
@@ -313,7 +314,7 @@ def test_a_plugin_that_takes_a_built_in_name_is_blamed(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path, capsys):
+def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path, capsys, bench_here):
     from bench.cli import main
 
     assert main(["data", "synth", "--dataset", "ade20k", "--out", str(tmp_path / "data"), "--num", "3"]) == 0
@@ -331,7 +332,7 @@ def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path,
     per_class = pd.read_csv(miou["value"]["per_class_csv"])
     assert len(per_class) == 150 and per_class["iou"].max() <= 1.0
     # the same weights and data: nothing to measure; other weights: the mIoU is measured again and shown
-    again = run_bench("run", *PLUGIN, *args, "--data-root", str(root), "--weights", "none")
+    again = bench_here("run", *PLUGIN, *args, "--data-root", str(root), "--weights", "none")
     assert again.returncode == 0 and "0 ok, 0 failed, 2 skipped" in again.stderr, again.stderr
     import torch
 
@@ -340,7 +341,7 @@ def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path,
     torch.manual_seed(1)
     checkpoint = tmp_path / "toy.pth"
     torch.save(ToyNet(150, 4).state_dict(), checkpoint)
-    other = run_bench("run", *PLUGIN, *args, "--data-root", str(root), "--weights", str(checkpoint))
+    other = bench_here("run", *PLUGIN, *args, "--data-root", str(root), "--weights", str(checkpoint))
     assert other.returncode == 0 and "1 ok, 0 failed, 1 skipped" in other.stderr, other.stderr
     newest = [r for r in records(results) if r["kind"] == "miou"][-1]
     assert newest["value"]["weights"]["source"] == str(checkpoint)
