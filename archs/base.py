@@ -32,12 +32,10 @@ from torch import nn
 
 ENTRY_POINT_GROUP = "segbench.archs"
 SCALES = ("realtime", "non-realtime")
-# mmsegmentation's ImageNet statistics on 0..255 RGB input, shared by every table row.
+# mmsegmentation's ImageNet statistics on 0..255 RGB input: a spec's default. The Caffe nets' cards (FCN-VGG,
+# DeconvNet, DeepLab v1/v2, Attention-to-Scale) give VGG-16's BGR mean as RGB and a unit std (SegNet: no mean).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-# The Caffe nets (FCN, DeconvNet, DeepLab v1/v2) subtract VGG-16's BGR mean, given here as RGB, and do not scale.
-CAFFE_VGG_MEAN = (122.67892, 116.66877, 104.00699)
-UNIT_STD = (1.0, 1.0, 1.0)
 EVALUATION_MODES = ("whole", "slide")
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from archs.backbones.resnet import ResNet
 from archs.backbones.vgg import VGG16
-from archs.base import CAFFE_VGG_MEAN, UNIT_STD, register
+from archs.base import register
 from archs.cards import card
 from archs.common import SegmentationModel
 from archs.crf import DEEPLAB_V1_LARGEFOV_CRF, CRFRefinement, DenseCRF
@@ -65,11 +65,15 @@ def deeplabv1_largefov_vgg16(*, num_classes: int) -> DeepLabLargeFOV:
     return DeepLabLargeFOV(num_classes)
 
 
-@register(card("deeplabv1-largefov-vgg16-crf"))
+# the CRF undoes the input normalisation its card declares, so both read the one card
+_CRF_CARD = card("deeplabv1-largefov-vgg16-crf")
+
+
+@register(_CRF_CARD)
 def deeplabv1_largefov_vgg16_crf(*, num_classes: int) -> CRFRefinement:
     """DeepLab v1 LargeFOV followed by the fully connected CRF (DeepLab's 'FOV' CRF parameters)."""
     crf = DenseCRF(**DEEPLAB_V1_LARGEFOV_CRF)
-    return CRFRefinement(DeepLabLargeFOV(num_classes), crf, CAFFE_VGG_MEAN, UNIT_STD)
+    return CRFRefinement(DeepLabLargeFOV(num_classes), crf, _CRF_CARD.mean, _CRF_CARD.std)
 
 
 class ASPPSum(nn.Module):
