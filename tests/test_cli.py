@@ -256,23 +256,19 @@ def test_bad_input_from_the_command_line_is_one_line_and_nonzero(finished_run, a
     assert {p: p.read_bytes() for p in paths} == before
 
 
-def test_unwritable_results_folder(tmp_path, capsys):
-    from bench.cli import main
-
+def test_unwritable_results_folder(tmp_path, bench_here):
     blocker = tmp_path / "results"
     blocker.write_text("a file where the results folder should be")
-    assert main(["run", *PLUGIN, "--arch", "toy-w4", "--results", str(blocker)]) == 2
-    stderr = capsys.readouterr().err
-    assert "not writable" in stderr and "--results DIR" in stderr
+    proc = bench_here("run", *PLUGIN, "--arch", "toy-w4", "--results", str(blocker))
+    assert proc.returncode == 2
+    assert "not writable" in proc.stderr and "--results DIR" in proc.stderr
     assert blocker.read_text() == "a file where the results folder should be"
 
 
-def test_list_shows_suites_and_plugin_models(capsys):
-    from bench.cli import main
-
-    assert main(["list", *PLUGIN]) == 0
-    stdout = capsys.readouterr().out
-    assert "toy-w4" in stdout and "realtime" in stdout
+def test_list_shows_suites_and_plugin_models(bench_here):
+    proc = bench_here("list", *PLUGIN)
+    assert proc.returncode == 0, proc.stderr
+    assert "toy-w4" in proc.stdout and "realtime" in proc.stdout
 
 
 def test_a_closed_stdout_pipe_stops_the_command_quietly():
@@ -353,15 +349,17 @@ def test_run_with_data_root_adds_an_miou_record_and_the_table_shows_it(tmp_path,
     assert both == 2 and "single --dataset" in capsys.readouterr().err
 
 
-def test_an_impossible_output_folder_is_one_line_before_any_work(capsys):
-    from bench.cli import main
-
-    assert main(["data", "synth", "--dataset", "ade20k", "--out", "/dev/null/x", "--num", "2"]) == 2
-    stderr = capsys.readouterr().err
-    assert "cannot create /dev/null/x" in stderr and len(stderr.strip().splitlines()) == 1, stderr
-    assert main(["peers", "--arch", "segformer-b0", "--device", "cpu", "--results", "/dev/null/x"]) == 2
-    stderr = capsys.readouterr().err
-    assert "/dev/null/x" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("peers", "--arch", "segformer-b0", "--device", "cpu", "--results", "/dev/null/x"), "/dev/null/x"),
+        (("data", "synth", "--dataset", "ade20k", "--out", "/dev/null/x", "--num", "2"), "cannot create /dev/null/x"),
+    ],
+)
+def test_an_impossible_output_folder_is_one_line_before_any_work(args, message, bench_here):
+    proc = bench_here(*args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_a_latency_line_names_the_layout_a_probing_mode_kept():
